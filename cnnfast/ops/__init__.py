@@ -1,0 +1,3 @@
+"""One module per op: the torch.library op, its fake function, its autograd formula, and the
+choice of backend. Importing this package registers them."""
+from cnnfast.ops import lrn, max_pool2d  # noqa: F401

@@ -1,0 +1,83 @@
+"""Argument checks and shape rules, written once and shared by every backend.
+
+Each check raises with a message that names the argument, before any kernel runs.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(value, name: str, op: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in FLOATING_DTYPES:
+        raise TypeError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+    if value.layout != torch.strided:
+        raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got {value.layout}")
+
+
+def check_dims(value: torch.Tensor, name: str, op: str, allowed: Sequence[int] | None = None,
+               minimum: int | None = None) -> None:
+    if allowed is not None and value.dim() not in allowed:
+        shapes = " or ".join(f"{d}-d" for d in allowed)
+        raise ValueError(f"{op}: {name} must be {shapes}, got shape {tuple(value.shape)}")
+    if minimum is not None and value.dim() < minimum:
+        raise ValueError(f"{op}: {name} must have {minimum} or more dims, got shape {tuple(value.shape)}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"{op}: tensors must be on one device, got {listed}")
+
+
+def check_int(value, name: str, op: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{op}: {name} must be {bound}, got {value}")
+    return value
+
+
+def check_number(value, name: str, op: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
+    """An int or a sequence of two ints, as torch's pooling arguments."""
+    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    return tuple(check_int(v, name, op, minimum) for v in values)
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout ops compute in and return: channels_last for a 4-d channels_last input, contiguous
+    otherwise (as csrc/op_helpers.h `output_memory_format`)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def pooled_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output size (as csrc/op_helpers.h `pooled_size`)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def offset_dtype(kernel_size: tuple[int, int]) -> torch.dtype:
+    """Window offsets fit a byte for windows of up to 256 elements."""
+    return torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32

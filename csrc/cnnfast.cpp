@@ -1,0 +1,38 @@
+// Every schema of the cnnfast library, in one place. Kernels are registered per backend:
+// csrc/cpu/*.cpp (CPU), csrc/cuda/*.cu (CUDA), and triton_kernels/ through cnnfast/ops/*.py
+// (the *_triton ops, for CPU tensors under TRITON_INTERPRET=1 and for CUDA tensors).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(cnnfast, m) {
+  // Local response normalisation; the backward recomputes the scale from the input.
+  m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> Tensor");
+  m.def(
+      "_local_response_norm_backward(Tensor grad_output, Tensor input, int size, float alpha, "
+      "float beta, float k) -> Tensor");
+  m.def("local_response_norm_triton(Tensor input, int size, float alpha, float beta, float k) -> Tensor");
+  m.def(
+      "_local_response_norm_backward_triton(Tensor grad_output, Tensor input, int size, "
+      "float alpha, float beta, float k) -> Tensor");
+
+  // Max pooling; returns the output and the argmax as offsets inside each window (uint8 for
+  // windows of up to 256 elements, int32 beyond), which is all the backward keeps.
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool2d_backward(Tensor grad_output, Tensor offsets, SymInt[2] input_hw, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "max_pool2d_triton(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool2d_backward_triton(Tensor grad_output, Tensor offsets, SymInt[2] input_hw, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+}
+
+// `import cnnfast._C` loads this library, which runs the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,26 @@
+// Torch-free definitions shared by the CPU (g++) and CUDA (nvcc) kernels.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CNNFAST_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define CNNFAST_HOST_DEVICE inline
+#endif
+
+namespace cnnfast {
+
+// Accumulation type: fp16/bf16 (and fp32) accumulate in fp32, fp64 in fp64.
+template <typename scalar_t>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_type = typename AccType<scalar_t>::type;
+
+}  // namespace cnnfast

@@ -1,0 +1,175 @@
+"""Local response normalisation against torch.nn and cnnfast.reference, on every backend here."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnfast
+from helpers import assert_low_precision_close, backend_params
+
+BACKENDS = backend_params()
+
+# (shape, size, alpha, beta, k, layout). alpha is large enough that the normalisation changes
+# the values by far more than the tolerances (with AlexNet's 1e-4 it is almost the identity).
+CASES = [
+    ((2, 7, 5, 6), 5, 0.5, 0.75, 1.0, "contiguous"),      # AlexNet's size and beta
+    ((1, 1, 4, 3), 3, 1.0, 0.75, 2.0, "contiguous"),      # batch 1, one channel
+    ((2, 6, 3, 5), 4, 1.0, 0.75, 1.0, "contiguous"),      # even size: asymmetric window
+    ((2, 3, 4, 4), 7, 1.5, 0.5, 1.0, "contiguous"),       # size larger than C
+    ((2, 9, 3, 3), 2, 0.8, 1.3, 0.5, "contiguous"),       # general pow
+    ((3, 6, 11), 3, 1.0, 0.75, 1.0, "contiguous"),        # 3-d input
+    ((2, 5, 3, 4, 2), 3, 1.0, 0.75, 1.0, "contiguous"),   # 5-d input
+    ((2, 8, 5, 5), 5, 1.0, 0.75, 2.0, "channels_last"),
+    ((2, 8, 5, 5), 3, 1.0, 0.75, 1.0, "transposed"),      # non-contiguous
+    ((2, 10, 3, 4), 5, 2.0, 0.75, 1.0, "channel_slice"),  # non-contiguous view of a larger tensor
+    ((2, 3, 70, 3), 5, 1.0, 0.75, 1.0, "contiguous"),     # spatial size > one CPU tile of 64
+]
+
+
+def make_input(shape, layout, dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if layout == "transposed":
+        x = torch.randn(shape[:2] + shape[2:][::-1], generator=generator, dtype=dtype).transpose(-1, -2)
+    elif layout == "channel_slice":
+        x = torch.randn((shape[0], shape[1] + 3) + shape[2:], generator=generator, dtype=dtype)[:, 2:2 + shape[1]]
+    else:
+        x = torch.randn(shape, generator=generator, dtype=dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device)
+    return x.requires_grad_(requires_grad)
+
+
+def run_with_grad(fn, x, grad):
+    y = fn(x)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    return y, dx
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[5]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torch_forward_and_backward(backend, device, case, dtype):
+    shape, size, alpha, beta, k, layout = case
+    x = make_input(shape, layout, dtype, device)
+    grad = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).to(device)
+    with cnnfast.backend(backend):
+        y, dx = run_with_grad(lambda t: cnnfast.functional.local_response_norm(t, size, alpha, beta, k), x, grad)
+    y_torch, dx_torch = run_with_grad(lambda t: F.local_response_norm(t, size, alpha, beta, k), x, grad)
+    y_ref, dx_ref = run_with_grad(lambda t: cnnfast.reference.local_response_norm(t, size, alpha, beta, k), x, grad)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for expected in (y_torch, y_ref):
+        torch.testing.assert_close(y, expected, **tol)
+    for expected in (dx_torch, dx_ref):
+        torch.testing.assert_close(dx, expected, **tol)
+    if backend != "reference":  # plain torch keeps whatever strides its elementwise ops give
+        expected_layout = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert y.is_contiguous(memory_format=expected_layout)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_at_most_twice_torch(backend, device, dtype):
+    shape, size, alpha, beta, k = (2, 12, 6, 7), 5, 1.0, 0.75, 1.0
+    x64 = make_input(shape, "contiguous", torch.float64, device)
+    grad64 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    exact_y, exact_dx = run_with_grad(lambda t: F.local_response_norm(t, size, alpha, beta, k), x64, grad64)
+    x = x64.detach().to(dtype).requires_grad_()
+    grad = grad64.to(dtype)
+    with cnnfast.backend(backend):
+        y, dx = run_with_grad(lambda t: cnnfast.functional.local_response_norm(t, size, alpha, beta, k), x, grad)
+    # torch's own op in this dtype (plain torch ops: the reference formula, which torch.nn's
+    # avg_pool3d-based one matches where that runs in half precision).
+    y_torch, dx_torch = run_with_grad(lambda t: cnnfast.reference.local_response_norm(t, size, alpha, beta, k), x, grad)
+    # Exact against the rounded input: the error measured is the op's, not the input rounding's.
+    exact_y, exact_dx = run_with_grad(lambda t: F.local_response_norm(t, size, alpha, beta, k),
+                                      x.detach().double().requires_grad_(), grad.double())
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_low_precision_close(y, y_torch, exact_y)
+    assert_low_precision_close(dx, dx_torch, exact_dx)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 1.3), (8, 0.5)])
+def test_gradcheck_fp64(backend, device, size, beta):
+    x = make_input((2, 6, 3, 3), "contiguous", torch.float64, device, seed=3)
+    with cnnfast.backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda t: cnnfast.functional.local_response_norm(t, size, 0.9, beta, 1.0), (x,))
+
+
+@pytest.mark.parametrize("op_name", ["local_response_norm", "local_response_norm_triton"])
+def test_opcheck(op_name):
+    if not cnnfast.extension_loaded():
+        pytest.skip("cnnfast._C not built")
+    if op_name.endswith("triton") and not _triton_runs_here():
+        pytest.skip("Triton runs neither natively nor interpreted here")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    op = getattr(torch.ops.cnnfast, op_name)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((2, 6, 4, 5), layout, torch.float32, device)
+        torch.library.opcheck(op, (x, 5, 0.5, 0.75, 1.0))
+    torch.library.opcheck(op, (make_input((2, 4, 7), "contiguous", torch.float64, device), 3, 1.0, 0.5, 2.0))
+
+
+def _triton_runs_here():
+    import os
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])
+def test_torch_compile_fullgraph(backend, device):
+    lrn = cnnfast.nn.LocalResponseNorm(5, alpha=0.5)
+    x = make_input((2, 7, 5, 6), "contiguous", torch.float32, device)
+    with cnnfast.backend(backend):
+        eager = lrn(x)
+        compiled = torch.compile(lrn, fullgraph=True)(x)
+        (dx,) = torch.autograd.grad(compiled.sum(), x)
+    torch.testing.assert_close(compiled, eager)
+    (dx_torch,) = torch.autograd.grad(F.local_response_norm(x, 5, 0.5).sum(), x)
+    torch.testing.assert_close(dx, dx_torch, rtol=1e-5, atol=1e-6)
+
+
+def test_module_is_drop_in():
+    ours, theirs = cnnfast.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0), torch.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = make_input((2, 5, 4, 4), "contiguous")
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_keeps_only_its_input_for_backward(backend, device):
+    if backend == "reference":
+        pytest.skip("the reference keeps what plain torch keeps")
+    x = make_input((2, 8, 6, 6), "contiguous", torch.float32, device)
+    with cnnfast.backend(backend):
+        _, saved = cnnfast.saved_tensor_bytes(cnnfast.functional.local_response_norm, x, 5)
+    _, saved_torch = cnnfast.saved_tensor_bytes(F.local_response_norm, x, 5)
+    assert saved == x.numel() * x.element_size()
+    assert saved_torch > 2 * saved
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_batch_gives_empty_result(backend, device):
+    x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)
+    with cnnfast.backend(backend):
+        y = cnnfast.functional.local_response_norm(x, 3)
+        y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(4, 5), 3), ValueError, "input"),
+    (lambda: cnnfast.functional.local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 3), TypeError, "input"),
+    (lambda: cnnfast.functional.local_response_norm([1.0, 2.0], 3), TypeError, "input"),
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(2, 3, 4), 0), ValueError, "size"),
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(2, 3, 4), -2), ValueError, "size"),
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(2, 3, 4), 2.5), TypeError, "size"),
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(2, 3, 4), 3, alpha="a"), TypeError, "alpha"),
+    (lambda: cnnfast.functional.local_response_norm(torch.randn(2, 3, 4), 3, beta=None), TypeError, "beta"),
+])
+def test_bad_input_names_the_argument(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
