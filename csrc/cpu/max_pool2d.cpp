@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
   g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
   TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "cnnfast.max_pool2d: the window is larger than the padded input");
   at::Tensor out = at::empty({batch, channels, g.out_h, g.out_w}, x.options().memory_format(format));
-  at::Tensor offsets = at::empty(out.sizes(), out.options().dtype(offset_dtype(g)));
+  at::Tensor offsets = at::empty(out.sizes(), out.options().dtype(offset_dtype(g)).memory_format(format));
   if (out.numel() > 0) {
     const bool channels_last = format == at::MemoryFormat::ChannelsLast;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cpu", [&] {

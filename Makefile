@@ -1,0 +1,30 @@
+# The two commands of the README: `make bench` (the main job) and `make test`.
+# Both install what is missing, build cnnfast._C against the installed torch, then run.
+PYTHON ?= python3
+MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps build test bench check-cuda clean
+
+all: test
+
+deps:
+	$(PYTHON) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m ensurepip --upgrade
+	$(PYTHON) -m pip install -q packaging
+	$(PYTHON) tools/ensure_deps.py
+
+# Editable, so that the tests and benchmarks, run from this directory, import the built _C.
+build: deps
+	MAX_JOBS=$(MAX_JOBS) $(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(PYTHON) -m pytest -q tests
+
+bench: build
+	$(PYTHON) -m benchmarks
+
+# Compiles every torch-free CUDA kernel with nvcc -arch=sm_90 (also run by the tests).
+check-cuda:
+	$(PYTHON) tools/check_cuda_kernels.py
+
+clean:
+	rm -rf build *.egg-info cnnfast/_C*.so
