@@ -69,17 +69,38 @@ CNNFAST_HOST_DEVICE double lrn_pow(double b, double e) {
 
 // s^-beta. beta = 0.75 (AlexNet, torch's default) and 0.5 avoid the general pow, which costs far
 // more than the memory traffic of these kernels; sqrt is correctly rounded, so these stay within
-// a few ulp of pow.
-template <typename acc_t>
-CNNFAST_HOST_DEVICE acc_t lrn_inverse_power(acc_t s, acc_t beta) {
-  if (beta == acc_t(0.75)) {
+// a few ulp of pow. The choice is a type, made once per call (lrn_dispatch_power), so that the
+// inner loops over lanes have no branch and vectorise.
+struct PowerThreeQuarters {
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t) {
     const acc_t r = acc_t(1) / lrn_sqrt(s);
     return r * lrn_sqrt(r);
   }
-  if (beta == acc_t(0.5)) {
+};
+struct PowerHalf {
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t) {
     return acc_t(1) / lrn_sqrt(s);
   }
-  return lrn_pow(s, -beta);
+};
+struct PowerAny {
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t beta) {
+    return lrn_pow(s, -beta);
+  }
+};
+
+// Calls body(Power{}) with the cheapest exact form of s^-beta for this beta.
+template <typename acc_t, typename Body>
+CNNFAST_HOST_DEVICE void lrn_dispatch_power(acc_t beta, const Body& body) {
+  if (beta == acc_t(0.75)) {
+    body(PowerThreeQuarters{});
+  } else if (beta == acc_t(0.5)) {
+    body(PowerHalf{});
+  } else {
+    body(PowerAny{});
+  }
 }
 
 // Running sums add the square that enters the window and subtract the one that leaves; rounding
@@ -132,7 +153,7 @@ CNNFAST_HOST_DEVICE void lrn_start_window(const scalar_t* x, int64_t lanes, cons
 }
 
 // Forward over `lanes` columns starting at x / y. window_sum: scratch of `lanes` values.
-template <typename scalar_t, typename acc_t>
+template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_forward_columns(const scalar_t* x, scalar_t* y, int64_t lanes,
                                              const LrnParams<acc_t>& p, acc_t* window_sum) {
   lrn_start_window(x, lanes, p, window_sum);
@@ -143,7 +164,7 @@ CNNFAST_HOST_DEVICE void lrn_forward_columns(const scalar_t* x, scalar_t* y, int
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t o = l * p.lane_stride;
       const acc_t scale = lrn_scale(window_sum[l], p);
-      y_row[o] = static_cast<scalar_t>(static_cast<acc_t>(x_row[o]) * lrn_inverse_power(scale, p.beta));
+      y_row[o] = static_cast<scalar_t>(static_cast<acc_t>(x_row[o]) * Power::inverse(scale, p.beta));
     }
   }
 }
@@ -164,7 +185,7 @@ struct LrnBackwardScratch {
 // ring_length() values of t (to drop t_{c-size} from the reverse sum) and of s^-beta (read again
 // `before` steps later); ring_length() = min(size, C) is enough for both (a slot is rewritten only
 // after it was last read).
-template <typename scalar_t, typename acc_t>
+template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
                                               int64_t lanes, const LrnParams<acc_t>& p,
                                               const LrnBackwardScratch<acc_t>& s) {
@@ -191,7 +212,7 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
       for (int64_t l = 0; l < lanes; ++l) {
         const int64_t o = l * p.lane_stride;
         const acc_t scale = lrn_scale(s.window_sum[l], p);
-        const acc_t power = lrn_inverse_power(scale, p.beta);
+        const acc_t power = Power::inverse(scale, p.beta);
         const acc_t t = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
         s.t_sum[l] += t;
         t_new[l] = t;

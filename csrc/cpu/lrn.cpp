@@ -48,9 +48,11 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
     const auto p = lrn_params<acc_t>(x, size, alpha, beta, k);
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
-    for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
-      acc_t window_sum[kTile];
-      lrn_forward_columns(x_data + offset, y_data + offset, lanes, p, window_sum);
+    lrn_dispatch_power(p.beta, [&](auto power) {
+      for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
+        acc_t window_sum[kTile];
+        lrn_forward_columns<decltype(power)>(x_data + offset, y_data + offset, lanes, p, window_sum);
+      });
     });
   });
   return y;
@@ -72,12 +74,14 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
-      // One allocation per column tile is small next to the C * lanes elements it walks.
-      std::vector<acc_t> scratch(2 * kTile + 2 * ring * lanes);
-      LrnBackwardScratch<acc_t> s{scratch.data(), scratch.data() + kTile, scratch.data() + 2 * kTile,
-                                  scratch.data() + 2 * kTile + ring * lanes, lanes};
-      lrn_backward_columns(dy_data + offset, x_data + offset, dx_data + offset, lanes, p, s);
+    lrn_dispatch_power(p.beta, [&](auto power) {
+      for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
+        // One allocation per column tile is small next to the C * lanes elements it walks.
+        std::vector<acc_t> scratch(2 * kTile + 2 * ring * lanes);
+        LrnBackwardScratch<acc_t> s{scratch.data(), scratch.data() + kTile, scratch.data() + 2 * kTile,
+                                    scratch.data() + 2 * kTile + ring * lanes, lanes};
+        lrn_backward_columns<decltype(power)>(dy_data + offset, x_data + offset, dx_data + offset, lanes, p, s);
+      });
     });
   });
   return dx;

@@ -1,13 +1,23 @@
 // CPU kernels of 2-d max pooling (the math: csrc/common/max_pool2d.h).
+//
+// Windows that lie wholly inside the input are computed a row (contiguous layout) or a pixel's
+// channels (channels_last) at a time, visiting the window's elements in the outer loops and the
+// outputs in the inner one, which vectorises; the running maximum follows the same rule in the
+// same order as max_pool2d_window, which handles the windows that touch the padding. The
+// backward scatters each output gradient to its argmax in output order, plane by plane (or image
+// by image): the same additions in the same order as torch's kernel and as the CUDA gather.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+
+#include <type_traits>
+#include <vector>
 
 #include "../op_helpers.h"
 
 namespace cnnfast {
 namespace {
 
-// Runs body<W>() with W the 3/2 fast path when the geometry is AlexNet's, else the general one.
+// Runs body(W{}) with W the 3/2 fast path when the geometry is AlexNet's, else the general one.
 template <typename Body>
 void dispatch_window(const PoolGeometry& g, const Body& body) {
   if (Window3Stride2::matches(g)) {
@@ -24,6 +34,95 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
   } else {
     body(int32_t{});
   }
+}
+
+// Outputs [*first, *last) whose windows lie wholly inside [0, in) along one axis.
+void interior(int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int64_t in, int64_t out,
+              int64_t* first, int64_t* last) {
+  *first = std::min(out, (pad + stride - 1) / stride);
+  const int64_t reach = in - 1 + pad - (kernel - 1) * dilation;  // o * stride <= reach
+  *last = reach < 0 ? *first : std::max(*first, std::min(out, reach / stride + 1));
+}
+
+// `count` windows wholly inside the input, `step` elements apart, each window element
+// `h_stride` / `w_stride` apart. Keeps max_pool2d_window's rule: greater or NaN replaces.
+template <typename W, typename scalar_t, typename offset_t>
+void pool_interior(const scalar_t* first_window, int64_t count, int64_t step, int64_t h_stride, int64_t w_stride,
+                   const PoolGeometry& g, scalar_t* out, offset_t* offset, acc_type<scalar_t>* best) {
+  using acc_t = acc_type<scalar_t>;
+  for (int64_t i = 0; i < count; ++i) {
+    best[i] = max_pool_negative_infinity<acc_t>();
+    offset[i] = 0;
+  }
+  for (int64_t kh = 0; kh < W::kernel_h(g); ++kh) {
+    for (int64_t kw = 0; kw < W::kernel_w(g); ++kw) {
+      const scalar_t* element = first_window + kh * W::dilation_h(g) * h_stride + kw * W::dilation_w(g) * w_stride;
+      const offset_t k = static_cast<offset_t>(kh * W::kernel_w(g) + kw);
+      for (int64_t i = 0; i < count; ++i) {
+        const acc_t v = static_cast<acc_t>(element[i * step]);
+        const bool take = v > best[i] || max_pool_is_nan(v);
+        best[i] = take ? v : best[i];
+        offset[i] = take ? k : offset[i];
+      }
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<scalar_t>(best[i]);
+}
+
+template <typename W, typename scalar_t, typename offset_t>
+void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t planes, const PoolGeometry& g) {
+  int64_t oh_first, oh_last, ow_first, ow_last;
+  interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
+  interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_type<scalar_t>> best(g.out_w);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const scalar_t* image = x + plane * g.in_h * g.in_w;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const int64_t row = (plane * g.out_h + oh) * g.out_w;
+        const bool inside = oh >= oh_first && oh < oh_last;
+        const int64_t lo = inside ? ow_first : g.out_w, hi = inside ? ow_last : g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          if (ow == lo) {
+            const scalar_t* window = image + (oh * W::stride_h(g) - W::pad_h(g)) * g.in_w +
+                                     (lo * W::stride_w(g) - W::pad_w(g));
+            pool_interior<W>(window, hi - lo, W::stride_w(g), g.in_w, 1, g, out + row + lo, offsets + row + lo,
+                             best.data());
+            ow = hi - 1;
+            continue;
+          }
+          max_pool2d_window<W>(image, g.in_w, 1, g, oh, ow, out + row + ow, offsets + row + ow);
+        }
+      }
+    }
+  });
+}
+
+template <typename W, typename scalar_t, typename offset_t>
+void forward_channels_last(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t batch, int64_t channels,
+                           const PoolGeometry& g) {
+  int64_t oh_first, oh_last, ow_first, ow_last;
+  interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
+  interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  const int64_t out_plane = g.out_h * g.out_w;
+  at::parallel_for(0, batch * out_plane, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_type<scalar_t>> best(channels);
+    for (int64_t position = begin; position < end; ++position) {
+      const int64_t n = position / out_plane, oh = (position % out_plane) / g.out_w, ow = position % g.out_w;
+      const scalar_t* image = x + n * g.in_h * g.in_w * channels;
+      scalar_t* out_pixel = out + position * channels;
+      offset_t* offset_pixel = offsets + position * channels;
+      if (oh >= oh_first && oh < oh_last && ow >= ow_first && ow < ow_last) {
+        const scalar_t* window = image + ((oh * W::stride_h(g) - W::pad_h(g)) * g.in_w +
+                                          (ow * W::stride_w(g) - W::pad_w(g))) * channels;
+        pool_interior<W>(window, channels, 1, g.in_w * channels, channels, g, out_pixel, offset_pixel, best.data());
+        continue;
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        max_pool2d_window<W>(image + c, g.in_w * channels, channels, g, oh, ow, out_pixel + c, offset_pixel + c);
+      }
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& input,
@@ -43,7 +142,6 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
   at::Tensor out = at::empty({batch, channels, g.out_h, g.out_w}, x.options().memory_format(format));
   at::Tensor offsets = at::empty(out.sizes(), out.options().dtype(offset_dtype(g)).memory_format(format));
   if (out.numel() > 0) {
-    const bool channels_last = format == at::MemoryFormat::ChannelsLast;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cpu", [&] {
       const scalar_t* x_data = x.const_data_ptr<scalar_t>();
       scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
@@ -52,32 +150,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
         offset_t* offset_data = offsets.mutable_data_ptr<offset_t>();
         dispatch_window(g, [&](auto window) {
           using W = decltype(window);
-          const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-          if (!channels_last) {
-            at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
-              for (int64_t plane = begin; plane < end; ++plane) {
-                for (int64_t oh = 0; oh < g.out_h; ++oh) {
-                  for (int64_t ow = 0; ow < g.out_w; ++ow) {
-                    const int64_t o = plane * out_plane + oh * g.out_w + ow;
-                    max_pool2d_window<W>(x_data + plane * in_plane, g.in_w, 1, g, oh, ow,
-                                         out_data + o, offset_data + o);
-                  }
-                }
-              }
-            });
+          if (format == at::MemoryFormat::ChannelsLast) {
+            forward_channels_last<W>(x_data, out_data, offset_data, batch, channels, g);
           } else {
-            at::parallel_for(0, batch * out_plane, 16, [&](int64_t begin, int64_t end) {
-              for (int64_t position = begin; position < end; ++position) {
-                const int64_t n = position / out_plane, oh = (position % out_plane) / g.out_w,
-                              ow = position % g.out_w;
-                const scalar_t* image = x_data + n * in_plane * channels;
-                for (int64_t c = 0; c < channels; ++c) {
-                  const int64_t o = position * channels + c;
-                  max_pool2d_window<W>(image + c, g.in_w * channels, channels, g, oh, ow,
-                                       out_data + o, offset_data + o);
-                }
-              }
-            });
+            forward_contiguous<W>(x_data, out_data, offset_data, batch * channels, g);
           }
         });
       });
@@ -85,6 +161,27 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
   }
   if (input.dim() == 3) return {out.squeeze(0), offsets.squeeze(0)};
   return {out, offsets};
+}
+
+// Adds each output gradient of one image (or plane) to its argmax, in output order.
+// `channels` is 1 for a contiguous plane; for channels_last the channels are innermost.
+template <typename scalar_t, typename offset_t>
+void scatter_image(const scalar_t* dy, const offset_t* offsets, const PoolGeometry& g, int64_t channels,
+                   acc_type<scalar_t>* sum) {
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t o = (oh * g.out_w + ow) * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t k = static_cast<int64_t>(offsets[o + c]);
+        const int64_t ih = oh * g.stride_h - g.pad_h + (k / g.kernel_w) * g.dilation_h;
+        const int64_t iw = ow * g.stride_w - g.pad_w + (k % g.kernel_w) * g.dilation_w;
+        // Offsets from the forward always point inside; others (a direct call with made-up
+        // offsets) add nothing, as in the CUDA gather, rather than write out of bounds.
+        if (k < 0 || k >= g.kernel_h * g.kernel_w || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+        sum[(ih * g.in_w + iw) * channels + c] += static_cast<acc_type<scalar_t>>(dy[o + c]);
+      }
+    }
+  }
 }
 
 at::Tensor max_pool2d_backward_kernel(const at::Tensor& grad_output, const at::Tensor& offsets,
@@ -104,43 +201,36 @@ at::Tensor max_pool2d_backward_kernel(const at::Tensor& grad_output, const at::T
   PoolGeometry g = pool_geometry(input_hw[0], input_hw[1], kernel_size, stride, padding, dilation);
   g.out_h = off.size(2);
   g.out_w = off.size(3);
-  TORCH_CHECK(offset_dtype(g) == offsets.scalar_type(), "cnnfast.max_pool2d backward: offsets dtype does not match the window");
+  TORCH_CHECK(offset_dtype(g) == offsets.scalar_type(),
+              "cnnfast.max_pool2d backward: offsets dtype does not match the window");
+  TORCH_CHECK(g.out_h <= pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, true) &&
+                  g.out_w <= pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, true),
+              "cnnfast.max_pool2d backward: offsets do not come from this input size and window");
   at::Tensor dx = at::empty({batch, channels, g.in_h, g.in_w}, dy.options().memory_format(format));
   if (dx.numel() > 0) {
     const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+    // A contiguous tensor is scattered plane by plane, a channels_last one image by image.
+    const int64_t units = channels_last ? batch : batch * channels;
+    const int64_t unit_channels = channels_last ? channels : 1;
+    const int64_t in_unit = g.in_h * g.in_w * unit_channels, out_unit = g.out_h * g.out_w * unit_channels;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "max_pool2d_backward_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
       const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
       scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
       dispatch_offset(off.scalar_type(), [&](auto offset_tag) {
         using offset_t = decltype(offset_tag);
         const offset_t* offset_data = off.const_data_ptr<offset_t>();
-        dispatch_window(g, [&](auto window) {
-          using W = decltype(window);
-          const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-          if (!channels_last) {
-            at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
-              for (int64_t plane = begin; plane < end; ++plane) {
-                for (int64_t ih = 0; ih < g.in_h; ++ih) {
-                  for (int64_t iw = 0; iw < g.in_w; ++iw) {
-                    dx_data[plane * in_plane + ih * g.in_w + iw] = static_cast<scalar_t>(
-                        max_pool2d_input_grad<W>(dy_data + plane * out_plane, offset_data + plane * out_plane,
-                                                 g.out_w, 1, g, ih, iw));
-                  }
-                }
-              }
-            });
-          } else {
-            at::parallel_for(0, batch * in_plane, 16, [&](int64_t begin, int64_t end) {
-              for (int64_t position = begin; position < end; ++position) {
-                const int64_t n = position / in_plane, ih = (position % in_plane) / g.in_w,
-                              iw = position % g.in_w;
-                const int64_t image = n * out_plane * channels;
-                for (int64_t c = 0; c < channels; ++c) {
-                  dx_data[position * channels + c] = static_cast<scalar_t>(max_pool2d_input_grad<W>(
-                      dy_data + image + c, offset_data + image + c, g.out_w * channels, channels, g, ih, iw));
-                }
-              }
-            });
+        at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+          // fp16/bf16 add in an fp32 buffer; fp32/fp64 add in place, as torch does.
+          std::vector<acc_t> buffer(std::is_same<acc_t, scalar_t>::value ? 0 : in_unit);
+          for (int64_t unit = begin; unit < end; ++unit) {
+            scalar_t* dx_unit = dx_data + unit * in_unit;
+            acc_t* sum = buffer.empty() ? reinterpret_cast<acc_t*>(dx_unit) : buffer.data();
+            std::fill(sum, sum + in_unit, acc_t(0));
+            scatter_image(dy_data + unit * out_unit, offset_data + unit * out_unit, g, unit_channels, sum);
+            if (!buffer.empty()) {
+              for (int64_t i = 0; i < in_unit; ++i) dx_unit[i] = static_cast<scalar_t>(sum[i]);
+            }
           }
         });
       });
