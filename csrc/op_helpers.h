@@ -91,4 +91,14 @@ inline at::ScalarType offset_dtype(const PoolGeometry& g) {
   return g.kernel_h * g.kernel_w <= 256 ? at::kByte : at::kInt;
 }
 
+// Runs body(offset_t{}) with the C++ type of an offsets tensor's dtype.
+template <typename Body>
+void dispatch_offset(at::ScalarType type, const Body& body) {
+  if (type == at::kByte) {
+    body(uint8_t{});
+  } else {
+    body(int32_t{});
+  }
+}
+
 }  // namespace cnnfast

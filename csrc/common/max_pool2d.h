@@ -49,6 +49,17 @@ struct AnyWindow {
   CNNFAST_HOST_DEVICE static int64_t dilation_w(const PoolGeometry& g) { return g.dilation_w; }
 };
 
+// Host side: runs body(W{}) with W the 3/2 fast path when the geometry is AlexNet's, else the
+// general window.
+template <typename Body>
+inline void dispatch_window(const PoolGeometry& g, const Body& body) {
+  if (Window3Stride2::matches(g)) {
+    body(Window3Stride2{});
+  } else {
+    body(AnyWindow{});
+  }
+}
+
 template <typename acc_t>
 CNNFAST_HOST_DEVICE bool max_pool_is_nan(acc_t v) {
   return v != v;

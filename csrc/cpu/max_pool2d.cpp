@@ -17,25 +17,6 @@
 namespace cnnfast {
 namespace {
 
-// Runs body(W{}) with W the 3/2 fast path when the geometry is AlexNet's, else the general one.
-template <typename Body>
-void dispatch_window(const PoolGeometry& g, const Body& body) {
-  if (Window3Stride2::matches(g)) {
-    body(Window3Stride2{});
-  } else {
-    body(AnyWindow{});
-  }
-}
-
-template <typename Body>
-void dispatch_offset(at::ScalarType type, const Body& body) {
-  if (type == at::kByte) {
-    body(uint8_t{});
-  } else {
-    body(int32_t{});
-  }
-}
-
 // Outputs [*first, *last) whose windows lie wholly inside [0, in) along one axis.
 void interior(int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int64_t in, int64_t out,
               int64_t* first, int64_t* last) {
