@@ -93,7 +93,8 @@ def test_low_precision_error_at_most_twice_torch(backend, device, dtype):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 1.3), (8, 0.5)])
 def test_gradcheck_fp64(backend, device, size, beta):
-    x = make_input((2, 6, 3, 3), "contiguous", torch.float64, device, seed=3)
+    # Small: gradcheck evaluates the op twice per input element (slow under the interpreter).
+    x = make_input((2, 5, 2, 3), "contiguous", torch.float64, device, seed=3)
     with cnnfast.backend(backend):
         assert torch.autograd.gradcheck(
             lambda t: cnnfast.functional.local_response_norm(t, size, 0.9, beta, 1.0), (x,))

@@ -90,8 +90,9 @@ def test_other_dtypes(backend, device, dtype):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[3], GEOMETRIES[5]], ids=["3s2", "ceil", "dilation"])
 def test_gradcheck_fp64(backend, device, geometry):
-    # Distinct values, far apart relative to gradcheck's step, so that no argmax moves.
-    shape = geometry[0]
+    # Distinct values, far apart relative to gradcheck's step, so that no argmax moves; small,
+    # because gradcheck evaluates the op twice per input element (slow under the interpreter).
+    shape = (1, 2, 7, 9)
     x = (torch.randperm(torch.Size(shape).numel(), generator=torch.Generator().manual_seed(0)).double() * 0.1)
     x = x.reshape(shape).to(device).requires_grad_()
     _, kernel, stride, padding, dilation, ceil_mode = geometry
