@@ -180,6 +180,38 @@ struct LrnBackwardScratch {
   int64_t ring_stride; // >= lanes (a CUDA block interleaves its threads' rings)
 };
 
+// The backward's two lane loops, as functions with __restrict__ arguments: the scratch arrays
+// share one allocation, and without these promises the compiler cannot vectorise across them.
+// t_c = dy_c x_c s_c^(-beta-1) joins the reverse sum and the ring, with s_c^-beta.
+template <typename Power, typename scalar_t, typename acc_t>
+CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
+                                       int64_t lanes, const LrnParams<acc_t>& p,
+                                       const acc_t* __restrict__ window_sum, acc_t* __restrict__ t_sum,
+                                       acc_t* __restrict__ t_new, acc_t* __restrict__ power_new) {
+  for (int64_t l = 0; l < lanes; ++l) {
+    const int64_t o = l * p.lane_stride;
+    const acc_t scale = lrn_scale(window_sum[l], p);
+    const acc_t power = Power::inverse(scale, p.beta);
+    const acc_t t = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
+    t_sum[l] += t;
+    t_new[l] = t;
+    power_new[l] = power;
+  }
+}
+
+// dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (reverse window sum of t).
+template <typename scalar_t, typename acc_t>
+CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
+                                     scalar_t* __restrict__ dx_row, int64_t lanes, int64_t lane_stride,
+                                     const acc_t* __restrict__ power_j, const acc_t* __restrict__ t_sum,
+                                     acc_t coefficient) {
+  for (int64_t l = 0; l < lanes; ++l) {
+    const int64_t o = l * lane_stride;
+    dx_row[o] = static_cast<scalar_t>(static_cast<acc_t>(dy_row[o]) * power_j[l] -
+                                      coefficient * static_cast<acc_t>(x_row[o]) * t_sum[l]);
+  }
+}
+
 // Backward over `lanes` columns. Step c produces t_c (needs the window of c) and then dx_j for
 // j = c - before, whose reverse window [j - after, j + before] ends at c. The ring keeps the last
 // ring_length() values of t (to drop t_{c-size} from the reverse sum) and of s^-beta (read again
@@ -205,31 +237,14 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
     }
     if (c < p.channels) {
       lrn_slide_window(x, c, lanes, p, s.window_sum);
-      const scalar_t* x_row = x + c * p.channel_stride;
-      const scalar_t* dy_row = dy + c * p.channel_stride;
-      acc_t* t_new = s.ring_t + (c % ring) * s.ring_stride;
-      acc_t* power_new = s.ring_power + (c % ring) * s.ring_stride;
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t o = l * p.lane_stride;
-        const acc_t scale = lrn_scale(s.window_sum[l], p);
-        const acc_t power = Power::inverse(scale, p.beta);
-        const acc_t t = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
-        s.t_sum[l] += t;
-        t_new[l] = t;
-        power_new[l] = power;
-      }
+      lrn_produce_t<Power>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p, s.window_sum,
+                           s.t_sum, s.ring_t + (c % ring) * s.ring_stride,
+                           s.ring_power + (c % ring) * s.ring_stride);
     }
     const int64_t j = c - p.before();
     if (j >= 0) {
-      const scalar_t* x_row = x + j * p.channel_stride;
-      const scalar_t* dy_row = dy + j * p.channel_stride;
-      scalar_t* dx_row = dx + j * p.channel_stride;
-      const acc_t* power_j = s.ring_power + (j % ring) * s.ring_stride;
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t o = l * p.lane_stride;
-        dx_row[o] = static_cast<scalar_t>(static_cast<acc_t>(dy_row[o]) * power_j[l] -
-                                          coefficient * static_cast<acc_t>(x_row[o]) * s.t_sum[l]);
-      }
+      lrn_emit_dx(x + j * p.channel_stride, dy + j * p.channel_stride, dx + j * p.channel_stride, lanes,
+                  p.lane_stride, s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
     }
   }
 }

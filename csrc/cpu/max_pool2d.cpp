@@ -25,29 +25,53 @@ void interior(int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int
   *last = reach < 0 ? *first : std::max(*first, std::min(out, reach / stride + 1));
 }
 
+// One window element for `count` windows: the running maximum takes v when v is greater or NaN
+// (max_pool2d_window's rule). The offset is kept in acc_t lanes (exact below 2^24) so that the
+// compare and both selects have one width; with kStep a constant (1: channels_last, 2: AlexNet's
+// stride) the loop vectorises. kStep = 0 reads the step at run time.
+template <int64_t kStep, typename scalar_t, typename acc_t>
+void max_update(const scalar_t* __restrict__ element, int64_t step, int64_t count, acc_t* __restrict__ best,
+                acc_t* __restrict__ best_k, acc_t k) {
+  if (kStep != 0) step = kStep;
+  for (int64_t i = 0; i < count; ++i) {
+    const acc_t v = static_cast<acc_t>(element[i * step]);
+    const acc_t b = best[i];
+    const bool take = !(v <= b);  // greater, or unordered: v is NaN (b never is, unless v was)
+    best[i] = take ? v : b;
+    best_k[i] = take ? k : best_k[i];
+  }
+}
+
 // `count` windows wholly inside the input, `step` elements apart, each window element
-// `h_stride` / `w_stride` apart. Keeps max_pool2d_window's rule: greater or NaN replaces.
+// `h_stride` / `w_stride` apart, visited in max_pool2d_window's order. `scratch` holds 2 * count
+// accumulators.
 template <typename W, typename scalar_t, typename offset_t>
 void pool_interior(const scalar_t* first_window, int64_t count, int64_t step, int64_t h_stride, int64_t w_stride,
-                   const PoolGeometry& g, scalar_t* out, offset_t* offset, acc_type<scalar_t>* best) {
+                   const PoolGeometry& g, scalar_t* out, offset_t* offset, acc_type<scalar_t>* scratch) {
   using acc_t = acc_type<scalar_t>;
+  acc_t* best = scratch;
+  acc_t* best_k = scratch + count;
   for (int64_t i = 0; i < count; ++i) {
     best[i] = max_pool_negative_infinity<acc_t>();
-    offset[i] = 0;
+    best_k[i] = acc_t(0);
   }
   for (int64_t kh = 0; kh < W::kernel_h(g); ++kh) {
     for (int64_t kw = 0; kw < W::kernel_w(g); ++kw) {
       const scalar_t* element = first_window + kh * W::dilation_h(g) * h_stride + kw * W::dilation_w(g) * w_stride;
-      const offset_t k = static_cast<offset_t>(kh * W::kernel_w(g) + kw);
-      for (int64_t i = 0; i < count; ++i) {
-        const acc_t v = static_cast<acc_t>(element[i * step]);
-        const bool take = v > best[i] || max_pool_is_nan(v);
-        best[i] = take ? v : best[i];
-        offset[i] = take ? k : offset[i];
+      const acc_t k = static_cast<acc_t>(kh * W::kernel_w(g) + kw);
+      if (step == 1) {
+        max_update<1>(element, step, count, best, best_k, k);
+      } else if (step == 2) {
+        max_update<2>(element, step, count, best, best_k, k);
+      } else {
+        max_update<0>(element, step, count, best, best_k, k);
       }
     }
   }
-  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<scalar_t>(best[i]);
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = static_cast<scalar_t>(best[i]);
+    offset[i] = static_cast<offset_t>(best_k[i]);
+  }
 }
 
 template <typename W, typename scalar_t, typename offset_t>
@@ -56,7 +80,7 @@ void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int
   interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
   interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_type<scalar_t>> best(g.out_w);
+    std::vector<acc_type<scalar_t>> best(2 * g.out_w);
     for (int64_t plane = begin; plane < end; ++plane) {
       const scalar_t* image = x + plane * g.in_h * g.in_w;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
@@ -87,7 +111,7 @@ void forward_channels_last(const scalar_t* x, scalar_t* out, offset_t* offsets, 
   interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
   const int64_t out_plane = g.out_h * g.out_w;
   at::parallel_for(0, batch * out_plane, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_type<scalar_t>> best(channels);
+    std::vector<acc_type<scalar_t>> best(2 * channels);
     for (int64_t position = begin; position < end; ++position) {
       const int64_t n = position / out_plane, oh = (position % out_plane) / g.out_w, ow = position % g.out_w;
       const scalar_t* image = x + n * g.in_h * g.in_w * channels;
@@ -146,19 +170,22 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
 
 // Adds each output gradient of one image (or plane) to its argmax, in output order.
 // `channels` is 1 for a contiguous plane; for channels_last the channels are innermost.
-template <typename scalar_t, typename offset_t>
+template <typename W, typename scalar_t, typename offset_t>
 void scatter_image(const scalar_t* dy, const offset_t* offsets, const PoolGeometry& g, int64_t channels,
                    acc_type<scalar_t>* sum) {
+  const int64_t window = W::kernel_h(g) * W::kernel_w(g);
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const int64_t h0 = oh * W::stride_h(g) - W::pad_h(g);
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t w0 = ow * W::stride_w(g) - W::pad_w(g);
       const int64_t o = (oh * g.out_w + ow) * channels;
       for (int64_t c = 0; c < channels; ++c) {
         const int64_t k = static_cast<int64_t>(offsets[o + c]);
-        const int64_t ih = oh * g.stride_h - g.pad_h + (k / g.kernel_w) * g.dilation_h;
-        const int64_t iw = ow * g.stride_w - g.pad_w + (k % g.kernel_w) * g.dilation_w;
+        const int64_t ih = h0 + (k / W::kernel_w(g)) * W::dilation_h(g);
+        const int64_t iw = w0 + (k % W::kernel_w(g)) * W::dilation_w(g);
         // Offsets from the forward always point inside; others (a direct call with made-up
         // offsets) add nothing, as in the CUDA gather, rather than write out of bounds.
-        if (k < 0 || k >= g.kernel_h * g.kernel_w || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+        if (k < 0 || k >= window || ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
         sum[(ih * g.in_w + iw) * channels + c] += static_cast<acc_type<scalar_t>>(dy[o + c]);
       }
     }
@@ -201,18 +228,21 @@ at::Tensor max_pool2d_backward_kernel(const at::Tensor& grad_output, const at::T
       dispatch_offset(off.scalar_type(), [&](auto offset_tag) {
         using offset_t = decltype(offset_tag);
         const offset_t* offset_data = off.const_data_ptr<offset_t>();
-        at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-          // fp16/bf16 add in an fp32 buffer; fp32/fp64 add in place, as torch does.
-          std::vector<acc_t> buffer(std::is_same<acc_t, scalar_t>::value ? 0 : in_unit);
-          for (int64_t unit = begin; unit < end; ++unit) {
-            scalar_t* dx_unit = dx_data + unit * in_unit;
-            acc_t* sum = buffer.empty() ? reinterpret_cast<acc_t*>(dx_unit) : buffer.data();
-            std::fill(sum, sum + in_unit, acc_t(0));
-            scatter_image(dy_data + unit * out_unit, offset_data + unit * out_unit, g, unit_channels, sum);
-            if (!buffer.empty()) {
-              for (int64_t i = 0; i < in_unit; ++i) dx_unit[i] = static_cast<scalar_t>(sum[i]);
+        dispatch_window(g, [&](auto window) {
+          using W = decltype(window);
+          at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+            // fp16/bf16 add in an fp32 buffer; fp32/fp64 add in place, as torch does.
+            std::vector<acc_t> buffer(std::is_same<acc_t, scalar_t>::value ? 0 : in_unit);
+            for (int64_t unit = begin; unit < end; ++unit) {
+              scalar_t* dx_unit = dx_data + unit * in_unit;
+              acc_t* sum = buffer.empty() ? reinterpret_cast<acc_t*>(dx_unit) : buffer.data();
+              std::fill(sum, sum + in_unit, acc_t(0));
+              scatter_image<W>(dy_data + unit * out_unit, offset_data + unit * out_unit, g, unit_channels, sum);
+              if (!buffer.empty()) {
+                for (int64_t i = 0; i < in_unit; ++i) dx_unit[i] = static_cast<scalar_t>(sum[i]);
+              }
             }
-          }
+          });
         });
       });
     });
