@@ -36,7 +36,7 @@ void max_update(const scalar_t* __restrict__ element, int64_t step, int64_t coun
   for (int64_t i = 0; i < count; ++i) {
     const acc_t v = static_cast<acc_t>(element[i * step]);
     const acc_t b = best[i];
-    const bool take = !(v <= b);  // greater, or unordered: v is NaN (b never is, unless v was)
+    const bool take = (v > b) | max_pool_is_nan(v);  // `|`, not `||`: no branch
     best[i] = take ? v : b;
     best_k[i] = take ? k : best_k[i];
   }
