@@ -1,0 +1,118 @@
+"""python -m benchmarks: cnnfast against eager torch and torch.compile, side by side in one run.
+
+Prints a table and writes <out>/<device-name>.json, .md and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Interpreted Triton is a test tool, not a speed: make sure triton is never imported in that mode.
+if os.environ.pop("TRITON_INTERPRET", None):
+    print("benchmarks: ignoring TRITON_INTERPRET (the benchmarks never run the Triton interpreter)",
+          file=sys.stderr)
+
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks import cases_alexnet, harness, report, targets  # noqa: E402
+
+CASE_MODULES = (cases_alexnet,)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run (auto: cuda when torch sees a GPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: batch 2, a few short repeats, no peak-RSS processes")
+    parser.add_argument("--only", metavar="SUBSTRING",
+                        help="run the cases whose label (e.g. 'LRN 5 8x96x55x55 fp32 fwd+bwd cnnfast[cpu]') "
+                             "contains SUBSTRING (any case), with their eager-torch baselines")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="directory for the results files (default: benchmarks/results)")
+    return parser.parse_args(argv)
+
+
+def select(cases, only):
+    """The matching cases plus the eager-torch row of each, so speed-ups can still be computed."""
+    if not only:
+        return cases
+    only = only.lower()
+    groups = {c.group for c in cases if only in c.label.lower()}
+    return [c for c in cases if only in c.label.lower() or (c.group in groups and c.variant == "torch")]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = harness.detect_device(args.device)
+    if args.quick:
+        settings = harness.Settings(warmup=1, budget_s=0.2, min_reps=3, max_reps=20, gpu_warmup_ms=5,
+                                    gpu_rep_ms=20, rss=False)
+    else:
+        settings = harness.Settings()
+    variants, notes = harness.variants(device)
+    cases = select([c for m in CASE_MODULES for c in m.cases(device, args.quick, variants)], args.only)
+    if not cases:
+        raise SystemExit(f"benchmarks: no case matches --only {args.only!r}")
+    meta = harness.metadata(device)  # before running: the commit and date the run started from
+
+    started, load = time.perf_counter(), harness.BackgroundLoad()
+    rows, copy_gbps = [], {}
+    groups = list(dict.fromkeys(c.group for c in cases))  # the variants of one comparison run together
+    with tqdm(total=len(cases), desc=f"benchmarks ({meta['device']})", unit="case") as bar:
+        for group in groups:
+            members = [c for c in cases if c.group == group]
+            bar.set_postfix_str(members[0].label.rsplit(" ", 1)[0])
+            for case, row in zip(members, harness.measure_group(members, device, settings, copy_gbps)):
+                if "error" in row:
+                    tqdm.write(f"error: {case.label}: {row['error']}")
+                rows.append(row)
+            bar.update(len(members))
+    elapsed, other = time.perf_counter() - started, load.cores_busy()
+
+    report.derive(rows)
+    notes = notes + [f"{r['variant']} on {r['case']} {r['shape']} {r['dtype']} {r['pass']} "
+                     f"{'skipped' if 'skipped' in r else 'failed'}: {r.get('skipped') or r.get('error')}"
+                     for r in rows if "skipped" in r or "error" in r]
+    if args.only:
+        notes.append(f"partial run: --only {args.only!r}")
+    if device == "cpu" and other is not None and other > 0.1:
+        notes.append(f"other processes kept {other:.2f} of {meta['cpu_cores']} cores busy during the run: "
+                     "CPU times are inflated (in steps of the scheduler's tick) and noisy; rerun on a quiet machine")
+    result = {
+        "metadata": {**meta, "run_seconds": round(elapsed, 1), "quick": args.quick,
+                     "other_processes_cores_busy": other},
+        "device_type": device,
+        "settings": vars(settings),
+        "copy_gbps": copy_gbps,
+        "rows": rows,
+        "targets": targets.evaluate(rows, device),
+        "backend_choice": targets.backend_choice(rows) if device == "cuda" else [],
+        "notes": notes,
+    }
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / meta["device"]
+    report.write_json(stem.with_suffix(".json"), result)
+    report.draw_chart(stem.with_suffix(".png"), rows, f"cnnfast vs torch — {meta['device_description']} — "
+                                                      f"{meta['commit']} — {meta['date']}")
+    report.write_markdown(stem.with_suffix(".md"), result, stem.with_suffix(".png").name)
+
+    print(report.table(rows, device))
+    print("\nTargets:")
+    print("\n".join(report.target_lines(result["targets"])))
+    if result["backend_choice"]:
+        print("\nauto's CUDA backend per op:")
+        print("\n".join(report.choice_lines(result["backend_choice"])))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"\n{len(rows)} cases in {elapsed:.0f} s; wrote {stem}.json, .md, .png")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The project's speed and memory targets, judged from the rows of one run; and, on a GPU, which
+of the CUDA and Triton kernels `auto` should pick per op (cnnfast._backend.AUTO_CUDA_CHOICE).
+
+A target is PASS when every row it covers meets it, MISS when one does not, and N/A when the run
+has no such row (another device, or --only left them out).
+"""
+from __future__ import annotations
+
+import math
+
+from cnnfast._backend import AUTO_CUDA_CHOICE
+
+
+def _rows(rows, op, variant, passes=("fwd", "fwd+bwd")):
+    return [r for r in rows if r["op"] == op and r["variant"] == variant and r["pass"] in passes]
+
+
+def _target(name: str, rows: list[dict], ok, describe) -> dict:
+    measured = [r for r in rows if "median_ms" in r]
+    if not rows:
+        return {"status": "N/A", "target": name, "detail": "no such row in this run"}
+    if len(measured) < len(rows):
+        failed = [r for r in rows if "median_ms" not in r]
+        return {"status": "MISS", "target": name,
+                "detail": "did not run: " + "; ".join(r.get("error") or r.get("skipped", "?") for r in failed)}
+    status = "PASS" if all(ok(r) for r in measured) else "MISS"
+    detail = "; ".join(f"{r['shape']} {r['dtype']} {r['pass']}: {describe(r)}" for r in measured)
+    return {"status": status, "target": name, "detail": detail}
+
+
+def _x(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def evaluate(rows: list[dict], device: str) -> list[dict]:
+    if device == "cpu":
+        v = "cnnfast[cpu]"
+        return [
+            _target("CPU: LRN fwd+bwd >= 3x torch.nn.LocalResponseNorm (eager)",
+                    _rows(rows, "lrn", v, ("fwd+bwd",)),
+                    lambda r: (r.get("speedup") or 0) >= 3, lambda r: _x(r.get("speedup"))),
+            _target("CPU: max-pool fwd+bwd >= 1x torch, keeping <= 1/10 of torch's saved bytes",
+                    _rows(rows, "max_pool", v, ("fwd+bwd",)),
+                    lambda r: (r.get("speedup") or 0) >= 1 and (r.get("saved_ratio") or math.inf) <= 0.1,
+                    lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))} of torch's"),
+        ]
+    v = "cnnfast[auto]"  # what users get on a GPU
+    return [
+        _target("GPU: LRN >= 80% of copy bandwidth", _rows(rows, "lrn", v),
+                lambda r: r.get("copy_fraction", 0) >= 0.8,
+                lambda r: f"{r['gbps']:.0f} GB/s = {100 * r['copy_fraction']:.0f}% of copy"),
+        _target("GPU: LRN >= 5x torch (eager)", _rows(rows, "lrn", v),
+                lambda r: (r.get("speedup") or 0) >= 5, lambda r: _x(r.get("speedup"))),
+        _target("GPU: max-pool fwd+bwd >= 1.2x torch (eager)", _rows(rows, "max_pool", v, ("fwd+bwd",)),
+                lambda r: (r.get("speedup") or 0) >= 1.2, lambda r: _x(r.get("speedup"))),
+    ]
+
+
+# The ops whose CUDA-tensor backend `auto` chooses, by their rows' op name.
+AUTO_OPS = {"lrn": "local_response_norm", "max_pool": "max_pool2d"}
+
+
+def backend_choice(rows: list[dict]) -> list[dict]:
+    """Per op: the geometric mean over its rows (shapes, dtypes, passes) of Triton's time over
+    the CUDA kernels' time; below 1 Triton is faster."""
+    timed = {(r["op"], r["shape"], r["dtype"], r["pass"], r["variant"]): r["median_ms"]
+             for r in rows if "median_ms" in r}
+    choices = []
+    for op, key in AUTO_OPS.items():
+        ratios = [timed[(o, s, d, p, "cnnfast[triton]")] / ms
+                  for (o, s, d, p, v), ms in timed.items()
+                  if o == op and v == "cnnfast[cuda]" and (o, s, d, p, "cnnfast[triton]") in timed]
+        if not ratios:
+            continue
+        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        faster = "triton" if geomean < 1 else "cuda"
+        choices.append({"op": key, "faster": faster, "triton_over_cuda_time": geomean, "rows": len(ratios),
+                        "triton_wins": sum(r < 1 for r in ratios), "auto_cuda_choice": AUTO_CUDA_CHOICE.get(key),
+                        "agrees": AUTO_CUDA_CHOICE.get(key) == faster})
+    return choices
