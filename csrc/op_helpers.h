@@ -101,4 +101,88 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
   }
 }
 
+// What a binding needs to launch a kernel, prepared the same way for CPU and CUDA: inputs in the
+// op's layout, outputs allocated in it, geometry, and the invariants a direct call could break.
+struct LrnCall {
+  at::Tensor x, grad_output, result;  // grad_output is undefined for the forward
+  bool channels_last;
+};
+
+inline LrnCall prepare_local_response_norm(const at::Tensor& input, const at::Tensor* grad_output) {
+  TORCH_CHECK(grad_output == nullptr || grad_output->sizes() == input.sizes(),
+              "cnnfast.local_response_norm backward: grad_output and input shapes differ");
+  const auto format = output_memory_format(input);
+  LrnCall call;
+  call.x = input.contiguous(format);
+  if (grad_output != nullptr) call.grad_output = grad_output->contiguous(format);
+  call.result = at::empty(call.x.sizes(), call.x.options().memory_format(format));
+  call.channels_last = format == at::MemoryFormat::ChannelsLast;
+  return call;
+}
+
+struct MaxPoolCall {
+  at::Tensor x, output, offsets;  // forward: 4-d input and its outputs
+  at::Tensor grad_output, grad_input;  // backward: 4-d, with `offsets`
+  PoolGeometry g;
+  bool channels_last, unbatched;
+  int64_t batch, channels;
+
+  // Back to the caller's rank (3-d inputs are computed as a batch of one).
+  at::Tensor shaped(const at::Tensor& t) const { return unbatched ? t.squeeze(0) : t; }
+};
+
+inline MaxPoolCall prepare_max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation, bool ceil_mode) {
+  TORCH_CHECK(input.dim() == 3 || input.dim() == 4, "cnnfast.max_pool2d: input must be 3-d or 4-d");
+  check_floating(input, "input");
+  const auto format = output_memory_format(input);
+  MaxPoolCall call;
+  call.unbatched = input.dim() == 3;
+  call.channels_last = format == at::MemoryFormat::ChannelsLast;
+  call.x = (call.unbatched ? input.unsqueeze(0) : input).contiguous(format);
+  call.batch = call.x.size(0);
+  call.channels = call.x.size(1);
+  call.g = pool_geometry(call.x.size(2), call.x.size(3), kernel_size, stride, padding, dilation);
+  PoolGeometry& g = call.g;
+  g.out_h = pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, ceil_mode);
+  g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
+  TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "cnnfast.max_pool2d: the window is larger than the padded input");
+  call.output = at::empty({call.batch, call.channels, g.out_h, g.out_w}, call.x.options().memory_format(format));
+  call.offsets = at::empty(call.output.sizes(), call.output.options().dtype(offset_dtype(g)).memory_format(format));
+  return call;
+}
+
+inline MaxPoolCall prepare_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& offsets,
+                                               at::IntArrayRef input_hw, at::IntArrayRef kernel_size,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation) {
+  TORCH_CHECK(grad_output.sizes() == offsets.sizes() && (offsets.dim() == 3 || offsets.dim() == 4),
+              "cnnfast.max_pool2d backward: grad_output and offsets must have the output's shape");
+  TORCH_CHECK(offsets.scalar_type() == at::kByte || offsets.scalar_type() == at::kInt,
+              "cnnfast.max_pool2d backward: offsets must be uint8 or int32");
+  TORCH_CHECK(input_hw.size() == 2, "cnnfast.max_pool2d backward: input_hw must have 2 values");
+  check_floating(grad_output, "grad_output");
+  const auto format = output_memory_format(offsets);
+  MaxPoolCall call;
+  call.unbatched = offsets.dim() == 3;
+  call.channels_last = format == at::MemoryFormat::ChannelsLast;
+  call.offsets = (call.unbatched ? offsets.unsqueeze(0) : offsets).contiguous(format);
+  call.grad_output = (call.unbatched ? grad_output.unsqueeze(0) : grad_output).contiguous(format);
+  call.batch = call.offsets.size(0);
+  call.channels = call.offsets.size(1);
+  call.g = pool_geometry(input_hw[0], input_hw[1], kernel_size, stride, padding, dilation);
+  PoolGeometry& g = call.g;
+  g.out_h = call.offsets.size(2);
+  g.out_w = call.offsets.size(3);
+  TORCH_CHECK(offset_dtype(g) == offsets.scalar_type(),
+              "cnnfast.max_pool2d backward: offsets dtype does not match the window");
+  TORCH_CHECK(g.out_h <= pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, true) &&
+                  g.out_w <= pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, true),
+              "cnnfast.max_pool2d backward: offsets do not come from this input size and window");
+  call.grad_input = at::empty({call.batch, call.channels, g.in_h, g.in_w},
+                              call.grad_output.options().memory_format(format));
+  return call;
+}
+
 }  // namespace cnnfast

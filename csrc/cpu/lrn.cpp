@@ -39,9 +39,9 @@ void for_each_column_tile(const at::Tensor& x, int64_t channel_stride, const Bod
 
 at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t size, double alpha,
                                               double beta, double k) {
-  const auto format = output_memory_format(input);
-  const at::Tensor x = input.contiguous(format);
-  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(format));
+  const LrnCall call = prepare_local_response_norm(input, nullptr);
+  const at::Tensor& x = call.x;
+  const at::Tensor& y = call.result;
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "local_response_norm_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -60,12 +60,10 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
 
 at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
                                                int64_t size, double alpha, double beta, double k) {
-  TORCH_CHECK(grad_output.sizes() == input.sizes(),
-              "cnnfast.local_response_norm backward: grad_output and input shapes differ");
-  const auto format = output_memory_format(input);
-  const at::Tensor x = input.contiguous(format);
-  const at::Tensor dy = grad_output.contiguous(format);
-  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(format));
+  const LrnCall call = prepare_local_response_norm(input, &grad_output);
+  const at::Tensor& x = call.x;
+  const at::Tensor& dy = call.grad_output;
+  const at::Tensor& dx = call.result;
   if (x.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "local_response_norm_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;

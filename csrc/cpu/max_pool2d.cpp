@@ -135,17 +135,10 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
                                                              at::IntArrayRef stride,
                                                              at::IntArrayRef padding,
                                                              at::IntArrayRef dilation, bool ceil_mode) {
-  TORCH_CHECK(input.dim() == 3 || input.dim() == 4, "cnnfast.max_pool2d: input must be 3-d or 4-d");
-  check_floating(input, "input");
-  const auto format = output_memory_format(input);
-  const at::Tensor x = (input.dim() == 3 ? input.unsqueeze(0) : input).contiguous(format);
-  const int64_t batch = x.size(0), channels = x.size(1);
-  PoolGeometry g = pool_geometry(x.size(2), x.size(3), kernel_size, stride, padding, dilation);
-  g.out_h = pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, ceil_mode);
-  g.out_w = pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, ceil_mode);
-  TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "cnnfast.max_pool2d: the window is larger than the padded input");
-  at::Tensor out = at::empty({batch, channels, g.out_h, g.out_w}, x.options().memory_format(format));
-  at::Tensor offsets = at::empty(out.sizes(), out.options().dtype(offset_dtype(g)).memory_format(format));
+  const MaxPoolCall call = prepare_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const at::Tensor &x = call.x, &out = call.output, &offsets = call.offsets;
+  const PoolGeometry& g = call.g;
+  const int64_t batch = call.batch, channels = call.channels;
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cpu", [&] {
       const scalar_t* x_data = x.const_data_ptr<scalar_t>();
@@ -155,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
         offset_t* offset_data = offsets.mutable_data_ptr<offset_t>();
         dispatch_window(g, [&](auto window) {
           using W = decltype(window);
-          if (format == at::MemoryFormat::ChannelsLast) {
+          if (call.channels_last) {
             forward_channels_last<W>(x_data, out_data, offset_data, batch, channels, g);
           } else {
             forward_contiguous<W>(x_data, out_data, offset_data, batch * channels, g);
@@ -164,8 +157,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_kernel(const at::Tensor& i
       });
     });
   }
-  if (input.dim() == 3) return {out.squeeze(0), offsets.squeeze(0)};
-  return {out, offsets};
+  return {call.shaped(out), call.shaped(offsets)};
 }
 
 // Adds each output gradient of one image (or plane) to its argmax, in output order.
@@ -196,27 +188,13 @@ at::Tensor max_pool2d_backward_kernel(const at::Tensor& grad_output, const at::T
                                       at::IntArrayRef input_hw, at::IntArrayRef kernel_size,
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation) {
-  TORCH_CHECK(grad_output.sizes() == offsets.sizes() && (offsets.dim() == 3 || offsets.dim() == 4),
-              "cnnfast.max_pool2d backward: grad_output and offsets must have the output's shape");
-  TORCH_CHECK(offsets.scalar_type() == at::kByte || offsets.scalar_type() == at::kInt,
-              "cnnfast.max_pool2d backward: offsets must be uint8 or int32");
-  TORCH_CHECK(input_hw.size() == 2, "cnnfast.max_pool2d backward: input_hw must have 2 values");
-  const bool unbatched = offsets.dim() == 3;
-  const auto format = output_memory_format(offsets);
-  const at::Tensor off = (unbatched ? offsets.unsqueeze(0) : offsets).contiguous(format);
-  const at::Tensor dy = (unbatched ? grad_output.unsqueeze(0) : grad_output).contiguous(format);
-  const int64_t batch = off.size(0), channels = off.size(1);
-  PoolGeometry g = pool_geometry(input_hw[0], input_hw[1], kernel_size, stride, padding, dilation);
-  g.out_h = off.size(2);
-  g.out_w = off.size(3);
-  TORCH_CHECK(offset_dtype(g) == offsets.scalar_type(),
-              "cnnfast.max_pool2d backward: offsets dtype does not match the window");
-  TORCH_CHECK(g.out_h <= pooled_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h, true) &&
-                  g.out_w <= pooled_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w, true),
-              "cnnfast.max_pool2d backward: offsets do not come from this input size and window");
-  at::Tensor dx = at::empty({batch, channels, g.in_h, g.in_w}, dy.options().memory_format(format));
+  const MaxPoolCall call =
+      prepare_max_pool2d_backward(grad_output, offsets, input_hw, kernel_size, stride, padding, dilation);
+  const at::Tensor &off = call.offsets, &dy = call.grad_output, &dx = call.grad_input;
+  const PoolGeometry& g = call.g;
+  const int64_t batch = call.batch, channels = call.channels;
   if (dx.numel() > 0) {
-    const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+    const bool channels_last = call.channels_last;
     // A contiguous tensor is scattered plane by plane, a channels_last one image by image.
     const int64_t units = channels_last ? batch : batch * channels;
     const int64_t unit_channels = channels_last ? channels : 1;
@@ -247,7 +225,7 @@ at::Tensor max_pool2d_backward_kernel(const at::Tensor& grad_output, const at::T
       });
     });
   }
-  return unbatched ? dx.squeeze(0) : dx;
+  return call.shaped(dx);
 }
 
 }  // namespace

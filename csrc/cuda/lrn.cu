@@ -20,9 +20,9 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
                                               double beta, double k) {
   check_cuda(input, "input", "cnnfast.local_response_norm", "input", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = output_memory_format(input);
-  const at::Tensor x = input.contiguous(format);
-  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(format));
+  const LrnCall call = prepare_local_response_norm(input, nullptr);
+  const at::Tensor& x = call.x;
+  const at::Tensor& y = call.result;
   if (x.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "local_response_norm_cuda", [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
@@ -32,7 +32,7 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
     C10_CUDA_CHECK(launch_lrn_forward<cuda_t>(
         reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
         reinterpret_cast<cuda_t*>(y.mutable_data_ptr<scalar_t>()), columns, columns / x.size(0),
-        format == at::MemoryFormat::ChannelsLast, p, at::cuda::getCurrentCUDAStream()));
+        call.channels_last, p, at::cuda::getCurrentCUDAStream()));
   });
   return y;
 }
@@ -42,13 +42,11 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
   const char* op = "cnnfast.local_response_norm backward";
   check_cuda(input, "input", op, "input", input.device());
   check_cuda(grad_output, "grad_output", op, "input", input.device());
-  TORCH_CHECK(grad_output.sizes() == input.sizes(),
-              "cnnfast.local_response_norm backward: grad_output and input shapes differ");
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = output_memory_format(input);
-  const at::Tensor x = input.contiguous(format);
-  const at::Tensor dy = grad_output.contiguous(format);
-  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(format));
+  const LrnCall call = prepare_local_response_norm(input, &grad_output);
+  const at::Tensor& x = call.x;
+  const at::Tensor& dy = call.grad_output;
+  const at::Tensor& dx = call.result;
   if (x.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "local_response_norm_backward_cuda", [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
@@ -68,7 +66,7 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
         reinterpret_cast<const cuda_t*>(dy.const_data_ptr<scalar_t>()),
         reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
         reinterpret_cast<cuda_t*>(dx.mutable_data_ptr<scalar_t>()), columns, columns / x.size(0),
-        format == at::MemoryFormat::ChannelsLast, p, ring_data, at::cuda::getCurrentCUDAStream()));
+        call.channels_last, p, ring_data, at::cuda::getCurrentCUDAStream()));
   });
   return dx;
 }
