@@ -35,6 +35,15 @@ def backend_params():
     ]
 
 
+def registered_op(name: str):
+    """(torch.ops.cnnfast.<name>, the device to check it on); skips where it cannot run here."""
+    if not cnnfast.extension_loaded():
+        pytest.skip("cnnfast._C not built")
+    if name.endswith("triton") and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("Triton runs neither natively nor interpreted here")
+    return getattr(torch.ops.cnnfast, name), ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def assert_low_precision_close(result: torch.Tensor, torch_result: torch.Tensor, exact: torch.Tensor) -> None:
     """fp16/bf16 rule: against an fp64 `exact`, our max error is at most twice that of torch's own
     op run in the same dtype (`torch_result`), plus one unit of the dtype's epsilon at the

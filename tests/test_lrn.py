@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnfast
-from helpers import assert_low_precision_close, backend_params
+from helpers import assert_low_precision_close, backend_params, registered_op
 
 BACKENDS = backend_params()
 
@@ -102,21 +102,11 @@ def test_gradcheck_fp64(backend, device, size, beta):
 
 @pytest.mark.parametrize("op_name", ["local_response_norm", "local_response_norm_triton"])
 def test_opcheck(op_name):
-    if not cnnfast.extension_loaded():
-        pytest.skip("cnnfast._C not built")
-    if op_name.endswith("triton") and not _triton_runs_here():
-        pytest.skip("Triton runs neither natively nor interpreted here")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    op = getattr(torch.ops.cnnfast, op_name)
+    op, device = registered_op(op_name)
     for layout in ("contiguous", "channels_last"):
         x = make_input((2, 6, 4, 5), layout, torch.float32, device)
         torch.library.opcheck(op, (x, 5, 0.5, 0.75, 1.0))
     torch.library.opcheck(op, (make_input((2, 4, 7), "contiguous", torch.float64, device), 3, 1.0, 0.5, 2.0))
-
-
-def _triton_runs_here():
-    import os
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])

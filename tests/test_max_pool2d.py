@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnfast
-from helpers import assert_low_precision_close, backend_params
+from helpers import assert_low_precision_close, backend_params, registered_op
 
 BACKENDS = backend_params()
 
@@ -101,19 +101,9 @@ def test_gradcheck_fp64(backend, device, geometry):
             lambda t: cnnfast.functional.max_pool2d(t, kernel, stride, padding, dilation, ceil_mode), (x,))
 
 
-def _triton_runs_here():
-    import os
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 @pytest.mark.parametrize("op_name", ["max_pool2d", "max_pool2d_triton"])
 def test_opcheck(op_name):
-    if not cnnfast.extension_loaded():
-        pytest.skip("cnnfast._C not built")
-    if op_name.endswith("triton") and not _triton_runs_here():
-        pytest.skip("Triton runs neither natively nor interpreted here")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    op = getattr(torch.ops.cnnfast, op_name)
+    op, device = registered_op(op_name)
     for layout in ("contiguous", "channels_last"):
         x = make_input((2, 3, 9, 10), layout, device=device, values="ties")
         torch.library.opcheck(op, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
