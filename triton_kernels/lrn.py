@@ -22,7 +22,7 @@ import torch
 _BLOCK = 256
 _NUM_WARPS = 4
 
-# Which s^-beta to compute (lrn_inverse_power in csrc/common/lrn.h): the general pow costs far
+# Which s^-beta to compute (the Power types of csrc/common/lrn.h): the general pow costs far
 # more than these kernels' memory traffic, so AlexNet's 0.75 and 0.5 go through sqrt.
 _BETA_GENERAL = 0
 _BETA_THREE_QUARTERS = 1
