@@ -45,9 +45,10 @@ def registered_op(name: str):
 
 
 def assert_low_precision_close(result: torch.Tensor, torch_result: torch.Tensor, exact: torch.Tensor) -> None:
-    """fp16/bf16 rule: against an fp64 `exact`, our max error is at most twice that of torch's own
-    op run in the same dtype (`torch_result`), plus one unit of the dtype's epsilon at the
-    largest magnitude, so that a case torch happens to round exactly does not demand exactness."""
+    """Rule for fp32/fp16/bf16: against an fp64 `exact`, our max error is at most twice that of
+    torch's own op run in the same dtype (`torch_result`), plus one unit of the dtype's epsilon at
+    the largest magnitude, so that a case torch happens to round exactly does not demand
+    exactness."""
     ours = (result.double() - exact).abs().max().item()
     theirs = (torch_result.double() - exact).abs().max().item()
     one_ulp = torch.finfo(result.dtype).eps * exact.abs().max().item()

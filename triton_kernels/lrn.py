@@ -5,14 +5,15 @@
     dx_j = dy_j * s_j^-beta - 2*alpha*beta/size * x_j * sum_{c: j in window(c)} dy_c x_c s_c^(-beta-1)
 
 The tensor is viewed as [N, C, S] (S = product of the trailing dims). A "column" is the C values of
-one (n, spatial position); each program owns BLOCK columns and walks their channels once with a
-running window sum (add the square entering the window, subtract the one leaving it), so the work
-is O(C) per column whatever the size. Accumulation is fp32 for fp16/bf16/fp32 and fp64 for fp64.
+one (n, spatial position); each program owns BLOCK columns and walks their channels. Each window
+sum is added up afresh in channel order from rows still in cache, as the C++ kernels do (a running
+sum that subtracts the square leaving the window keeps a rounding residue after a large value,
+and a NaN or inf never leaves it). Accumulation is fp32 for fp16/bf16/fp32 and fp64 for fp64.
 
 Only x is kept for backward: s is recomputed from it, which reads less memory than keeping y.
-The backward has no register arrays to hold a ring of past values, so it runs three running
-window sums that follow the same channel sequence at different lags and recomputes from x and dy
-what the C++ kernels keep in a ring (see _lrn_backward_kernel).
+Triton has no indexable register arrays for the C++ kernels' ring of past t values, so the
+backward is two kernels: one writes t_c = dy_c x_c s_c^(-beta-1) to a temporary in the
+accumulation type, the other sums t over each reverse window and writes dx.
 """
 import triton
 import triton.language as tl
@@ -64,8 +65,7 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
 
 @triton.jit
 def _scale(window_sum, alpha_over_size, k):
-    # Rounding in the running sum can leave a tiny negative value where the true sum is 0.
-    return k + alpha_over_size * tl.where(window_sum > 0, window_sum, 0.0)
+    return k + alpha_over_size * window_sum
 
 
 @triton.jit
@@ -76,63 +76,20 @@ def _row_offsets(base, channel, channel_stride):
 
 
 @triton.jit
-def _square(x_ptr, base, mask, channel, channel_stride, ACC: tl.constexpr):
-    v = tl.load(x_ptr + _row_offsets(base, channel, channel_stride), mask=mask, other=0.0).to(ACC)
-    return v * v
-
-
-@triton.jit
-def _start_window(x_ptr, base, mask, start_end, channel_stride, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # The window sum of channel -1: channels [0, min(after, C)).
-    window_sum = tl.zeros([BLOCK], dtype=ACC)
-    for c in range(0, start_end):
-        window_sum += _square(x_ptr, base, mask, c, channel_stride, ACC)
-    return window_sum
-
-
-@triton.jit
-def _slide(x_ptr, base, mask, position, C, channel_stride, window_sum,
-           BEFORE: tl.constexpr, AFTER: tl.constexpr):
-    # Moves window_sum from position - 1 to position (>= 0). A masked-out square is +0, which
-    # leaves the sum bit for bit as the C++ kernels' conditional add / subtract does.
-    entering = position + AFTER
-    leaving = position - BEFORE - 1
-    window_sum += _square(x_ptr, base, mask & (entering < C), entering, channel_stride, window_sum.dtype)
-    window_sum -= _square(x_ptr, base, mask & (leaving >= 0), leaving, channel_stride, window_sum.dtype)
-    return window_sum
-
-
-@triton.jit
-def _column_terms(x_ptr, dy_ptr, base, mask, channel, channel_stride, window_sum, alpha_over_size, k, beta,
-                  BETA_KIND: tl.constexpr):
-    # x, dy, s and s^-beta of one channel of the block's columns.
-    offsets = _row_offsets(base, channel, channel_stride)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(window_sum.dtype)
-    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(window_sum.dtype)
-    scale = _scale(window_sum, alpha_over_size, k)
-    power = _inverse_power(scale, beta, BETA_KIND)
-    return x, dy, scale, power
-
-
-@triton.jit
-def _t_term(x_ptr, dy_ptr, base, mask, channel, channel_stride, window_sum, alpha_over_size, k, beta,
-            BETA_KIND: tl.constexpr):
-    # t_c = dy_c x_c s_c^(-beta-1), in the C++ kernels' order of operations.
-    x, dy, scale, power = _column_terms(x_ptr, dy_ptr, base, mask, channel, channel_stride, window_sum,
-                                        alpha_over_size, k, beta, BETA_KIND)
-    return _div(dy * x * power, scale)
-
-
-@triton.jit
-def _write_dx(dy_ptr, x_ptr, dx_ptr, base, mask, j, C, channel_stride, out_sum, t_sum, coefficient,
-              alpha_over_size, k, beta, BEFORE: tl.constexpr, AFTER: tl.constexpr, BETA_KIND: tl.constexpr):
-    # dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * t_sum; returns the window sum slid to j.
-    out_sum = _slide(x_ptr, base, mask, j, C, channel_stride, out_sum, BEFORE, AFTER)
-    x, dy, scale, power = _column_terms(x_ptr, dy_ptr, base, mask, j, channel_stride, out_sum,
-                                        alpha_over_size, k, beta, BETA_KIND)
-    dx = dy * power - coefficient * x * t_sum
-    tl.store(dx_ptr + _row_offsets(base, j, channel_stride), dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    return out_sum
+def _window_sum(ptr, base, mask, first, C, channel_stride, SIZE: tl.constexpr, SQUARE: tl.constexpr,
+                ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # Sum over channels [first, first + SIZE) clipped to [0, C), in channel order, of the rows of
+    # ptr (squared when SQUARE). A clipped channel adds +0, which changes no sum.
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for w in range(0, SIZE):
+        channel = first + w
+        inside = mask & (channel >= 0) & (channel < C)
+        v = tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=inside, other=0.0).to(ACC)
+        if SQUARE:
+            total += v * v
+        else:
+            total += v
+    return total
 
 
 @triton.jit
@@ -145,18 +102,17 @@ def _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride, start_end,
+def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
                         alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
-                        BEFORE: tl.constexpr, AFTER: tl.constexpr, BETA_KIND: tl.constexpr,
+                        SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr,
                         ACC: tl.constexpr, BLOCK: tl.constexpr):
     base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
     # tl.full rather than .to: under the interpreter a float argument arrives as a Python float.
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
-    window_sum = _start_window(x_ptr, base, mask, start_end, channel_stride, ACC, BLOCK)
     for c in range(0, C):
-        window_sum = _slide(x_ptr, base, mask, c, C, channel_stride, window_sum, BEFORE, AFTER)
+        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
         offsets = _row_offsets(base, c, channel_stride)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         power = _inverse_power(_scale(window_sum, alpha_over_size_acc, k_acc), beta_acc, BETA_KIND)
@@ -164,51 +120,45 @@ def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride
 
 
 @triton.jit
-def _lrn_backward_kernel(dy_ptr, x_ptr, dx_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
-                         start_end, tail_start,
-                         alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
-                         SIZE: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr,
-                         BETA_KIND: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # Step c adds t_c to the reverse window sum t_sum and then writes dx_j for j = c - before,
-    # whose reverse window [j - after, j + before] ends at c; t_{c-size} leaves t_sum first.
-    # The C++ kernels keep t and s^-beta of the last min(size, C) channels in a ring; here each of
-    # the three channels a step touches (c, c - size, c - before) has its own running window sum,
-    # slid in step with c, and the rows are read again (they are still in cache). The lagging sums
-    # go through the same additions as the leading one, so a recomputed t_{c-size} is the value
-    # that was added.
+def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
+                  alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
+                  SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr,
+                  ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # t_c = dy_c x_c s_c^(-beta-1), in the C++ kernels' order of operations.
+    base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
+    alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
+    beta_acc = tl.full((), beta, ACC)
+    k_acc = tl.full((), k, ACC)
+    for c in range(0, C):
+        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
+        scale = _scale(window_sum, alpha_over_size_acc, k_acc)
+        power = _inverse_power(scale, beta_acc, BETA_KIND)
+        offsets = _row_offsets(base, c, channel_stride)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        tl.store(t_ptr + offsets, _div(dy * x * power, scale), mask=mask)
+
+
+@triton.jit
+def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
+                   alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
+                   SIZE: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BETA_KIND: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (sum of t over [j - after, j + before]).
     base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
     coefficient = 2.0 * alpha_over_size_acc * beta_acc
-    lead_sum = _start_window(x_ptr, base, mask, start_end, channel_stride, ACC, BLOCK)
-    drop_sum = lead_sum
-    out_sum = lead_sum
-    t_sum = tl.zeros([BLOCK], dtype=ACC)
-    # Steps c < C: t_c enters. Steps c >= C only drop and write; those below `before` would write
-    # nothing (j < 0) and drop nothing (c - size < 0), so the second loop starts at
-    # tail_start = max(C, before): at most 2C steps whatever the size.
-    for c in range(0, C):
-        dropped = c - SIZE
-        if dropped >= 0:
-            drop_sum = _slide(x_ptr, base, mask, dropped, C, channel_stride, drop_sum, BEFORE, AFTER)
-            t_sum -= _t_term(x_ptr, dy_ptr, base, mask, dropped, channel_stride, drop_sum,
-                             alpha_over_size_acc, k_acc, beta_acc, BETA_KIND)
-        lead_sum = _slide(x_ptr, base, mask, c, C, channel_stride, lead_sum, BEFORE, AFTER)
-        t_sum += _t_term(x_ptr, dy_ptr, base, mask, c, channel_stride, lead_sum,
-                         alpha_over_size_acc, k_acc, beta_acc, BETA_KIND)
-        j = c - BEFORE
-        if j >= 0:
-            out_sum = _write_dx(dy_ptr, x_ptr, dx_ptr, base, mask, j, C, channel_stride, out_sum, t_sum,
-                                coefficient, alpha_over_size_acc, k_acc, beta_acc, BEFORE, AFTER, BETA_KIND)
-    for c in range(tail_start, C + BEFORE):
-        dropped = c - SIZE
-        if dropped >= 0:
-            drop_sum = _slide(x_ptr, base, mask, dropped, C, channel_stride, drop_sum, BEFORE, AFTER)
-            t_sum -= _t_term(x_ptr, dy_ptr, base, mask, dropped, channel_stride, drop_sum,
-                             alpha_over_size_acc, k_acc, beta_acc, BETA_KIND)
-        out_sum = _write_dx(dy_ptr, x_ptr, dx_ptr, base, mask, c - BEFORE, C, channel_stride, out_sum, t_sum,
-                            coefficient, alpha_over_size_acc, k_acc, beta_acc, BEFORE, AFTER, BETA_KIND)
+    for j in range(0, C):
+        window_sum = _window_sum(x_ptr, base, mask, j - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
+        power = _inverse_power(_scale(window_sum, alpha_over_size_acc, k_acc), beta_acc, BETA_KIND)
+        t_sum = _window_sum(t_ptr, base, mask, j - AFTER, C, channel_stride, SIZE, False, ACC, BLOCK)
+        offsets = _row_offsets(base, j, channel_stride)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        dx = dy * power - coefficient * x * t_sum
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _geometry(x: torch.Tensor):
@@ -234,20 +184,21 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _launch(kernel, tensors, x, size, alpha, beta, k, **constants):
+    """One program per BLOCK columns of x's [N, C, S] view."""
+    n, c, s, batch_stride, channel_stride, lane_stride = _geometry(x)
+    n_cols = n * s
+    kernel[(triton.cdiv(n_cols, _BLOCK),)](
+        *tensors, n_cols, s, c, batch_stride, channel_stride, lane_stride, float(alpha) / size, float(beta),
+        float(k), SIZE=size, BEFORE=size // 2, BETA_KIND=_beta_kind(float(beta)),
+        ACC=_acc_dtype(x.dtype), BLOCK=_BLOCK, num_warps=_NUM_WARPS, **constants)
+
+
 def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """y = x * (k + alpha/size * window sum of x^2)^-beta; same layout as x."""
     y = torch.empty_like(x)
-    if x.numel() == 0:
-        return y
-    n, c, s, batch_stride, channel_stride, lane_stride = _geometry(x)
-    before, after = size // 2, (size - 1) // 2
-    n_cols = n * s
-    grid = (triton.cdiv(n_cols, _BLOCK),)
-    _lrn_forward_kernel[grid](
-        x, y, n_cols, s, c, batch_stride, channel_stride, lane_stride, min(after, c),
-        float(alpha) / size, float(beta), float(k),
-        BEFORE=before, AFTER=after, BETA_KIND=_beta_kind(float(beta)), ACC=_acc_dtype(x.dtype),
-        BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+    if x.numel() > 0:
+        _launch(_lrn_forward_kernel, (x, y), x, size, alpha, beta, k)
     return y
 
 
@@ -257,15 +208,10 @@ def lrn_backward(grad_output: torch.Tensor, x: torch.Tensor, size: int, alpha: f
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
-    n, c, s, batch_stride, channel_stride, lane_stride = _geometry(x)
-    if grad_output.shape != x.shape or _geometry(grad_output) != (n, c, s, batch_stride, channel_stride, lane_stride):
+    if grad_output.shape != x.shape or _geometry(grad_output) != _geometry(x):
         raise ValueError("lrn_backward: grad_output must have x's shape and layout")
-    before, after = size // 2, (size - 1) // 2
-    n_cols = n * s
-    grid = (triton.cdiv(n_cols, _BLOCK),)
-    _lrn_backward_kernel[grid](
-        grad_output, x, dx, n_cols, s, c, batch_stride, channel_stride, lane_stride, min(after, c), max(c, before),
-        float(alpha) / size, float(beta), float(k),
-        SIZE=size, BEFORE=before, AFTER=after, BETA_KIND=_beta_kind(float(beta)), ACC=_acc_dtype(x.dtype),
-        BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+    # t in the accumulation type, for the second kernel's reverse-window sums; freed on return.
+    t = torch.empty_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    _launch(_lrn_t_kernel, (grad_output, x, t), x, size, alpha, beta, k)
+    _launch(_lrn_dx_kernel, (grad_output, x, t, dx), x, size, alpha, beta, k, AFTER=(size - 1) // 2)
     return dx

@@ -7,9 +7,13 @@
 // (torch.nn.functional.local_response_norm's window and alpha/size convention.)
 //
 // A "column" is the C values of one (batch, spatial position). Both passes walk a column once,
-// along the channels, with running window sums: O(C) work whatever the size, one read of each
-// input and one write of the output. Only x is kept for backward: s and y are recomputed there,
-// which reads less memory than keeping y would (x, dy -> dx instead of x, y, dy -> dx).
+// along the channels: one read of each input and one write of the output. Each window sum is
+// added up afresh, in channel order, from rows still in cache: a running sum that adds the
+// entering square and subtracts the leaving one is cheaper for long windows, but after a large
+// value leaves it keeps a rounding residue larger than the small values that remain (and a NaN
+// or inf never leaves it), where torch's sums are exact per window. Only x is kept for backward:
+// s and y are recomputed there, which reads less memory than keeping y would (x, dy -> dx
+// instead of x, y, dy -> dx).
 //
 // The routines below process `lanes` columns at once, laid out `lane_stride` apart. The CPU calls
 // them with a tile of contiguous spatial positions (the inner loops over lanes vectorise); a CUDA
@@ -103,11 +107,9 @@ CNNFAST_HOST_DEVICE void lrn_dispatch_power(acc_t beta, const Body& body) {
   }
 }
 
-// Running sums add the square that enters the window and subtract the one that leaves; rounding
-// can leave a tiny negative value where the true sum is 0, which must not reach pow.
 template <typename acc_t>
 CNNFAST_HOST_DEVICE acc_t lrn_scale(acc_t window_sum, const LrnParams<acc_t>& p) {
-  return p.k + p.alpha_over_size * (window_sum > acc_t(0) ? window_sum : acc_t(0));
+  return p.k + p.alpha_over_size * window_sum;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -116,36 +118,24 @@ CNNFAST_HOST_DEVICE acc_t lrn_square(const scalar_t* x, int64_t offset) {
   return v * v;
 }
 
-// Moves window_sum (one per lane) from channel c - 1 to channel c.
-template <typename scalar_t, typename acc_t>
-CNNFAST_HOST_DEVICE void lrn_slide_window(const scalar_t* x, int64_t c, int64_t lanes,
-                                          const LrnParams<acc_t>& p, acc_t* window_sum) {
-  const int64_t entering = c + p.after();
-  const int64_t leaving = c - p.before() - 1;
-  if (entering < p.channels) {
-    const scalar_t* row = x + entering * p.channel_stride;
-    for (int64_t l = 0; l < lanes; ++l) {
-      window_sum[l] += lrn_square<scalar_t, acc_t>(row, l * p.lane_stride);
-    }
-  }
-  if (leaving >= 0) {
-    const scalar_t* row = x + leaving * p.channel_stride;
-    for (int64_t l = 0; l < lanes; ++l) {
-      window_sum[l] -= lrn_square<scalar_t, acc_t>(row, l * p.lane_stride);
-    }
-  }
+// Channels [*first, *last] of the window of channel c, clipped to the tensor.
+template <typename acc_t>
+CNNFAST_HOST_DEVICE void lrn_window(int64_t c, const LrnParams<acc_t>& p, int64_t* first, int64_t* last) {
+  *first = c - p.before() > 0 ? c - p.before() : 0;
+  *last = c + p.after() < p.channels - 1 ? c + p.after() : p.channels - 1;
 }
 
-// Sets window_sum to the sum for channel -1, so that the first slide gives channel 0's.
+// window_sum[l] = sum of x^2 over the window of channel c, per lane.
 template <typename scalar_t, typename acc_t>
-CNNFAST_HOST_DEVICE void lrn_start_window(const scalar_t* x, int64_t lanes, const LrnParams<acc_t>& p,
-                                          acc_t* window_sum) {
+CNNFAST_HOST_DEVICE void lrn_window_sum(const scalar_t* x, int64_t c, int64_t lanes, const LrnParams<acc_t>& p,
+                                        acc_t* window_sum) {
+  int64_t first, last;
+  lrn_window(c, p, &first, &last);
   for (int64_t l = 0; l < lanes; ++l) {
     window_sum[l] = acc_t(0);
   }
-  const int64_t end = p.after() < p.channels ? p.after() : p.channels;
-  for (int64_t c = 0; c < end; ++c) {
-    const scalar_t* row = x + c * p.channel_stride;
+  for (int64_t w = first; w <= last; ++w) {
+    const scalar_t* row = x + w * p.channel_stride;
     for (int64_t l = 0; l < lanes; ++l) {
       window_sum[l] += lrn_square<scalar_t, acc_t>(row, l * p.lane_stride);
     }
@@ -156,9 +146,8 @@ CNNFAST_HOST_DEVICE void lrn_start_window(const scalar_t* x, int64_t lanes, cons
 template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_forward_columns(const scalar_t* x, scalar_t* y, int64_t lanes,
                                              const LrnParams<acc_t>& p, acc_t* window_sum) {
-  lrn_start_window(x, lanes, p, window_sum);
   for (int64_t c = 0; c < p.channels; ++c) {
-    lrn_slide_window(x, c, lanes, p, window_sum);
+    lrn_window_sum(x, c, lanes, p, window_sum);
     const scalar_t* x_row = x + c * p.channel_stride;
     scalar_t* y_row = y + c * p.channel_stride;
     for (int64_t l = 0; l < lanes; ++l) {
@@ -169,7 +158,7 @@ CNNFAST_HOST_DEVICE void lrn_forward_columns(const scalar_t* x, scalar_t* y, int
   }
 }
 
-// Scratch of the backward: per lane, the forward window sum and the reverse window sum of
+// Scratch of the backward: per lane, the window sum of x^2 and the reverse window sum of
 // t_c = dy_c x_c s_c^(-beta-1); per ring slot and lane, t_c and s_c^-beta.
 template <typename acc_t>
 struct LrnBackwardScratch {
@@ -186,16 +175,32 @@ struct LrnBackwardScratch {
 template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
                                        int64_t lanes, const LrnParams<acc_t>& p,
-                                       const acc_t* __restrict__ window_sum, acc_t* __restrict__ t_sum,
-                                       acc_t* __restrict__ t_new, acc_t* __restrict__ power_new) {
+                                       const acc_t* __restrict__ window_sum, acc_t* __restrict__ t_new,
+                                       acc_t* __restrict__ power_new) {
   for (int64_t l = 0; l < lanes; ++l) {
     const int64_t o = l * p.lane_stride;
     const acc_t scale = lrn_scale(window_sum[l], p);
     const acc_t power = Power::inverse(scale, p.beta);
-    const acc_t t = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
-    t_sum[l] += t;
-    t_new[l] = t;
+    t_new[l] = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
     power_new[l] = power;
+  }
+}
+
+// t_sum[l] = sum of t over the reverse window of channel j, [j - after, j + before], from the ring.
+template <typename acc_t>
+CNNFAST_HOST_DEVICE void lrn_reverse_window_sum(int64_t j, int64_t lanes, const LrnParams<acc_t>& p,
+                                                const acc_t* __restrict__ ring_t, int64_t ring,
+                                                int64_t ring_stride, acc_t* __restrict__ t_sum) {
+  const int64_t first = j - p.after() > 0 ? j - p.after() : 0;
+  const int64_t last = j + p.before() < p.channels - 1 ? j + p.before() : p.channels - 1;
+  for (int64_t l = 0; l < lanes; ++l) {
+    t_sum[l] = acc_t(0);
+  }
+  for (int64_t c = first; c <= last; ++c) {
+    const acc_t* t = ring_t + (c % ring) * ring_stride;
+    for (int64_t l = 0; l < lanes; ++l) {
+      t_sum[l] += t[l];
+    }
   }
 }
 
@@ -212,37 +217,27 @@ CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const s
   }
 }
 
-// Backward over `lanes` columns. Step c produces t_c (needs the window of c) and then dx_j for
-// j = c - before, whose reverse window [j - after, j + before] ends at c. The ring keeps the last
-// ring_length() values of t (to drop t_{c-size} from the reverse sum) and of s^-beta (read again
-// `before` steps later); ring_length() = min(size, C) is enough for both (a slot is rewritten only
-// after it was last read).
+// Backward over `lanes` columns. Step c produces t_c and s_c^-beta (needs the window of c) and
+// then dx_j for j = c - before, whose reverse window [j - after, j + before] ends at c. The ring
+// keeps the last ring_length() = min(size, C) values of both: enough for a reverse window (at most
+// that many channels), and s_j^-beta, written `before` < size steps earlier, is still there.
 template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
                                               int64_t lanes, const LrnParams<acc_t>& p,
                                               const LrnBackwardScratch<acc_t>& s) {
   const int64_t ring = p.ring_length();
   const acc_t coefficient = acc_t(2) * p.alpha_over_size * p.beta;
-  lrn_start_window(x, lanes, p, s.window_sum);
-  for (int64_t l = 0; l < lanes; ++l) {
-    s.t_sum[l] = acc_t(0);
-  }
-  for (int64_t c = 0; c < p.channels + p.before(); ++c) {
-    const int64_t dropped = c - p.size;  // t_{c-size} leaves the reverse window
-    if (dropped >= 0 && dropped < p.channels) {
-      const acc_t* t_old = s.ring_t + (dropped % ring) * s.ring_stride;
-      for (int64_t l = 0; l < lanes; ++l) {
-        s.t_sum[l] -= t_old[l];
-      }
-    }
+  // Steps past C only emit; when size > C they start at `before`, where the first dx is due.
+  const int64_t end = p.channels + p.before();
+  for (int64_t c = 0; c < end; c = (c + 1 == p.channels && p.before() > p.channels) ? p.before() : c + 1) {
     if (c < p.channels) {
-      lrn_slide_window(x, c, lanes, p, s.window_sum);
+      lrn_window_sum(x, c, lanes, p, s.window_sum);
       lrn_produce_t<Power>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p, s.window_sum,
-                           s.t_sum, s.ring_t + (c % ring) * s.ring_stride,
-                           s.ring_power + (c % ring) * s.ring_stride);
+                           s.ring_t + (c % ring) * s.ring_stride, s.ring_power + (c % ring) * s.ring_stride);
     }
     const int64_t j = c - p.before();
     if (j >= 0) {
+      lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
       lrn_emit_dx(x + j * p.channel_stride, dy + j * p.channel_stride, dx + j * p.channel_stride, lanes,
                   p.lane_stride, s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
     }
