@@ -12,7 +12,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
-from cnnfast.ops._triton import triton_module
+from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.local_response_norm"
 
@@ -36,13 +36,16 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
 
 def _triton_forward(input, size, alpha, beta, k):
     x = input.contiguous(memory_format=_checks.output_memory_format(input))
-    return triton_module("lrn").lrn_forward(x, size, alpha, beta, k)
+    with on_device(x):
+        return triton_module("lrn").lrn_forward(x, size, alpha, beta, k)
 
 
 def _triton_backward(grad_output, input, size, alpha, beta, k):
     layout = _checks.output_memory_format(input)
     x = input.contiguous(memory_format=layout)
-    return triton_module("lrn").lrn_backward(grad_output.contiguous(memory_format=layout), x, size, alpha, beta, k)
+    with on_device(x):
+        return triton_module("lrn").lrn_backward(grad_output.contiguous(memory_format=layout), x, size, alpha, beta,
+                                                 k)
 
 
 def _fake(input, size, alpha, beta, k):

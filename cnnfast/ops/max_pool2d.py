@@ -12,7 +12,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
-from cnnfast.ops._triton import triton_module
+from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.max_pool2d"
 
@@ -65,8 +65,9 @@ def _triton_forward(input, kernel_size, stride, padding, dilation, ceil_mode):
     x = (input.unsqueeze(0) if input.dim() == 3 else input).contiguous(memory_format=layout)
     out_hw = tuple(_checks.pooled_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
                    for i in range(2))
-    output, offsets = triton_module("max_pool2d").max_pool2d_forward(
-        x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw)
+    with on_device(x):
+        output, offsets = triton_module("max_pool2d").max_pool2d_forward(
+            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw)
     if input.dim() == 3:
         return output.squeeze(0), offsets.squeeze(0)
     return output, offsets
@@ -77,9 +78,10 @@ def _triton_backward(grad_output, offsets, input_hw, kernel_size, stride, paddin
     unbatched = offsets.dim() == 3
     if unbatched:
         grad_output, offsets = grad_output.unsqueeze(0), offsets.unsqueeze(0)
-    grad_input = triton_module("max_pool2d").max_pool2d_backward(
-        grad_output.contiguous(memory_format=layout), offsets.contiguous(memory_format=layout), tuple(input_hw),
-        tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    with on_device(offsets):
+        grad_input = triton_module("max_pool2d").max_pool2d_backward(
+            grad_output.contiguous(memory_format=layout), offsets.contiguous(memory_format=layout), tuple(input_hw),
+            tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     return grad_input.squeeze(0) if unbatched else grad_input
 
 
