@@ -29,6 +29,34 @@ TORCH_LIBRARY(cnnfast, m) {
   m.def(
       "_max_pool2d_backward_triton(Tensor grad_output, Tensor offsets, SymInt[2] input_hw, "
       "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+
+  // BatchNorm -> ReLU as per-channel multiply-adds (csrc/common/batch_norm.h has the math). 4-d
+  // inputs in any layout whose H and W merge into one stride, channel slices of a larger buffer
+  // included. Per-channel tensors are fp32 (fp64 for fp64 inputs).
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");  // biased variance
+  m.def("bn_relu(Tensor input, Tensor scale, Tensor shift) -> Tensor");
+  m.def(
+      "_bn_relu_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, Tensor scale, "
+      "Tensor shift) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  m.def(
+      "_bn_relu_backward(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, Tensor coef_x, "
+      "Tensor coef_c) -> Tensor");
+  m.def("batch_norm_stats_triton(Tensor input) -> (Tensor mean, Tensor var)");
+  m.def("bn_relu_triton(Tensor input, Tensor scale, Tensor shift) -> Tensor");
+  m.def(
+      "_bn_relu_backward_reduce_triton(Tensor grad_output, Tensor input, Tensor mean, Tensor scale, "
+      "Tensor shift) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  m.def(
+      "_bn_relu_backward_triton(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, "
+      "Tensor coef_x, Tensor coef_c) -> Tensor");
+
+  // conv2d(relu(batch_norm(input))) keeping only the input (and per-channel statistics) for
+  // backward. mean/invstd are the batch statistics in training and the running ones in eval; the
+  // kernels are cnnfast's (`backend`: "cpp" or "triton") around aten's convolution.
+  m.def(
+      "bn_relu_conv2d(Tensor input, Tensor mean, Tensor invstd, Tensor? bn_weight, Tensor? bn_bias, "
+      "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "bool training, str backend) -> Tensor");
 }
 
 // `import cnnfast._C` loads this library, which runs the registrations above.

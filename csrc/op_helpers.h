@@ -7,16 +7,18 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/batch_norm.h"
 #include "common/lrn.h"
 #include "common/max_pool2d.h"
 
 namespace cnnfast {
 
-// The layout an op computes in and returns: channels_last for a 4-d channels_last input,
-// contiguous otherwise (cnnfast/ops/_checks.py `output_memory_format` mirrors this for the fake
-// functions).
+// The layout an op computes in and returns: channels_last for a 4-d channels_last input or a
+// channel slice of one (channel stride 1), contiguous otherwise (cnnfast/ops/_checks.py
+// `output_memory_format` mirrors this for the fake functions).
 inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
-  if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (x.dim() == 4 && !x.is_contiguous() &&
+      (x.is_contiguous(at::MemoryFormat::ChannelsLast) || (x.stride(1) == 1 && x.size(1) > 1))) {
     return at::MemoryFormat::ChannelsLast;
   }
   return at::MemoryFormat::Contiguous;
@@ -182,6 +184,67 @@ inline MaxPoolCall prepare_max_pool2d_backward(const at::Tensor& grad_output, co
               "cnnfast.max_pool2d backward: offsets do not come from this input size and window");
   call.grad_input = at::empty({call.batch, call.channels, g.in_h, g.in_w},
                               call.grad_output.options().memory_format(format));
+  return call;
+}
+
+// BN-ReLU tensors are read in place when H and W merge into one stride (contiguous,
+// channels_last, and channel slices of either); anything else is copied into the op's layout.
+inline at::Tensor channel_viewable(const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, "cnnfast.bn_relu: tensors must be 4-d, got ", t.dim(), "-d");
+  if (t.size(2) <= 1 || t.size(3) <= 1 || t.stride(2) == t.size(3) * t.stride(3)) return t;
+  return t.contiguous(output_memory_format(t));
+}
+
+inline ChannelGeometry channel_geometry(const at::Tensor& t) {
+  ChannelGeometry g;
+  g.batch = t.size(0);
+  g.channels = t.size(1);
+  g.spatial = t.size(2) * t.size(3);
+  g.batch_stride = t.stride(0);
+  g.channel_stride = t.stride(1);
+  // With H or W of size 1 its stride is arbitrary: the other dim's stride steps through s.
+  g.spatial_stride = t.size(3) > 1 ? t.stride(3) : t.stride(2);
+  return g;
+}
+
+// Per-channel tensors: `channels` values of the accumulation type (fp32, or fp64 for fp64 inputs),
+// on the input's device.
+inline at::ScalarType bn_acc_type(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& input, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(1), "cnnfast.bn_relu: ", name, " must have ",
+              input.size(1), " values (one per channel), got shape ", t.sizes());
+  TORCH_CHECK(t.device() == input.device(), "cnnfast.bn_relu: ", name, " is on ", t.device(),
+              " but input is on ", input.device());
+  return t.to(bn_acc_type(input)).contiguous();
+}
+
+// The BN-ReLU ops' tensors, prepared the same way for CPU and CUDA.
+struct BnReluCall {
+  at::Tensor x, grad_output;   // readable through channel_geometry; grad_output may be undefined
+  at::Tensor result;           // elementwise ops: a new tensor in output_memory_format(input)
+  ChannelGeometry x_geometry, grad_geometry, result_geometry;
+};
+
+inline BnReluCall prepare_bn_relu(const at::Tensor& input, const at::Tensor* grad_output, bool elementwise) {
+  check_floating(input, "input");
+  BnReluCall call;
+  call.x = channel_viewable(input);
+  call.x_geometry = channel_geometry(call.x);
+  if (grad_output != nullptr) {
+    TORCH_CHECK(grad_output->sizes() == input.sizes(), "cnnfast.bn_relu backward: grad_output has shape ",
+                grad_output->sizes(), " but input has ", input.sizes());
+    TORCH_CHECK(grad_output->scalar_type() == input.scalar_type(), "cnnfast.bn_relu backward: grad_output is ",
+                grad_output->scalar_type(), " but input is ", input.scalar_type());
+    call.grad_output = channel_viewable(*grad_output);
+    call.grad_geometry = channel_geometry(call.grad_output);
+  }
+  if (elementwise) {
+    call.result = at::empty(input.sizes(), input.options().memory_format(output_memory_format(input)));
+    call.result_geometry = channel_geometry(call.result);
+  }
   return call;
 }
 

@@ -62,9 +62,11 @@ def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The layout ops compute in and return: channels_last for a 4-d channels_last input, contiguous
-    otherwise (as csrc/op_helpers.h `output_memory_format`)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    """The layout ops compute in and return: channels_last for a 4-d channels_last input or a channel
+    slice of one (channel stride 1), contiguous otherwise (as csrc/op_helpers.h
+    `output_memory_format`)."""
+    if x.dim() == 4 and not x.is_contiguous() and (
+            x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1)):
         return torch.channels_last
     return torch.contiguous_format
 

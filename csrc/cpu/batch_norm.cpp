@@ -1,0 +1,423 @@
+// CPU kernels of the BN-ReLU ops (the math: csrc/common/batch_norm.h).
+//
+// A tensor is walked one of two ways, whichever keeps the innermost loop on adjacent elements:
+//  - planes: for each (n, c) the spatial run s = 0..S-1 (contiguous NCHW and its channel slices);
+//  - rows:   for each (n, s) the channel run c = 0..C-1 (channels_last and its channel slices).
+// Inner loops are written once for unit strides (so they vectorise) and once for any stride.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../op_helpers.h"
+
+namespace cnnfast {
+namespace {
+
+// Values per partial result: short enough to stay in L1 between the two passes of a block,
+// long enough that combining partials costs nothing.
+constexpr int64_t kBlock = 2048;
+// Rows per block of the row walk (each row has C values).
+constexpr int64_t kRowBlock = 64;
+// Row chunks for the row walk's reductions: fixed, not per thread, so that the reduction order
+// (and so the result) does not depend on the number of threads.
+constexpr int64_t kRowChunks = 64;
+
+bool rows_walk(std::initializer_list<const ChannelGeometry*> geometries) {
+  for (const ChannelGeometry* g : geometries) {
+    if (g->channel_stride != 1 || g->channels == 1) return false;
+  }
+  return true;
+}
+
+template <typename scalar_t>
+inline double to_double(scalar_t v) {
+  return static_cast<double>(static_cast<acc_type<scalar_t>>(v));
+}
+
+// ---- batch statistics ---------------------------------------------------------------------
+
+// Count, mean and m2 of x[0], x[stride], ... (count values), two passes over a run in cache.
+template <typename scalar_t, typename acc_t>
+Moments<acc_t> run_moments(const scalar_t* x, int64_t stride, int64_t count) {
+  acc_t sum = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < count; ++i) sum += static_cast<acc_t>(x[i]);
+  } else {
+    for (int64_t i = 0; i < count; ++i) sum += static_cast<acc_t>(x[i * stride]);
+  }
+  const acc_t mean = sum / static_cast<acc_t>(count);
+  acc_t m2 = 0;
+  if (stride == 1) {
+    for (int64_t i = 0; i < count; ++i) {
+      const acc_t d = static_cast<acc_t>(x[i]) - mean;
+      m2 += d * d;
+    }
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      const acc_t d = static_cast<acc_t>(x[i * stride]) - mean;
+      m2 += d * d;
+    }
+  }
+  return {static_cast<acc_t>(count), mean, m2};
+}
+
+Moments<double> widen(const Moments<float>& m) { return {m.count, m.mean, m.m2}; }
+Moments<double> widen(const Moments<double>& m) { return m; }
+
+// Planes: one channel per task, its planes in blocks of kBlock values, partials combined in double.
+template <typename scalar_t>
+void stats_planes(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments<double>>& out) {
+  using acc_t = acc_type<scalar_t>;
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      Moments<double> total{0, 0, 0};
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const scalar_t* plane = x + g.offset(n, c, 0);
+        for (int64_t s = 0; s < g.spatial; s += kBlock) {
+          const int64_t count = std::min(kBlock, g.spatial - s);
+          total = combine_moments(total, widen(run_moments<scalar_t, acc_t>(plane + s * g.spatial_stride,
+                                                                             g.spatial_stride, count)));
+        }
+      }
+      out[c] = total;
+    }
+  });
+}
+
+// Rows: kRowChunks fixed ranges of (n, s) rows; each walks its rows in blocks of kRowBlock with
+// per-channel vectors (two passes over the block), the chunks then combine in order.
+template <typename scalar_t>
+void stats_rows(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments<double>>& out) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t C = g.channels;
+  const int64_t rows = g.batch * g.spatial;
+  const int64_t chunks = std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock);
+  std::vector<Moments<double>> partial(chunks * C, Moments<double>{0, 0, 0});
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(C), m2(C);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
+      for (int64_t r0 = first; r0 < last; r0 += kRowBlock) {
+        const int64_t count = std::min(kRowBlock, last - r0);
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        std::fill(m2.begin(), m2.end(), acc_t(0));
+        for (int64_t r = r0; r < r0 + count; ++r) {
+          const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
+          for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(row[c]);
+        }
+        const acc_t inverse = acc_t(1) / static_cast<acc_t>(count);
+        for (int64_t c = 0; c < C; ++c) sum[c] *= inverse;  // now the block mean
+        for (int64_t r = r0; r < r0 + count; ++r) {
+          const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t d = static_cast<acc_t>(row[c]) - sum[c];
+            m2[c] += d * d;
+          }
+        }
+        Moments<double>* target = partial.data() + chunk * C;
+        for (int64_t c = 0; c < C; ++c) {
+          target[c] = combine_moments(target[c], Moments<double>{static_cast<double>(count), sum[c], m2[c]});
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    Moments<double> total{0, 0, 0};
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) total = combine_moments(total, partial[chunk * C + c]);
+    out[c] = total;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_kernel(const at::Tensor& input) {
+  const BnReluCall call = prepare_bn_relu(input, nullptr, false);
+  const ChannelGeometry& g = call.x_geometry;
+  const auto options = input.options().dtype(bn_acc_type(input));
+  at::Tensor mean = at::empty({g.channels}, options);
+  at::Tensor var = at::empty({g.channels}, options);
+  if (g.per_channel() == 0) {
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {mean, var};
+  }
+  std::vector<Moments<double>> moments(g.channels);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_stats_cpu", [&] {
+    const scalar_t* x = call.x.const_data_ptr<scalar_t>();
+    if (rows_walk({&g})) {
+      stats_rows(x, g, moments);
+    } else {
+      stats_planes(x, g, moments);
+    }
+  });
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "batch_norm_stats_cpu_store", [&] {
+    scalar_t* m = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* v = var.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < g.channels; ++c) {
+      m[c] = static_cast<scalar_t>(moments[c].mean);
+      v[c] = static_cast<scalar_t>(moments[c].m2 / moments[c].count);
+    }
+  });
+  return {mean, var};
+}
+
+// ---- elementwise: forward apply and the input gradient -------------------------------------
+
+// Calls body(x_offset, y_offset, [grad_offset,] c, count, stride) over runs that cover every
+// element: planes (c fixed, stride = spatial stride) or rows (c = first channel, stride = 1 along
+// channels). All geometries share sizes; `strides_equal` says the run strides agree, so the
+// body may take its unit-stride loop.
+struct Run {
+  int64_t x, y, g;  // offsets of the run's first element in each tensor
+  int64_t x_stride, y_stride, g_stride;
+  int64_t channel;  // plane walk: the channel; row walk: -1 (the channel is the run index)
+  int64_t count;
+};
+
+template <typename Body>
+void for_each_run(const ChannelGeometry& xg, const ChannelGeometry& yg, const ChannelGeometry& gg,
+                  const Body& body) {
+  if (rows_walk({&xg, &yg, &gg})) {
+    at::parallel_for(0, xg.batch * xg.spatial, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / xg.spatial, s = r % xg.spatial;
+        body(Run{xg.offset(n, 0, s), yg.offset(n, 0, s), gg.offset(n, 0, s), 1, 1, 1, -1, xg.channels});
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, xg.batch * xg.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / xg.channels, c = p % xg.channels;
+      body(Run{xg.offset(n, c, 0), yg.offset(n, c, 0), gg.offset(n, c, 0), xg.spatial_stride, yg.spatial_stride,
+               gg.spatial_stride, c, xg.spatial});
+    }
+  });
+}
+
+// One element of each op. c is the channel; the per-channel arrays are indexed by it.
+template <typename scalar_t, typename acc_t>
+struct BnReluElement {
+  const acc_t *scale, *shift;
+  scalar_t operator()(scalar_t x, int64_t c) const {
+    return static_cast<scalar_t>(relu_value(bn_affine(static_cast<acc_t>(x), scale[c], shift[c])));
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct BnReluGradElement {
+  const acc_t *scale, *shift, *coef_x, *coef_c;
+  scalar_t operator()(scalar_t x, scalar_t grad, int64_t c) const {
+    const acc_t xv = static_cast<acc_t>(x);
+    const acc_t dz = relu_masked_grad(static_cast<acc_t>(grad), bn_affine(xv, scale[c], shift[c]));
+    return static_cast<scalar_t>(dz * scale[c] + xv * coef_x[c] + coef_c[c]);
+  }
+};
+
+// y[i] = f(x[i], c) over one run; the unit-stride loop is the vectorisable one.
+template <typename scalar_t, typename F>
+void apply_run(const Run& run, const scalar_t* x, scalar_t* y, const F& f) {
+  const scalar_t* xr = x + run.x;
+  scalar_t* yr = y + run.y;
+  if (run.channel >= 0) {
+    const int64_t c = run.channel;
+    if (run.x_stride == 1 && run.y_stride == 1) {
+      for (int64_t i = 0; i < run.count; ++i) yr[i] = f(xr[i], c);
+    } else {
+      for (int64_t i = 0; i < run.count; ++i) yr[i * run.y_stride] = f(xr[i * run.x_stride], c);
+    }
+  } else {
+    for (int64_t c = 0; c < run.count; ++c) yr[c] = f(xr[c], c);
+  }
+}
+
+template <typename scalar_t, typename F>
+void apply_grad_run(const Run& run, const scalar_t* x, const scalar_t* grad, scalar_t* y, const F& f) {
+  const scalar_t* xr = x + run.x;
+  const scalar_t* gr = grad + run.g;
+  scalar_t* yr = y + run.y;
+  if (run.channel >= 0) {
+    const int64_t c = run.channel;
+    if (run.x_stride == 1 && run.y_stride == 1 && run.g_stride == 1) {
+      for (int64_t i = 0; i < run.count; ++i) yr[i] = f(xr[i], gr[i], c);
+    } else {
+      for (int64_t i = 0; i < run.count; ++i) {
+        yr[i * run.y_stride] = f(xr[i * run.x_stride], gr[i * run.g_stride], c);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < run.count; ++c) yr[c] = f(xr[c], gr[c], c);
+  }
+}
+
+at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
+  const BnReluCall call = prepare_bn_relu(input, nullptr, true);
+  const at::Tensor scale_c = per_channel(scale, input, "scale");
+  const at::Tensor shift_c = per_channel(shift, input, "shift");
+  if (input.numel() == 0) return call.result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const BnReluElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>()};
+    const scalar_t* x = call.x.const_data_ptr<scalar_t>();
+    scalar_t* y = call.result.mutable_data_ptr<scalar_t>();
+    for_each_run(call.x_geometry, call.result_geometry, call.x_geometry,
+                 [&](const Run& run) { apply_run(run, x, y, f); });
+  });
+  return call.result;
+}
+
+at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
+                                   const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
+  const at::Tensor scale_c = per_channel(scale, input, "scale");
+  const at::Tensor shift_c = per_channel(shift, input, "shift");
+  const at::Tensor coef_x_c = per_channel(coef_x, input, "coef_x");
+  const at::Tensor coef_c_c = per_channel(coef_c, input, "coef_c");
+  if (input.numel() == 0) return call.result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const BnReluGradElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
+                                               coef_x_c.const_data_ptr<acc_t>(), coef_c_c.const_data_ptr<acc_t>()};
+    const scalar_t* x = call.x.const_data_ptr<scalar_t>();
+    const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
+    scalar_t* dx = call.result.mutable_data_ptr<scalar_t>();
+    for_each_run(call.x_geometry, call.result_geometry, call.grad_geometry,
+                 [&](const Run& run) { apply_grad_run(run, x, grad, dx, f); });
+  });
+  return call.result;
+}
+
+// ---- backward reductions: the ReLU mask and BN's two sums in one pass ----------------------
+
+template <typename acc_t>
+struct GradSums {
+  acc_t dz, dz_xmu;
+};
+
+// Sums of dz and dz * (x - mean) over one run of one channel.
+template <typename scalar_t, typename acc_t>
+GradSums<acc_t> reduce_run(const scalar_t* x, int64_t xs, const scalar_t* grad, int64_t gs, int64_t count, acc_t mean,
+                           acc_t scale, acc_t shift) {
+  acc_t sum_dz = 0, sum_dz_xmu = 0;
+  auto step = [&](scalar_t xv_raw, scalar_t g) {
+    const acc_t xv = static_cast<acc_t>(xv_raw);
+    const acc_t dz = relu_masked_grad(static_cast<acc_t>(g), bn_affine(xv, scale, shift));
+    sum_dz += dz;
+    sum_dz_xmu += dz * (xv - mean);
+  };
+  if (xs == 1 && gs == 1) {
+    for (int64_t i = 0; i < count; ++i) step(x[i], grad[i]);
+  } else {
+    for (int64_t i = 0; i < count; ++i) step(x[i * xs], grad[i * gs]);
+  }
+  return {sum_dz, sum_dz_xmu};
+}
+
+template <typename scalar_t, typename acc_t>
+void reduce_planes(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* grad, const ChannelGeometry& gg,
+                   const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz, double* sum_dz_xmu) {
+  at::parallel_for(0, xg.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double total_dz = 0, total_dz_xmu = 0;
+      for (int64_t n = 0; n < xg.batch; ++n) {
+        for (int64_t s = 0; s < xg.spatial; s += kBlock) {
+          const auto part = reduce_run(x + xg.offset(n, c, s), xg.spatial_stride, grad + gg.offset(n, c, s),
+                                       gg.spatial_stride, std::min(kBlock, xg.spatial - s), mean[c], scale[c],
+                                       shift[c]);
+          total_dz += part.dz;
+          total_dz_xmu += part.dz_xmu;
+        }
+      }
+      sum_dz[c] = total_dz;
+      sum_dz_xmu[c] = total_dz_xmu;
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* grad, const ChannelGeometry& gg,
+                 const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz, double* sum_dz_xmu) {
+  const int64_t C = xg.channels;
+  const int64_t rows = xg.batch * xg.spatial;
+  const int64_t chunks = std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock);
+  std::vector<double> partial(2 * chunks * C, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> block_dz(C), block_dz_xmu(C);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
+      double* target_dz = partial.data() + 2 * chunk * C;
+      double* target_dz_xmu = target_dz + C;
+      for (int64_t r0 = first; r0 < last; r0 += kRowBlock) {
+        std::fill(block_dz.begin(), block_dz.end(), acc_t(0));
+        std::fill(block_dz_xmu.begin(), block_dz_xmu.end(), acc_t(0));
+        for (int64_t r = r0; r < std::min(last, r0 + kRowBlock); ++r) {
+          const int64_t n = r / xg.spatial, s = r % xg.spatial;
+          const scalar_t* xr = x + xg.offset(n, 0, s);
+          const scalar_t* gr = grad + gg.offset(n, 0, s);
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t xv = static_cast<acc_t>(xr[c]);
+            const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), bn_affine(xv, scale[c], shift[c]));
+            block_dz[c] += dz;
+            block_dz_xmu[c] += dz * (xv - mean[c]);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          target_dz[c] += block_dz[c];
+          target_dz_xmu[c] += block_dz_xmu[c];
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double total_dz = 0, total_dz_xmu = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      total_dz += partial[2 * chunk * C + c];
+      total_dz_xmu += partial[2 * chunk * C + C + c];
+    }
+    sum_dz[c] = total_dz;
+    sum_dz_xmu[c] = total_dz_xmu;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_kernel(const at::Tensor& grad_output,
+                                                                  const at::Tensor& input, const at::Tensor& mean,
+                                                                  const at::Tensor& scale, const at::Tensor& shift) {
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, false);
+  const at::Tensor mean_c = per_channel(mean, input, "mean");
+  const at::Tensor scale_c = per_channel(scale, input, "scale");
+  const at::Tensor shift_c = per_channel(shift, input, "shift");
+  const int64_t C = input.size(1);
+  std::vector<double> sum_dz(C, 0.0), sum_dz_xmu(C, 0.0);
+  if (input.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_reduce_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
+      const scalar_t* x = call.x.const_data_ptr<scalar_t>();
+      const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
+      const auto run = rows_walk({&call.x_geometry, &call.grad_geometry}) ? reduce_rows<scalar_t, acc_t>
+                                                                           : reduce_planes<scalar_t, acc_t>;
+      run(x, call.x_geometry, grad, call.grad_geometry, mean_c.const_data_ptr<acc_t>(),
+          scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(), sum_dz.data(), sum_dz_xmu.data());
+    });
+  }
+  const auto options = input.options().dtype(bn_acc_type(input));
+  at::Tensor out_dz = at::empty({C}, options), out_dz_xmu = at::empty({C}, options);
+  AT_DISPATCH_FLOATING_TYPES(out_dz.scalar_type(), "bn_relu_backward_reduce_cpu_store", [&] {
+    for (int64_t c = 0; c < C; ++c) {
+      out_dz.mutable_data_ptr<scalar_t>()[c] = static_cast<scalar_t>(sum_dz[c]);
+      out_dz_xmu.mutable_data_ptr<scalar_t>()[c] = static_cast<scalar_t>(sum_dz_xmu[c]);
+    }
+  });
+  return {out_dz, out_dz_xmu};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
+  m.impl("batch_norm_stats", &batch_norm_stats_kernel);
+  m.impl("bn_relu", &bn_relu_kernel);
+  m.impl("_bn_relu_backward_reduce", &bn_relu_backward_reduce_kernel);
+  m.impl("_bn_relu_backward", &bn_relu_backward_kernel);
+}
+
+}  // namespace cnnfast
