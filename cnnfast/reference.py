@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["local_response_norm", "max_pool2d", "relu_lrn_max_pool"]
+__all__ = ["batch_norm_stats", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d", "bn_relu_input_grad",
+           "local_response_norm", "max_pool2d", "relu_lrn_max_pool"]
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -33,3 +34,50 @@ def relu_lrn_max_pool(input: torch.Tensor, size: int = 5, alpha: float = 1e-4, b
                       k: float = 1.0, kernel_size: int = 3, stride: int = 2) -> torch.Tensor:
     """AlexNet's stage after conv1 and conv2, as torch.nn runs it."""
     return F.max_pool2d(F.local_response_norm(F.relu(input), size, alpha, beta, k), kernel_size, stride)
+
+
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    return values.view(1, -1, 1, 1)
+
+
+def _acc(input: torch.Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def batch_norm_stats(input: torch.Tensor):
+    """Per-channel mean and biased variance over (N, H, W), in fp32 (fp64 for fp64 inputs)."""
+    x = input.to(_acc(input))
+    return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+
+
+def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """relu(x * scale + shift) per channel, computed in the accumulation type."""
+    x = input.to(_acc(input))
+    return torch.relu(x * _per_channel(scale.to(x.dtype)) + _per_channel(shift.to(x.dtype))).to(input.dtype)
+
+
+def _masked_grad(grad_output, x, scale, shift):
+    z = x * _per_channel(scale.to(x.dtype)) + _per_channel(shift.to(x.dtype))
+    return torch.where(z > 0, grad_output.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def bn_relu_backward_sums(grad_output, input, mean, scale, shift):
+    """(sum(dz), sum(dz * (x - mean))) per channel, dz the gradient through the ReLU."""
+    x = input.to(_acc(input))
+    dz = _masked_grad(grad_output, x, scale, shift)
+    return dz.sum((0, 2, 3)), (dz * (x - _per_channel(mean.to(x.dtype)))).sum((0, 2, 3))
+
+
+def bn_relu_input_grad(grad_output, input, scale, shift, coef_x, coef_c):
+    """dz * scale + x * coef_x + coef_c per channel (csrc/common/batch_norm.h)."""
+    x = input.to(_acc(input))
+    dz = _masked_grad(grad_output, x, scale, shift)
+    dx = dz * _per_channel(scale.to(x.dtype)) + x * _per_channel(coef_x.to(x.dtype)) + _per_channel(coef_c.to(x.dtype))
+    return dx.to(input.dtype)
+
+
+def bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight, bias=None, stride=1, padding=0,
+                   dilation=1, groups=1, training=False, momentum=0.1, eps=1e-5):
+    """conv2d(relu(batch_norm(input))) as torch.nn runs it (keeping both intermediates)."""
+    normalized = F.batch_norm(input, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
+    return F.conv2d(F.relu(normalized), weight, bias, stride, padding, dilation, groups)

@@ -57,6 +57,16 @@ TORCH_LIBRARY(cnnfast, m) {
       "bn_relu_conv2d(Tensor input, Tensor mean, Tensor invstd, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "bool training, str backend) -> Tensor");
+
+  // The Triton 1x1 convolution with BN-ReLU fused into its GEMMs (triton_kernels/conv1x1_bn_relu.py):
+  // relu(bn(x)) is applied while loading input tiles and never written.
+  m.def("_conv1x1_bn_relu_triton(Tensor input, Tensor scale, Tensor shift, Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "_conv1x1_bn_relu_weight_grad_triton(Tensor grad_output, Tensor input, Tensor scale, Tensor shift) "
+      "-> Tensor");
+  m.def(
+      "_conv1x1_bn_relu_input_grad_triton(Tensor grad_output, Tensor input, Tensor weight, Tensor mean, "
+      "Tensor scale, Tensor shift) -> (Tensor grad_z, Tensor sum_dz, Tensor sum_dz_xmu)");
 }
 
 // `import cnnfast._C` loads this library, which runs the registrations above.

@@ -1,0 +1,67 @@
+"""BNReLUConv2d: nn.Sequential(nn.BatchNorm2d, nn.ReLU, nn.Conv2d) as one module that keeps only its
+input (and per-channel statistics) for backward."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
+
+
+class BNReLUConv2d(nn.Module):
+    """conv(relu(bn(x))), the pre-activation unit of DenseNet, DPN and pre-activation ResNets.
+
+    Its parameters live in `bn` (an nn.BatchNorm2d) and `conv` (an nn.Conv2d), so its state_dict
+    reads like theirs (`bn.weight`, `bn.running_mean`, `conv.weight`, ...). Training and eval follow
+    nn.BatchNorm2d exactly: batch statistics in training, running statistics (updated once per
+    forward, with momentum=None a cumulative average) in eval, or batch statistics always when
+    track_running_stats=False.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = False, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.bn = nn.BatchNorm2d(in_channels, eps, momentum, affine, track_running_stats, **factory)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                              **factory)
+        self._check_modules(self.bn, self.conv)
+
+    @staticmethod
+    def _check_modules(bn: nn.Module, conv: nn.Module) -> None:
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"BNReLUConv2d: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"BNReLUConv2d: conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"BNReLUConv2d: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
+        if bn.num_features != conv.in_channels:
+            raise ValueError(f"BNReLUConv2d: bn has {bn.num_features} features but conv takes "
+                             f"{conv.in_channels} input channels")
+
+    @classmethod
+    def from_modules(cls, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> "BNReLUConv2d":
+        """Wraps existing modules: their parameters and buffers are shared, not copied."""
+        cls._check_modules(bn, conv)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.bn = bn
+        module.conv = conv
+        return module
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        bn, conv = self.bn, self.conv
+        # nn.BatchNorm2d.forward's rules for the momentum and for which statistics to use.
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        track = not bn.training or bn.track_running_stats
+        return bn_relu_conv2d(input, bn.running_mean if track else None, bn.running_var if track else None,
+                              bn.weight, bn.bias, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                              conv.groups, use_batch_stats, factor, bn.eps)
+
+    def extra_repr(self) -> str:
+        return "relu(bn(x)) recomputed in backward"

@@ -1,0 +1,164 @@
+"""BatchNorm -> ReLU as per-channel multiply-adds (csrc/common/batch_norm.h has the math): batch
+statistics, the fused apply relu(x * scale + shift) and its backward, on every backend.
+
+`kernels(backend)` gives the ops of one backend ("cpp", "triton" or "reference") behind one
+interface, so composite ops (bn_relu_conv2d, the DenseNet block) are written once.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from cnnfast import reference
+from cnnfast._backend import resolve
+from cnnfast._extension import extension_loaded
+from cnnfast.ops import _checks
+from cnnfast.ops._triton import on_device, triton_module
+
+OP = "cnnfast.bn_relu"
+
+
+def acc_dtype(input: torch.Tensor) -> torch.dtype:
+    """Per-channel tensors and sums: fp32, or fp64 for fp64 inputs (as csrc/op_helpers.h `bn_acc_type`)."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _reference_reduce(grad_output, input, mean, scale, shift):
+    return reference.bn_relu_backward_sums(grad_output, input, mean, scale, shift)
+
+
+def _reference_backward(grad_output, input, scale, shift, coef_x, coef_c):
+    return reference.bn_relu_input_grad(grad_output, input, scale, shift, coef_x, coef_c)
+
+
+def kernels(backend: str) -> SimpleNamespace:
+    """The four BN-ReLU ops of `backend` ('cpp', 'triton' or 'reference')."""
+    if backend == "reference":
+        return SimpleNamespace(stats=reference.batch_norm_stats, bn_relu=reference.bn_relu,
+                               backward_reduce=_reference_reduce, backward=_reference_backward)
+    suffix = "_triton" if backend == "triton" else ""
+    ops = torch.ops.cnnfast
+    return SimpleNamespace(stats=getattr(ops, "batch_norm_stats" + suffix), bn_relu=getattr(ops, "bn_relu" + suffix),
+                           backward_reduce=getattr(ops, "_bn_relu_backward_reduce" + suffix),
+                           backward=getattr(ops, "_bn_relu_backward" + suffix))
+
+
+def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
+    _checks.check_tensor(value, name, op)
+    if value.dim() != 1 or value.shape[0] != input.shape[1]:
+        raise ValueError(f"{op}: {name} must have {input.shape[1]} values (one per channel of input), "
+                         f"got shape {tuple(value.shape)}")
+    _checks.check_same_device(op, input=input, **{name: value})
+
+
+def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """relu(input * scale[c] + shift[c]) for a 4-d input, differentiable in all three."""
+    _checks.check_tensor(input, "input", OP)
+    _checks.check_dims(input, "input", OP, allowed=(4,))
+    check_per_channel(scale, "scale", input, OP)
+    check_per_channel(shift, "shift", input, OP)
+    return kernels(resolve("bn_relu", input.device)).bn_relu(input, scale, shift)
+
+
+# ---- Triton: the *_triton ops run the launchers of triton_kernels/batch_norm.py ----------------
+
+def channel_viewable(t: torch.Tensor) -> torch.Tensor:
+    """As csrc/op_helpers.h `channel_viewable`: read in place when H and W merge into one stride."""
+    if t.shape[2] <= 1 or t.shape[3] <= 1 or t.stride(2) == t.shape[3] * t.stride(3):
+        return t
+    return t.contiguous(memory_format=_checks.output_memory_format(t))
+
+
+def _per_channel(t, input):
+    return t.to(acc_dtype(input)).contiguous()
+
+
+def _new_like(input):
+    return torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                       memory_format=_checks.output_memory_format(input))
+
+
+def _triton_stats(input):
+    with on_device(input):
+        return triton_module("batch_norm").batch_norm_stats(channel_viewable(input))
+
+
+def _triton_bn_relu(input, scale, shift):
+    out = _new_like(input)
+    with on_device(input):
+        return triton_module("batch_norm").bn_relu(channel_viewable(input), _per_channel(scale, input),
+                                                    _per_channel(shift, input), out)
+
+
+def _triton_backward_reduce(grad_output, input, mean, scale, shift):
+    with on_device(input):
+        return triton_module("batch_norm").bn_relu_backward_reduce(
+            channel_viewable(grad_output), channel_viewable(input), _per_channel(mean, input),
+            _per_channel(scale, input), _per_channel(shift, input))
+
+
+def _triton_backward(grad_output, input, scale, shift, coef_x, coef_c):
+    out = _new_like(input)
+    with on_device(input):
+        return triton_module("batch_norm").bn_relu_backward(
+            channel_viewable(grad_output), channel_viewable(input), _per_channel(scale, input),
+            _per_channel(shift, input), _per_channel(coef_x, input), _per_channel(coef_c, input), out)
+
+
+# ---- fake functions and the autograd formula of bn_relu --------------------------------------
+
+def _fake_stats(input):
+    empty = input.new_empty((input.shape[1],), dtype=acc_dtype(input))
+    return empty, torch.empty_like(empty)
+
+
+def _fake_bn_relu(input, scale, shift):
+    return _new_like(input)
+
+
+def _fake_backward_reduce(grad_output, input, mean, scale, shift):
+    return _fake_stats(input)
+
+
+def _fake_backward(grad_output, input, scale, shift, coef_x, coef_c):
+    return _new_like(input)
+
+
+def _setup_context(ctx, inputs, output):
+    input, scale, shift = inputs
+    ctx.save_for_backward(input, scale, shift)
+
+
+def _make_backward(ops: SimpleNamespace):
+    def backward(ctx, grad_output):
+        input, scale, shift = ctx.saved_tensors
+        grad_input = grad_scale = grad_shift = None
+        zeros = torch.zeros_like(scale, dtype=acc_dtype(input))
+        if ctx.needs_input_grad[0]:
+            grad_input = ops.backward(grad_output, input, scale, shift, zeros, zeros)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # With mean 0 the second sum is sum(dz * x): d scale.
+            sum_dz, sum_dz_x = ops.backward_reduce(grad_output, input, zeros, scale, shift)
+            grad_scale, grad_shift = sum_dz_x.to(scale.dtype), sum_dz.to(shift.dtype)
+        return grad_input, grad_scale, grad_shift
+    return backward
+
+
+def _register() -> None:
+    for suffix in ("", "_triton"):
+        torch.library.register_fake(f"cnnfast::batch_norm_stats{suffix}", _fake_stats)
+        torch.library.register_fake(f"cnnfast::bn_relu{suffix}", _fake_bn_relu)
+        torch.library.register_fake(f"cnnfast::_bn_relu_backward_reduce{suffix}", _fake_backward_reduce)
+        torch.library.register_fake(f"cnnfast::_bn_relu_backward{suffix}", _fake_backward)
+        torch.library.register_autograd(f"cnnfast::bn_relu{suffix}",
+                                        _make_backward(kernels("triton" if suffix else "cpp")),
+                                        setup_context=_setup_context)
+    for name, kernel in (("batch_norm_stats_triton", _triton_stats), ("bn_relu_triton", _triton_bn_relu),
+                         ("_bn_relu_backward_reduce_triton", _triton_backward_reduce),
+                         ("_bn_relu_backward_triton", _triton_backward)):
+        torch.library.register_kernel(f"cnnfast::{name}", ("cpu", "cuda"), kernel)
+
+
+if extension_loaded():
+    _register()

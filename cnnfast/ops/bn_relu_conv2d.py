@@ -1,0 +1,214 @@
+"""conv2d(relu(batch_norm(x))) keeping only x (and per-channel statistics) for backward.
+
+Eager PyTorch keeps two full-size tensors for this unit: the BN input and the ReLU output. Here
+relu(bn(x)) is a temporary of the forward, freed before the op returns, and recomputed in the
+backward (one elementwise pass) to feed the convolution's weight gradient.
+
+The convolution is aten's (cuDNN / oneDNN). With the 'triton' backend, a 1x1 convolution (a GEMM)
+runs in Triton kernels that apply scale, shift and ReLU while loading their input tiles, so
+relu(bn(x)) is never written at all (triton_kernels/conv1x1_bn_relu.py). `auto` does not pick
+them yet: no GPU run has compared them with cuDNN (see cnnfast/_backend.py AUTO_CUDA_CHOICE).
+
+BatchNorm's running statistics are not touched here: the functional API updates them, once per
+forward, from the batch statistics it passes in.
+"""
+from __future__ import annotations
+
+import torch
+
+from cnnfast import reference
+from cnnfast._backend import resolve
+from cnnfast._extension import extension_loaded
+from cnnfast.ops import _checks
+from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels
+
+OP = "cnnfast.bn_relu_conv2d"
+
+
+def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                   bn_weight: torch.Tensor | None, bn_bias: torch.Tensor | None, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
+                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """F.conv2d(F.relu(F.batch_norm(input, running_mean, running_var, bn_weight, bn_bias, training,
+    momentum, eps)), weight, bias, stride, padding, dilation, groups), keeping only `input` and
+    per-channel statistics for backward.
+
+    In training the batch statistics normalise and, where running_mean / running_var are given,
+    update them once (running_var with the unbiased variance), as F.batch_norm does.
+    """
+    _checks.check_tensor(input, "input", OP)
+    _checks.check_dims(input, "input", OP, allowed=(4,))
+    _checks.check_tensor(weight, "weight", OP)
+    _checks.check_dims(weight, "weight", OP, allowed=(4,))
+    groups = _checks.check_int(groups, "groups", OP, minimum=1)
+    channels = input.shape[1]
+    if weight.shape[0] % groups or weight.shape[1] * groups != channels:
+        raise ValueError(f"{OP}: weight of shape {tuple(weight.shape)} with groups={groups} does not take input "
+                         f"with {channels} channels (expected weight.shape[1] * groups == {channels} and "
+                         f"weight.shape[0] divisible by groups)")
+    tensors = {"input": input, "weight": weight}
+    for name, value in (("running_mean", running_mean), ("running_var", running_var), ("bn_weight", bn_weight),
+                        ("bn_bias", bn_bias)):
+        if value is not None:
+            check_per_channel(value, name, input, OP)
+            tensors[name] = value
+    if bias is not None:
+        _checks.check_tensor(bias, "bias", OP)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{OP}: bias must have {weight.shape[0]} values, got shape {tuple(bias.shape)}")
+        tensors["bias"] = bias
+    _checks.check_same_device(OP, **tensors)
+    stride = _checks.pair(stride, "stride", OP, minimum=1)
+    dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
+    padding = conv_padding(padding, weight.shape[-2:], stride, dilation)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
+    if training and input.numel() // max(channels, 1) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+    momentum = _checks.check_number(momentum, "momentum", OP)
+    eps = _checks.check_number(eps, "eps", OP)
+
+    backend = resolve("bn_relu_conv2d", input.device)
+    if backend == "reference":
+        return reference.bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight, bias, stride,
+                                        padding, dilation, groups, training, momentum, eps)
+    if torch.is_autocast_enabled(input.device.type):
+        # As autocast runs F.conv2d: in the autocast dtype; BN-ReLU stays in the input's dtype.
+        low = torch.get_autocast_dtype(input.device.type)
+        weight = weight.to(low)
+        bias = None if bias is None else bias.to(low)
+    with torch.no_grad():
+        x = input.detach()
+        if training:
+            mean, var = kernels(backend).stats(x)
+            if running_mean is not None and input.numel() > 0:
+                count = input.numel() // channels
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype),
+                                                    alpha=momentum)
+        else:
+            mean, var = running_mean.to(acc_dtype(input)), running_var.to(acc_dtype(input))
+        invstd = torch.rsqrt(var + eps)
+    return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
+                                            dilation, groups, training, backend)
+
+
+def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
+    """Conv2d's padding argument: an int, a pair, 'valid' or 'same' (stride 1, symmetric)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding != "same":
+            raise ValueError(f"{OP}: padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"{OP}: padding='same' is not supported for strided convolutions (stride={stride})")
+        total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"{OP}: padding='same' needs an odd effective kernel size here (kernel_size="
+                             f"{tuple(kernel_size)}, dilation={dilation}); pass explicit padding")
+        return (total[0] // 2, total[1] // 2)
+    return _checks.pair(padding, "padding", OP, minimum=0)
+
+
+def scale_shift(mean, invstd, bn_weight, bn_bias):
+    """BN as a per-channel multiply-add: scale = gamma * invstd, shift = beta - mean * scale."""
+    scale = invstd if bn_weight is None else invstd * bn_weight.to(invstd.dtype)
+    shift = -mean * scale if bn_bias is None else bn_bias.to(invstd.dtype) - mean * scale
+    return scale, shift
+
+
+def fused_1x1(backend: str, weight, stride, padding, dilation, groups) -> bool:
+    """Whether the Triton GEMM with the BN-ReLU prologue runs this convolution."""
+    return (backend == "triton" and weight.shape[-2:] == (1, 1) and tuple(stride) == (1, 1)
+            and tuple(padding) == (0, 0) and groups == 1)
+
+
+def _conv(r, weight, bias, stride, padding, dilation, groups):
+    return torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
+                                      groups)
+
+
+def _forward(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
+             backend):
+    scale, shift = scale_shift(mean, invstd, bn_weight, bn_bias)
+    if input.dtype == weight.dtype and fused_1x1(backend, weight, stride, padding, dilation, groups):
+        return torch.ops.cnnfast._conv1x1_bn_relu_triton(input, scale, shift, weight, bias)
+    # Under autocast the convolution runs in the weight's (lower) precision, BN-ReLU in the input's.
+    r = kernels(backend).bn_relu(input, scale, shift).to(weight.dtype)
+    return _conv(r, weight, bias, stride, padding, dilation, groups)
+
+
+def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
+          backend):
+    r = torch.empty(input.shape, dtype=weight.dtype, device=input.device,
+                    memory_format=_checks.output_memory_format(input))
+    return _conv(r, weight, bias, stride, padding, dilation, groups)
+
+
+def _setup_context(ctx, inputs, output):
+    input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training, backend = inputs
+    ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, weight)
+    ctx.has_bias = bias is not None
+    ctx.conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    ctx.training = training
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_output):
+    input, mean, invstd, bn_weight, bn_bias, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    ops = kernels(ctx.backend)
+    need_input, need_bn_weight, need_bn_bias, need_weight, need_bias = (
+        ctx.needs_input_grad[i] for i in (0, 3, 4, 5, 6))
+    scale, shift = scale_shift(mean, invstd, bn_weight, bn_bias)
+    need_z = need_input or need_bn_weight or need_bn_bias
+    grad_weight = grad_bias = grad_z = sums = None
+    if input.dtype == weight.dtype and fused_1x1(ctx.backend, weight, stride, padding, dilation, groups):
+        fused = torch.ops.cnnfast
+        if need_weight:
+            grad_weight = fused._conv1x1_bn_relu_weight_grad_triton(grad_output, input, scale, shift)
+        if need_z:
+            grad_z, sum_dz, sum_dz_xmu = fused._conv1x1_bn_relu_input_grad_triton(
+                grad_output, input, weight, mean, scale, shift)
+            sums = (sum_dz, sum_dz_xmu)
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_output.sum((0, 2, 3), dtype=acc_dtype(grad_output)).to(weight.dtype)
+    else:
+        r = ops.bn_relu(input, scale, shift).to(weight.dtype) if need_weight else None
+        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        grad_r, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad_output, r if r is not None else torch.empty(input.shape, dtype=weight.dtype, device=input.device),
+            weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+            [need_z, need_weight, need_bias and ctx.has_bias])
+        del r  # the recomputed activation lives only for the weight gradient
+        if need_z:
+            grad_z = grad_r.to(input.dtype)
+            # dz here is the gradient of relu's output: the kernels apply the mask themselves.
+            sums = ops.backward_reduce(grad_z, input, mean, scale, shift)
+    grad_input = grad_bn_weight = grad_bn_bias = None
+    if need_z:
+        sum_dz, sum_dz_xmu = sums
+        if ctx.training:
+            count = input.numel() // input.shape[1]
+            coef_x = -scale * invstd * invstd * sum_dz_xmu / count
+            coef_c = -scale * sum_dz / count - coef_x * mean
+        else:
+            coef_x = coef_c = torch.zeros_like(scale)
+        if need_input:
+            grad_input = ops.backward(grad_z, input, scale, shift, coef_x, coef_c)
+        if need_bn_weight:
+            grad_bn_weight = (sum_dz_xmu * invstd).to(bn_weight.dtype)
+        if need_bn_bias:
+            grad_bn_bias = sum_dz.to(bn_bias.dtype)
+    return (grad_input, None, None, grad_bn_weight, grad_bn_bias, grad_weight, grad_bias,
+            None, None, None, None, None, None)
+
+
+def _register() -> None:
+    torch.library.register_kernel("cnnfast::bn_relu_conv2d", ("cpu", "cuda"), _forward)
+    torch.library.register_fake("cnnfast::bn_relu_conv2d", _fake)
+    torch.library.register_autograd("cnnfast::bn_relu_conv2d", _backward, setup_context=_setup_context)
+
+
+if extension_loaded():
+    _register()
