@@ -41,11 +41,14 @@ def _per_channel(values: torch.Tensor) -> torch.Tensor:
 
 
 def _acc(input: torch.Tensor) -> torch.dtype:
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
+    # As torch's BatchNorm accumulates: fp64 for fp32 on CPU (and for fp64), fp32 otherwise.
+    if input.dtype == torch.float64 or (input.dtype == torch.float32 and input.device.type == "cpu"):
+        return torch.float64
+    return torch.float32
 
 
 def batch_norm_stats(input: torch.Tensor):
-    """Per-channel mean and biased variance over (N, H, W), in fp32 (fp64 for fp64 inputs)."""
+    """Per-channel mean and biased variance over (N, H, W), in the accumulation type."""
     x = input.to(_acc(input))
     return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
 

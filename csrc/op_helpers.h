@@ -207,10 +207,11 @@ inline ChannelGeometry channel_geometry(const at::Tensor& t) {
   return g;
 }
 
-// Per-channel tensors: `channels` values of the accumulation type (fp32, or fp64 for fp64 inputs),
-// on the input's device.
+// Per-channel tensors: `channels` values of the accumulation type, on the input's device. As torch's
+// BatchNorm: fp64 for fp64 inputs, and for fp32 inputs on CPU; fp32 otherwise.
 inline at::ScalarType bn_acc_type(const at::Tensor& input) {
-  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto type = input.scalar_type();
+  return type == at::kDouble || (type == at::kFloat && input.is_cpu()) ? at::kDouble : at::kFloat;
 }
 
 inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& input, const char* name) {

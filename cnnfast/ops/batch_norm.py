@@ -6,7 +6,7 @@ interface, so composite ops (bn_relu_conv2d, the DenseNet block) are written onc
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -19,9 +19,15 @@ from cnnfast.ops._triton import on_device, triton_module
 OP = "cnnfast.bn_relu"
 
 
-def acc_dtype(input: torch.Tensor) -> torch.dtype:
-    """Per-channel tensors and sums: fp32, or fp64 for fp64 inputs (as csrc/op_helpers.h `bn_acc_type`)."""
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
+def acc_dtype(input: torch.Tensor, backend: str = "cpp") -> torch.dtype:
+    """Per-channel tensors and sums, as torch's BatchNorm accumulates: fp64 for fp64 inputs and, with the
+    C++ kernels and the reference, for fp32 inputs on CPU; fp32 otherwise (csrc/op_helpers.h
+    `bn_acc_type`). The Triton kernels use the GPU rule on every device."""
+    if input.dtype == torch.float64:
+        return torch.float64
+    if input.dtype == torch.float32 and input.device.type == "cpu" and backend != "triton":
+        return torch.float64
+    return torch.float32
 
 
 def _reference_reduce(grad_output, input, mean, scale, shift):
@@ -32,16 +38,31 @@ def _reference_backward(grad_output, input, scale, shift, coef_x, coef_c):
     return reference.bn_relu_input_grad(grad_output, input, scale, shift, coef_x, coef_c)
 
 
-def kernels(backend: str) -> SimpleNamespace:
-    """The four BN-ReLU ops of `backend` ('cpp', 'triton' or 'reference')."""
-    if backend == "reference":
-        return SimpleNamespace(stats=reference.batch_norm_stats, bn_relu=reference.bn_relu,
-                               backward_reduce=_reference_reduce, backward=_reference_backward)
+class BnReluKernels(NamedTuple):
+    backend: str
+    stats: Callable
+    bn_relu: Callable
+    backward_reduce: Callable
+    backward: Callable
+
+
+def _op_table(backend: str) -> BnReluKernels:
     suffix = "_triton" if backend == "triton" else ""
     ops = torch.ops.cnnfast
-    return SimpleNamespace(stats=getattr(ops, "batch_norm_stats" + suffix), bn_relu=getattr(ops, "bn_relu" + suffix),
-                           backward_reduce=getattr(ops, "_bn_relu_backward_reduce" + suffix),
-                           backward=getattr(ops, "_bn_relu_backward" + suffix))
+    return BnReluKernels(backend, getattr(ops, "batch_norm_stats" + suffix), getattr(ops, "bn_relu" + suffix),
+                         getattr(ops, "_bn_relu_backward_reduce" + suffix), getattr(ops, "_bn_relu_backward" + suffix))
+
+
+# Built once (torch.compile traces a lookup, not the construction).
+_KERNELS = {"reference": BnReluKernels("reference", reference.batch_norm_stats, reference.bn_relu,
+                                       _reference_reduce, _reference_backward)}
+if extension_loaded():
+    _KERNELS.update(cpp=_op_table("cpp"), triton=_op_table("triton"))
+
+
+def kernels(backend: str) -> BnReluKernels:
+    """The four BN-ReLU ops of `backend` ('cpp', 'triton' or 'reference')."""
+    return _KERNELS[backend]
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
@@ -71,7 +92,7 @@ def channel_viewable(t: torch.Tensor) -> torch.Tensor:
 
 
 def _per_channel(t, input):
-    return t.to(acc_dtype(input)).contiguous()
+    return t.to(acc_dtype(input, "triton")).contiguous()
 
 
 def _new_like(input):
@@ -108,17 +129,23 @@ def _triton_backward(grad_output, input, scale, shift, coef_x, coef_c):
 
 # ---- fake functions and the autograd formula of bn_relu --------------------------------------
 
-def _fake_stats(input):
-    empty = input.new_empty((input.shape[1],), dtype=acc_dtype(input))
-    return empty, torch.empty_like(empty)
+def _make_fake_stats(backend):
+    def fake_stats(input):
+        empty = input.new_empty((input.shape[1],), dtype=acc_dtype(input, backend))
+        return empty, torch.empty_like(empty)
+    return fake_stats
+
+
+def _make_fake_backward_reduce(backend):
+    fake_stats = _make_fake_stats(backend)
+
+    def fake_backward_reduce(grad_output, input, mean, scale, shift):
+        return fake_stats(input)
+    return fake_backward_reduce
 
 
 def _fake_bn_relu(input, scale, shift):
     return _new_like(input)
-
-
-def _fake_backward_reduce(grad_output, input, mean, scale, shift):
-    return _fake_stats(input)
 
 
 def _fake_backward(grad_output, input, scale, shift, coef_x, coef_c):
@@ -130,11 +157,11 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, scale, shift)
 
 
-def _make_backward(ops: SimpleNamespace):
+def _make_backward(ops: BnReluKernels):
     def backward(ctx, grad_output):
         input, scale, shift = ctx.saved_tensors
         grad_input = grad_scale = grad_shift = None
-        zeros = torch.zeros_like(scale, dtype=acc_dtype(input))
+        zeros = torch.zeros_like(scale, dtype=acc_dtype(input, ops.backend))
         if ctx.needs_input_grad[0]:
             grad_input = ops.backward(grad_output, input, scale, shift, zeros, zeros)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -146,13 +173,12 @@ def _make_backward(ops: SimpleNamespace):
 
 
 def _register() -> None:
-    for suffix in ("", "_triton"):
-        torch.library.register_fake(f"cnnfast::batch_norm_stats{suffix}", _fake_stats)
+    for suffix, backend in (("", "cpp"), ("_triton", "triton")):
+        torch.library.register_fake(f"cnnfast::batch_norm_stats{suffix}", _make_fake_stats(backend))
         torch.library.register_fake(f"cnnfast::bn_relu{suffix}", _fake_bn_relu)
-        torch.library.register_fake(f"cnnfast::_bn_relu_backward_reduce{suffix}", _fake_backward_reduce)
+        torch.library.register_fake(f"cnnfast::_bn_relu_backward_reduce{suffix}", _make_fake_backward_reduce(backend))
         torch.library.register_fake(f"cnnfast::_bn_relu_backward{suffix}", _fake_backward)
-        torch.library.register_autograd(f"cnnfast::bn_relu{suffix}",
-                                        _make_backward(kernels("triton" if suffix else "cpp")),
+        torch.library.register_autograd(f"cnnfast::bn_relu{suffix}", _make_backward(kernels(backend)),
                                         setup_context=_setup_context)
     for name, kernel in (("batch_norm_stats_triton", _triton_stats), ("bn_relu_triton", _triton_bn_relu),
                          ("_bn_relu_backward_reduce_triton", _triton_backward_reduce),

@@ -61,6 +61,10 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     stride = _checks.pair(stride, "stride", OP, minimum=1)
     dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
     padding = conv_padding(padding, weight.shape[-2:], stride, dilation)
+    spans = [input.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    if min(spans) <= 0:
+        raise ValueError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger than the "
+                         f"padded input ({input.shape[2] + 2 * padding[0]}x{input.shape[3] + 2 * padding[1]})")
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
     if training and input.numel() // max(channels, 1) == 1:
@@ -87,7 +91,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
                 running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype),
                                                     alpha=momentum)
         else:
-            mean, var = running_mean.to(acc_dtype(input)), running_var.to(acc_dtype(input))
+            mean, var = running_mean.to(acc_dtype(input, backend)), running_var.to(acc_dtype(input, backend))
         invstd = torch.rsqrt(var + eps)
     return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
                                             dilation, groups, training, backend)
@@ -172,7 +176,7 @@ def _backward(ctx, grad_output):
                 grad_output, input, weight, mean, scale, shift)
             sums = (sum_dz, sum_dz_xmu)
         if need_bias and ctx.has_bias:
-            grad_bias = grad_output.sum((0, 2, 3), dtype=acc_dtype(grad_output)).to(weight.dtype)
+            grad_bias = grad_output.sum((0, 2, 3), dtype=acc_dtype(grad_output, "triton")).to(weight.dtype)
     else:
         r = ops.bn_relu(input, scale, shift).to(weight.dtype) if need_weight else None
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None

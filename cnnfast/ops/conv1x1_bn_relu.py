@@ -62,7 +62,7 @@ def _fake_weight_grad(grad_output, input, scale, shift):
 def _fake_input_grad(grad_output, input, weight, mean, scale, shift):
     grad_z = torch.empty(input.shape, dtype=input.dtype, device=input.device,
                          memory_format=_checks.output_memory_format(input))
-    sums = input.new_empty((input.shape[1],), dtype=acc_dtype(input))
+    sums = input.new_empty((input.shape[1],), dtype=acc_dtype(input, "triton"))
     return grad_z, sums, torch.empty_like(sums)
 
 

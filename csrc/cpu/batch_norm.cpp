@@ -32,10 +32,23 @@ bool rows_walk(std::initializer_list<const ChannelGeometry*> geometries) {
   return true;
 }
 
+// As torch's CPU BatchNorm (at::acc_type<scalar_t, /*is_cuda=*/false>): fp32 inputs accumulate in
+// fp64 on CPU, so statistics and gradient sums are as accurate as torch.nn's there. The
+// per-channel tensors have this type too (bn_acc_type in csrc/op_helpers.h).
 template <typename scalar_t>
-inline double to_double(scalar_t v) {
-  return static_cast<double>(static_cast<acc_type<scalar_t>>(v));
-}
+struct CpuAccType {
+  using type = float;
+};
+template <>
+struct CpuAccType<float> {
+  using type = double;
+};
+template <>
+struct CpuAccType<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using cpu_acc_type = typename CpuAccType<scalar_t>::type;
 
 // ---- batch statistics ---------------------------------------------------------------------
 
@@ -70,7 +83,7 @@ Moments<double> widen(const Moments<double>& m) { return m; }
 // Planes: one channel per task, its planes in blocks of kBlock values, partials combined in double.
 template <typename scalar_t>
 void stats_planes(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments<double>>& out) {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = cpu_acc_type<scalar_t>;
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       Moments<double> total{0, 0, 0};
@@ -91,7 +104,7 @@ void stats_planes(const scalar_t* x, const ChannelGeometry& g, std::vector<Momen
 // per-channel vectors (two passes over the block), the chunks then combine in order.
 template <typename scalar_t>
 void stats_rows(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments<double>>& out) {
-  using acc_t = acc_type<scalar_t>;
+  using acc_t = cpu_acc_type<scalar_t>;
   const int64_t C = g.channels;
   const int64_t rows = g.batch * g.spatial;
   const int64_t chunks = std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock);
@@ -257,7 +270,7 @@ at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, cons
   const at::Tensor shift_c = per_channel(shift, input, "shift");
   if (input.numel() == 0) return call.result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = cpu_acc_type<scalar_t>;
     const BnReluElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>()};
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
     scalar_t* y = call.result.mutable_data_ptr<scalar_t>();
@@ -276,7 +289,7 @@ at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tens
   const at::Tensor coef_c_c = per_channel(coef_c, input, "coef_c");
   if (input.numel() == 0) return call.result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
+    using acc_t = cpu_acc_type<scalar_t>;
     const BnReluGradElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
                                                coef_x_c.const_data_ptr<acc_t>(), coef_c_c.const_data_ptr<acc_t>()};
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
@@ -391,7 +404,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_kernel(const at::Tens
   std::vector<double> sum_dz(C, 0.0), sum_dz_xmu(C, 0.0);
   if (input.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_reduce_cpu", [&] {
-      using acc_t = acc_type<scalar_t>;
+      using acc_t = cpu_acc_type<scalar_t>;
       const scalar_t* x = call.x.const_data_ptr<scalar_t>();
       const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
       const auto run = rows_walk({&call.x_geometry, &call.grad_geometry}) ? reduce_rows<scalar_t, acc_t>

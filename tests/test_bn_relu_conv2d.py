@@ -1,0 +1,312 @@
+"""BNReLUConv2d against nn.Sequential(nn.BatchNorm2d, nn.ReLU, nn.Conv2d): outputs, every gradient
+and the running statistics over several steps, in training and eval, on every backend here."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import cnnfast
+from cnnfast.ops.batch_norm import acc_dtype
+from helpers import assert_low_precision_close, backend_params, registered_op
+
+BACKENDS = backend_params()
+
+# (in, out, kernel, stride, padding, dilation, groups, bias, spatial (H, W))
+CONFIGS = [
+    (6, 5, 1, 1, 0, 1, 1, False, (5, 7)),     # 1x1: the fused Triton GEMM under 'triton'
+    (5, 8, 3, 1, 1, 1, 1, True, (6, 5)),      # 3x3 with bias
+    (4, 6, 3, 2, 1, 1, 2, False, (7, 7)),     # strided, grouped
+    (3, 4, 5, 1, 2, 2, 1, False, (9, 8)),     # dilated 5x5
+    (4, 4, 7, 2, 3, 1, 4, True, (9, 9)),      # 7x7 depthwise with bias
+    (6, 3, 1, 2, 0, 1, 1, True, (5, 6)),      # strided 1x1 (aten's convolution, not the GEMM)
+]
+
+
+def make_pair(config, dtype=torch.float64, device="cpu", seed=0, **bn_kwargs):
+    """Our module and the Sequential it replaces, with the same (non-trivial) parameters."""
+    cin, cout, k, stride, padding, dilation, groups, bias, _ = config
+    torch.manual_seed(seed)
+    ours = cnnfast.nn.BNReLUConv2d(cin, cout, k, stride, padding, dilation, groups, bias, **bn_kwargs)
+    if ours.bn.affine:
+        with torch.no_grad():
+            ours.bn.weight.uniform_(0.5, 1.5)
+            ours.bn.bias.uniform_(-0.5, 0.5)
+    ours = ours.to(device=device, dtype=dtype)
+    theirs = nn.Sequential(copy.deepcopy(ours.bn), nn.ReLU(), copy.deepcopy(ours.conv))
+    return ours, theirs
+
+
+def output_shape(config, x):
+    cin, cout, k, stride, padding, dilation, groups, bias, _ = config
+    return (x.shape[0], cout) + tuple((size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+                                      for size in x.shape[2:])
+
+
+def step(module, x, grad):
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    y.backward(grad)
+    return y, x.grad
+
+
+def assert_same_state(ours, theirs, rtol, atol):
+    bn, conv = theirs[0], theirs[2]
+    for name, a, b in (("bn.weight", ours.bn.weight, bn.weight), ("bn.bias", ours.bn.bias, bn.bias),
+                       ("conv.weight", ours.conv.weight, conv.weight), ("conv.bias", ours.conv.bias, conv.bias)):
+        if a is None:
+            assert b is None
+            continue
+        torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}.grad: {m}")
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        a, b = getattr(ours.bn, name), getattr(bn, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"bn.{name}: {m}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[0]}to{c[1]}-k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_training_steps_then_eval_match_sequential(backend, device, config, layout):
+    ours, theirs = make_pair(config, device=device)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    generator = torch.Generator().manual_seed(1)
+    for mode in ("train", "train", "train", "eval"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        x = (torch.randn(2, config[0], *config[8], generator=generator, dtype=torch.float64) * 2 + 0.3)
+        x = x.to(device).contiguous(memory_format=memory_format)
+        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(device)
+        with cnnfast.backend(backend):
+            y, dx = step(ours, x, grad)
+        y_ref, dx_ref = step(theirs, x, grad)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
+        for p in list(ours.parameters()) + list(theirs.parameters()):
+            p.grad = None
+        if backend != "reference":
+            assert y.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("bn_kwargs", [dict(momentum=None), dict(track_running_stats=False), dict(affine=False)],
+                         ids=["momentum_none", "no_running_stats", "not_affine"])
+def test_batch_norm_options_as_torch(backend, device, bn_kwargs):
+    config = CONFIGS[1]
+    ours, theirs = make_pair(config, device=device, **bn_kwargs)
+    generator = torch.Generator().manual_seed(2)
+    for mode in ("train", "train", "eval", "train"):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        x = (torch.randn(3, config[0], *config[8], generator=generator, dtype=torch.float64) + 1).to(device)
+        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(device)
+        with cnnfast.backend(backend):
+            y, dx = step(ours, x, grad)
+        y_ref, dx_ref = step(theirs, x, grad)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
+        for p in list(ours.parameters()) + list(theirs.parameters()):
+            p.grad = None
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1]], ids=["1x1", "3x3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_error_at_most_twice_torch(backend, device, config, dtype):
+    if dtype == torch.float16 and device == "cpu":
+        pytest.skip("torch has no fp16 convolution on CPU to compare with")
+    ours, theirs = make_pair(config, dtype=dtype, device=device)
+    exact = copy.deepcopy(theirs).double()
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, config[0], *config[8], generator=generator) * 2 + 0.3).to(device=device, dtype=dtype)
+    grad = torch.randn(output_shape(config, x), generator=generator).to(device=device, dtype=dtype)
+    with cnnfast.backend(backend):
+        y, dx = step(ours, x, grad)
+    y_torch, dx_torch = step(theirs, x, grad)
+    y_exact, dx_exact = step(exact, x.double(), grad.double())
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_low_precision_close(y, y_torch, y_exact)
+    assert_low_precision_close(dx, dx_torch, dx_exact)
+    for a, b, c in ((ours.conv.weight, theirs[2].weight, exact[2].weight),
+                    (ours.bn.weight, theirs[0].weight, exact[0].weight),
+                    (ours.bn.bias, theirs[0].bias, exact[0].bias)):
+        assert_low_precision_close(a.grad, b.grad, c.grad)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_autocast_runs_the_convolution_in_low_precision(backend, device):
+    config = CONFIGS[1]
+    ours, theirs = make_pair(config, dtype=torch.float32, device=device)
+    x = torch.randn(2, config[0], *config[8], device=device)
+    grad = torch.randn(output_shape(config, x), device=device)
+    low = torch.bfloat16
+    with torch.autocast(device, dtype=low):
+        with cnnfast.backend(backend):
+            y, dx = step(ours, x, grad)
+        y_torch, dx_torch = step(theirs, x, grad)
+    assert y.dtype == y_torch.dtype == low and dx.dtype == dx_torch.dtype == torch.float32
+    assert ours.conv.weight.grad.dtype == torch.float32
+    # Same computation in the same precisions: differences are bf16 roundings of near-equal values.
+    torch.testing.assert_close(y, y_torch, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dx, dx_torch, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(ours.bn.running_mean, theirs[0].running_mean)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["1x1", "3x3-grouped"])
+def test_gradcheck_fp64(backend, device, training, config):
+    cin, cout, k, stride, padding, dilation, groups, bias, _ = config
+    generator = torch.Generator().manual_seed(4)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device)
+
+    x = (randn(2, cin, 3, 3) + 0.5).requires_grad_()
+    gamma, beta = (randn(cin) + 1.0).requires_grad_(), randn(cin).requires_grad_()
+    weight = randn(cout, cin // groups, k, k).requires_grad_()
+    running_mean, running_var = randn(cin), randn(cin).abs() + 0.5
+
+    def fn(x, gamma, beta, weight):
+        # Copies: gradcheck calls fn many times and the running statistics must not drift.
+        return cnnfast.functional.bn_relu_conv2d(x, running_mean.clone(), running_var.clone(), gamma, beta, weight,
+                                                 None, stride, padding, dilation, groups, training)
+
+    with cnnfast.backend(backend):
+        assert torch.autograd.gradcheck(fn, (x, gamma, beta, weight))
+
+
+def op_inputs(device, layout="contiguous", bias=True, dtype=torch.float32):
+    x = torch.randn(2, 4, 5, 6, device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    mean, invstd = torch.randn(4, device=device, dtype=acc), torch.rand(4, device=device, dtype=acc) + 0.5
+    gamma, beta = torch.rand(4, device=device, dtype=dtype) + 0.5, torch.randn(4, device=device, dtype=dtype)
+    weight = torch.randn(3, 4, 1, 1, device=device, dtype=dtype)
+    return [x.requires_grad_(), mean, invstd, gamma.requires_grad_(), beta.requires_grad_(), weight.requires_grad_(),
+            torch.randn(3, device=device, dtype=dtype).requires_grad_() if bias else None]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_opcheck(backend):
+    _, device = registered_op("bn_relu_conv2d" if backend == "cpp" else "bn_relu_triton")
+    op = torch.ops.cnnfast.bn_relu_conv2d
+    for layout in ("contiguous", "channels_last"):
+        for training in (True, False):
+            torch.library.opcheck(op, (*op_inputs(device, layout), [1, 1], [0, 0], [1, 1], 1, training, backend))
+    torch.library.opcheck(op, (*op_inputs(device, bias=False), [2, 1], [1, 0], [1, 1], 1, True, backend))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])
+def test_torch_compile_fullgraph(backend, device):
+    config = CONFIGS[1]
+    ours, theirs = make_pair(config, dtype=torch.float32, device=device)
+    compiled_module = copy.deepcopy(ours)
+    x = torch.randn(2, config[0], *config[8], device=device)
+    grad = torch.randn(output_shape(config, x), device=device)
+    with cnnfast.backend(backend):
+        y, dx = step(ours, x, grad)
+        compiled = torch.compile(compiled_module, fullgraph=True)
+        y_compiled, dx_compiled = step(compiled, x, grad)
+    torch.testing.assert_close(y_compiled, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx_compiled, dx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_module.bn.running_var, ours.bn.running_var)
+    torch.testing.assert_close(compiled_module.conv.weight.grad, ours.conv.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1]], ids=["1x1", "3x3"])
+def test_keeps_only_input_and_per_channel_values(backend, device, config):
+    ours, theirs = make_pair(config, dtype=torch.float32, device=device)
+    x = torch.randn(4, config[0], 12, 12, device=device, requires_grad=True)
+    with cnnfast.backend(backend):
+        _, saved = cnnfast.saved_tensor_bytes(ours, x)
+    _, saved_torch = cnnfast.saved_tensor_bytes(theirs, x)
+    # The conv's bias is not needed by its backward.
+    parameters = sum(p.numel() * p.element_size() for p in (ours.bn.weight, ours.bn.bias, ours.conv.weight))
+    # mean and inverse std, in BatchNorm's accumulation type
+    per_channel = 2 * config[0] * torch.empty((), dtype=acc_dtype(x, "triton" if backend == "triton" else "cpp")).element_size()
+    assert saved == x.numel() * x.element_size() + parameters + per_channel
+    # torch keeps x and the ReLU output (the convolution's input): one full tensor more.
+    assert saved_torch >= saved + x.numel() * x.element_size() - per_channel
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_deterministic_gradients(backend, device):
+    config = CONFIGS[0]
+    results = []
+    for _ in range(2):
+        ours, _ = make_pair(config, dtype=torch.float32, device=device)
+        x = torch.randn(2, config[0], *config[8], generator=torch.Generator().manual_seed(5)).to(device)
+        grad = torch.randn(output_shape(config, x), generator=torch.Generator().manual_seed(6)).to(device)
+        with cnnfast.backend(backend):
+            _, dx = step(ours, x, grad)
+        results.append((dx, ours.bn.weight.grad, ours.conv.weight.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_module_reads_like_its_parts():
+    ours = cnnfast.nn.BNReLUConv2d(4, 6, 3, padding=1, bias=True)
+    assert list(ours.state_dict()) == [f"bn.{k}" for k in nn.BatchNorm2d(4).state_dict()] + ["conv.weight", "conv.bias"]
+    bn, conv = nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, padding="same")
+    wrapped = cnnfast.nn.BNReLUConv2d.from_modules(bn, conv)
+    assert wrapped.bn is bn and wrapped.conv is conv and wrapped.conv.weight is conv.weight
+    x = torch.randn(2, 4, 5, 5)
+    reference = nn.Sequential(copy.deepcopy(bn), nn.ReLU(), copy.deepcopy(conv))
+    torch.testing.assert_close(wrapped(x), reference(x))
+    torch.testing.assert_close(bn.running_mean, reference[0].running_mean)  # updated in the shared module
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_batch(backend, device):
+    ours, theirs = make_pair(CONFIGS[1], dtype=torch.float32, device=device)
+    x = torch.randn(0, 5, 6, 5, device=device, requires_grad=True)
+    with cnnfast.backend(backend):
+        y = ours(x)
+        y.sum().backward()
+    assert y.shape == theirs(x).shape and x.grad.shape == x.shape
+    torch.testing.assert_close(ours.bn.running_mean, theirs[0].running_mean)
+
+
+def test_one_value_per_channel_in_training_is_an_error():
+    ours = cnnfast.nn.BNReLUConv2d(3, 2, 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ours(torch.randn(1, 3, 1, 1))
+    ours.eval()
+    assert ours(torch.randn(1, 3, 1, 1)).shape == (1, 2, 1, 1)
+
+
+F_ARGS = dict(running_mean=torch.zeros(3), running_var=torch.ones(3), bn_weight=torch.ones(3), bn_bias=torch.zeros(3),
+              weight=torch.randn(4, 3, 3, 3))
+
+
+def call(**changes):
+    args = {"input": torch.randn(2, 3, 5, 5), **F_ARGS, **changes}
+    return lambda: cnnfast.functional.bn_relu_conv2d(**args)
+
+
+@pytest.mark.parametrize("fn,error,words", [
+    (call(input=torch.randn(3, 5, 5)), ValueError, "input"),
+    (call(input=torch.ones(2, 3, 5, 5, dtype=torch.int64)), TypeError, "input"),
+    (call(weight=torch.randn(4, 2, 3, 3)), ValueError, "weight"),
+    (call(weight=torch.randn(4, 3, 3)), ValueError, "weight"),
+    (call(running_mean=torch.zeros(4)), ValueError, "running_mean"),
+    (call(bn_weight=torch.ones(2)), ValueError, "bn_weight"),
+    (call(bias=torch.zeros(5)), ValueError, "bias"),
+    (call(stride=0), ValueError, "stride"),
+    (call(padding=-1), ValueError, "padding"),
+    (call(padding="full"), ValueError, "padding"),
+    (call(groups=0), ValueError, "groups"),
+    (call(running_mean=None), ValueError, "running_mean"),
+    (call(input=torch.randn(2, 3, 2, 2)), ValueError, "larger than the padded input"),
+])
+def test_bad_input_names_the_argument(fn, error, words):
+    with pytest.raises(error, match=words):
+        fn()
