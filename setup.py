@@ -37,8 +37,10 @@ def extension():
     with_cuda, why = build_cuda()
     cpp = ["csrc/cnnfast.cpp"] + sources("csrc/cpu/*.cpp")
     # -fopenmp makes at::parallel_for (inlined from ATen's headers) run in parallel;
-    # -fno-math-errno lets sqrt vectorise (the kernels never read errno).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    # -fno-math-errno lets sqrt vectorise (the kernels never read errno); -fno-trapping-math lets
+    # comparisons of doubles (the ReLU mask) become vector selects (the kernels never read FP
+    # exception flags).
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         cu = sources("csrc/cuda/*.cu")

@@ -52,27 +52,40 @@ using cpu_acc_type = typename CpuAccType<scalar_t>::type;
 
 // ---- batch statistics ---------------------------------------------------------------------
 
+// Independent partial sums per lane: a float reduction only vectorises when its additions are
+// independent (the compiler may not reassociate one running sum), and they shorten the
+// dependency chain even where it does not.
+constexpr int64_t kLanes = 8;
+
+// Sum over i < count of f(i), in kLanes interleaved partial sums.
+template <typename acc_t, typename F>
+acc_t lane_sum(int64_t count, const F& f) {
+  acc_t lanes[kLanes] = {};
+  const int64_t whole = count - count % kLanes;
+  for (int64_t i = 0; i < whole; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += f(i + j);
+  }
+  acc_t total = 0;
+  for (int64_t i = whole; i < count; ++i) total += f(i);
+  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
+  return total;
+}
+
 // Count, mean and m2 of x[0], x[stride], ... (count values), two passes over a run in cache.
 template <typename scalar_t, typename acc_t>
-Moments<acc_t> run_moments(const scalar_t* x, int64_t stride, int64_t count) {
-  acc_t sum = 0;
+Moments<acc_t> run_moments(const scalar_t* __restrict__ x, int64_t stride, int64_t count) {
+  acc_t sum, m2;
   if (stride == 1) {
-    for (int64_t i = 0; i < count; ++i) sum += static_cast<acc_t>(x[i]);
+    sum = lane_sum<acc_t>(count, [&](int64_t i) { return static_cast<acc_t>(x[i]); });
   } else {
-    for (int64_t i = 0; i < count; ++i) sum += static_cast<acc_t>(x[i * stride]);
+    sum = lane_sum<acc_t>(count, [&](int64_t i) { return static_cast<acc_t>(x[i * stride]); });
   }
   const acc_t mean = sum / static_cast<acc_t>(count);
-  acc_t m2 = 0;
+  auto square = [&](acc_t v) { return (v - mean) * (v - mean); };
   if (stride == 1) {
-    for (int64_t i = 0; i < count; ++i) {
-      const acc_t d = static_cast<acc_t>(x[i]) - mean;
-      m2 += d * d;
-    }
+    m2 = lane_sum<acc_t>(count, [&](int64_t i) { return square(static_cast<acc_t>(x[i])); });
   } else {
-    for (int64_t i = 0; i < count; ++i) {
-      const acc_t d = static_cast<acc_t>(x[i * stride]) - mean;
-      m2 += d * d;
-    }
+    m2 = lane_sum<acc_t>(count, [&](int64_t i) { return square(static_cast<acc_t>(x[i * stride])); });
   }
   return {static_cast<acc_t>(count), mean, m2};
 }
@@ -209,73 +222,81 @@ void for_each_run(const ChannelGeometry& xg, const ChannelGeometry& yg, const Ch
   });
 }
 
-// One element of each op. c is the channel; the per-channel arrays are indexed by it.
-template <typename scalar_t, typename acc_t>
-struct BnReluElement {
-  const acc_t *scale, *shift;
-  scalar_t operator()(scalar_t x, int64_t c) const {
-    return static_cast<scalar_t>(relu_value(bn_affine(static_cast<acc_t>(x), scale[c], shift[c])));
-  }
-};
+// The elementwise ops compute in fp32 (fp64 for fp64 inputs), as torch's CPU BatchNorm applies its
+// per-channel alpha and beta: only the reductions need fp64 for fp32 inputs.
+template <typename elem_t>
+at::Tensor channel_values(const at::Tensor& t, const at::Tensor& input, const char* name) {
+  return per_channel(t, input, name).to(c10::CppTypeToScalarType<elem_t>::value);
+}
 
-template <typename scalar_t, typename acc_t>
-struct BnReluGradElement {
-  const acc_t *scale, *shift, *coef_x, *coef_c;
-  scalar_t operator()(scalar_t x, scalar_t grad, int64_t c) const {
-    const acc_t xv = static_cast<acc_t>(x);
-    const acc_t dz = relu_masked_grad(static_cast<acc_t>(grad), bn_affine(xv, scale[c], shift[c]));
-    return static_cast<scalar_t>(dz * scale[c] + xv * coef_x[c] + coef_c[c]);
-  }
-};
+template <typename scalar_t, typename elem_t>
+inline scalar_t bn_relu_element(scalar_t x, elem_t scale, elem_t shift) {
+  return static_cast<scalar_t>(relu_value(bn_affine(static_cast<elem_t>(x), scale, shift)));
+}
 
-// y[i] = f(x[i], c) over one run; the unit-stride loop is the vectorisable one.
-template <typename scalar_t, typename F>
-void apply_run(const Run& run, const scalar_t* x, scalar_t* y, const F& f) {
-  const scalar_t* xr = x + run.x;
-  scalar_t* yr = y + run.y;
-  if (run.channel >= 0) {
-    const int64_t c = run.channel;
-    if (run.x_stride == 1 && run.y_stride == 1) {
-      for (int64_t i = 0; i < run.count; ++i) yr[i] = f(xr[i], c);
-    } else {
-      for (int64_t i = 0; i < run.count; ++i) yr[i * run.y_stride] = f(xr[i * run.x_stride], c);
-    }
+template <typename scalar_t, typename elem_t>
+inline scalar_t bn_relu_grad_element(scalar_t x, scalar_t grad, elem_t scale, elem_t shift, elem_t coef_x,
+                                     elem_t coef_c) {
+  const elem_t xv = static_cast<elem_t>(x);
+  const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad), bn_affine(xv, scale, shift));
+  return static_cast<scalar_t>(dz * scale + xv * coef_x + coef_c);
+}
+
+// One run: a plane takes its channel's values into registers; a row reads them per channel.
+template <typename scalar_t, typename elem_t>
+void bn_relu_run(const Run& run, const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                 const elem_t* __restrict__ scale, const elem_t* __restrict__ shift) {
+  const scalar_t* __restrict__ xr = x + run.x;
+  scalar_t* __restrict__ yr = y + run.y;
+  if (run.channel < 0) {
+    for (int64_t c = 0; c < run.count; ++c) yr[c] = bn_relu_element(xr[c], scale[c], shift[c]);
+    return;
+  }
+  const elem_t sc = scale[run.channel], sh = shift[run.channel];
+  if (run.x_stride == 1 && run.y_stride == 1) {
+    for (int64_t i = 0; i < run.count; ++i) yr[i] = bn_relu_element(xr[i], sc, sh);
   } else {
-    for (int64_t c = 0; c < run.count; ++c) yr[c] = f(xr[c], c);
+    for (int64_t i = 0; i < run.count; ++i) yr[i * run.y_stride] = bn_relu_element(xr[i * run.x_stride], sc, sh);
   }
 }
 
-template <typename scalar_t, typename F>
-void apply_grad_run(const Run& run, const scalar_t* x, const scalar_t* grad, scalar_t* y, const F& f) {
-  const scalar_t* xr = x + run.x;
-  const scalar_t* gr = grad + run.g;
-  scalar_t* yr = y + run.y;
-  if (run.channel >= 0) {
-    const int64_t c = run.channel;
-    if (run.x_stride == 1 && run.y_stride == 1 && run.g_stride == 1) {
-      for (int64_t i = 0; i < run.count; ++i) yr[i] = f(xr[i], gr[i], c);
-    } else {
-      for (int64_t i = 0; i < run.count; ++i) {
-        yr[i * run.y_stride] = f(xr[i * run.x_stride], gr[i * run.g_stride], c);
-      }
+template <typename scalar_t, typename elem_t>
+void bn_relu_grad_run(const Run& run, const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
+                      scalar_t* __restrict__ dx, const elem_t* __restrict__ scale, const elem_t* __restrict__ shift,
+                      const elem_t* __restrict__ coef_x, const elem_t* __restrict__ coef_c) {
+  const scalar_t* __restrict__ xr = x + run.x;
+  const scalar_t* __restrict__ gr = grad + run.g;
+  scalar_t* __restrict__ dr = dx + run.y;
+  if (run.channel < 0) {
+    for (int64_t c = 0; c < run.count; ++c) {
+      dr[c] = bn_relu_grad_element(xr[c], gr[c], scale[c], shift[c], coef_x[c], coef_c[c]);
     }
+    return;
+  }
+  const int64_t c = run.channel;
+  const elem_t sc = scale[c], sh = shift[c], cx = coef_x[c], cc = coef_c[c];
+  if (run.x_stride == 1 && run.y_stride == 1 && run.g_stride == 1) {
+    for (int64_t i = 0; i < run.count; ++i) dr[i] = bn_relu_grad_element(xr[i], gr[i], sc, sh, cx, cc);
   } else {
-    for (int64_t c = 0; c < run.count; ++c) yr[c] = f(xr[c], gr[c], c);
+    for (int64_t i = 0; i < run.count; ++i) {
+      dr[i * run.y_stride] = bn_relu_grad_element(xr[i * run.x_stride], gr[i * run.g_stride], sc, sh, cx, cc);
+    }
   }
 }
 
 at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
   const BnReluCall call = prepare_bn_relu(input, nullptr, true);
-  const at::Tensor scale_c = per_channel(scale, input, "scale");
-  const at::Tensor shift_c = per_channel(shift, input, "shift");
-  if (input.numel() == 0) return call.result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cpu", [&] {
-    using acc_t = cpu_acc_type<scalar_t>;
-    const BnReluElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>()};
+    using elem_t = acc_type<scalar_t>;
+    const at::Tensor scale_v = channel_values<elem_t>(scale, input, "scale");
+    const at::Tensor shift_v = channel_values<elem_t>(shift, input, "shift");
+    if (input.numel() == 0) return;
+    const elem_t* sc = scale_v.const_data_ptr<elem_t>();
+    const elem_t* sh = shift_v.const_data_ptr<elem_t>();
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
     scalar_t* y = call.result.mutable_data_ptr<scalar_t>();
     for_each_run(call.x_geometry, call.result_geometry, call.x_geometry,
-                 [&](const Run& run) { apply_run(run, x, y, f); });
+                 [&](const Run& run) { bn_relu_run(run, x, y, sc, sh); });
   });
   return call.result;
 }
@@ -283,20 +304,22 @@ at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, cons
 at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
                                    const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
   const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
-  const at::Tensor scale_c = per_channel(scale, input, "scale");
-  const at::Tensor shift_c = per_channel(shift, input, "shift");
-  const at::Tensor coef_x_c = per_channel(coef_x, input, "coef_x");
-  const at::Tensor coef_c_c = per_channel(coef_c, input, "coef_c");
-  if (input.numel() == 0) return call.result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cpu", [&] {
-    using acc_t = cpu_acc_type<scalar_t>;
-    const BnReluGradElement<scalar_t, acc_t> f{scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
-                                               coef_x_c.const_data_ptr<acc_t>(), coef_c_c.const_data_ptr<acc_t>()};
+    using elem_t = acc_type<scalar_t>;
+    const at::Tensor scale_v = channel_values<elem_t>(scale, input, "scale");
+    const at::Tensor shift_v = channel_values<elem_t>(shift, input, "shift");
+    const at::Tensor coef_x_v = channel_values<elem_t>(coef_x, input, "coef_x");
+    const at::Tensor coef_c_v = channel_values<elem_t>(coef_c, input, "coef_c");
+    if (input.numel() == 0) return;
+    const elem_t* sc = scale_v.const_data_ptr<elem_t>();
+    const elem_t* sh = shift_v.const_data_ptr<elem_t>();
+    const elem_t* cx = coef_x_v.const_data_ptr<elem_t>();
+    const elem_t* cc = coef_c_v.const_data_ptr<elem_t>();
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
     const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
     scalar_t* dx = call.result.mutable_data_ptr<scalar_t>();
     for_each_run(call.x_geometry, call.result_geometry, call.grad_geometry,
-                 [&](const Run& run) { apply_grad_run(run, x, grad, dx, f); });
+                 [&](const Run& run) { bn_relu_grad_run(run, x, grad, dx, sc, sh, cx, cc); });
   });
   return call.result;
 }
@@ -308,23 +331,36 @@ struct GradSums {
   acc_t dz, dz_xmu;
 };
 
-// Sums of dz and dz * (x - mean) over one run of one channel.
+// Sums of dz and dz * (x - mean) over one run of one channel. In two stages per chunk: the masked
+// values into a buffer (a loop without a reduction, which vectorises), then their lane sums.
+template <int64_t kUnit, typename scalar_t, typename acc_t>
+GradSums<acc_t> reduce_run_strided(const scalar_t* __restrict__ x, int64_t xs, const scalar_t* __restrict__ grad,
+                                   int64_t gs, int64_t count, acc_t mean, acc_t scale, acc_t shift) {
+  if (kUnit) xs = gs = 1;  // constant strides: the vectorisable loop
+  constexpr int64_t kChunk = 256;
+  acc_t dz[kChunk], dz_xmu[kChunk];
+  GradSums<acc_t> sums{0, 0};
+  for (int64_t base = 0; base < count; base += kChunk) {
+    const int64_t n = std::min(kChunk, count - base);
+    const scalar_t* __restrict__ xb = x + base * xs;
+    const scalar_t* __restrict__ gb = grad + base * gs;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t xv = static_cast<acc_t>(xb[i * xs]);
+      const acc_t d = relu_masked_grad(static_cast<acc_t>(gb[i * gs]), bn_affine(xv, scale, shift));
+      dz[i] = d;
+      dz_xmu[i] = d * (xv - mean);
+    }
+    sums.dz += lane_sum<acc_t>(n, [&](int64_t i) { return dz[i]; });
+    sums.dz_xmu += lane_sum<acc_t>(n, [&](int64_t i) { return dz_xmu[i]; });
+  }
+  return sums;
+}
+
 template <typename scalar_t, typename acc_t>
 GradSums<acc_t> reduce_run(const scalar_t* x, int64_t xs, const scalar_t* grad, int64_t gs, int64_t count, acc_t mean,
                            acc_t scale, acc_t shift) {
-  acc_t sum_dz = 0, sum_dz_xmu = 0;
-  auto step = [&](scalar_t xv_raw, scalar_t g) {
-    const acc_t xv = static_cast<acc_t>(xv_raw);
-    const acc_t dz = relu_masked_grad(static_cast<acc_t>(g), bn_affine(xv, scale, shift));
-    sum_dz += dz;
-    sum_dz_xmu += dz * (xv - mean);
-  };
-  if (xs == 1 && gs == 1) {
-    for (int64_t i = 0; i < count; ++i) step(x[i], grad[i]);
-  } else {
-    for (int64_t i = 0; i < count; ++i) step(x[i * xs], grad[i * gs]);
-  }
-  return {sum_dz, sum_dz_xmu};
+  if (xs == 1 && gs == 1) return reduce_run_strided<1>(x, xs, grad, gs, count, mean, scale, shift);
+  return reduce_run_strided<0>(x, xs, grad, gs, count, mean, scale, shift);
 }
 
 template <typename scalar_t, typename acc_t>
