@@ -52,11 +52,13 @@ TORCH_LIBRARY(cnnfast, m) {
 
   // conv2d(relu(batch_norm(input))) keeping only the input (and per-channel statistics) for
   // backward. mean/invstd are the batch statistics in training and the running ones in eval; the
-  // kernels are cnnfast's (`backend`: "cpp" or "triton") around aten's convolution.
+  // kernels are cnnfast's (`backend`: "cpp" or "triton") around aten's convolution. sync_group
+  // names the torch.distributed process group whose ranks share the batch statistics ("" for
+  // none): the backward all-reduces BN's two gradient sums over it.
   m.def(
       "bn_relu_conv2d(Tensor input, Tensor mean, Tensor invstd, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
-      "bool training, str backend) -> Tensor");
+      "bool training, str backend, str sync_group) -> Tensor");
 
   // The Triton 1x1 convolution with BN-ReLU fused into its GEMMs (triton_kernels/conv1x1_bn_relu.py):
   // relu(bn(x)) is applied while loading input tiles and never written.

@@ -199,8 +199,8 @@ def test_opcheck(backend):
     op = torch.ops.cnnfast.bn_relu_conv2d
     for layout in ("contiguous", "channels_last"):
         for training in (True, False):
-            torch.library.opcheck(op, (*op_inputs(device, layout), [1, 1], [0, 0], [1, 1], 1, training, backend))
-    torch.library.opcheck(op, (*op_inputs(device, bias=False), [2, 1], [1, 0], [1, 1], 1, True, backend))
+            torch.library.opcheck(op, (*op_inputs(device, layout), [1, 1], [0, 0], [1, 1], 1, training, backend, ""))
+    torch.library.opcheck(op, (*op_inputs(device, bias=False), [2, 1], [1, 0], [1, 1], 1, True, backend, ""))
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])

@@ -1,6 +1,6 @@
 """Drop-in torch.nn modules backed by cnnfast's kernels."""
-from cnnfast.nn.conv import BNReLUConv2d
+from cnnfast.nn.conv import BNReLUConv2d, convert_sync_bn
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
 
-__all__ = ["BNReLUConv2d", "LocalResponseNorm", "MaxPool2d"]
+__all__ = ["BNReLUConv2d", "convert_sync_bn", "LocalResponseNorm", "MaxPool2d"]

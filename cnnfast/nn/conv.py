@@ -27,6 +27,9 @@ class BNReLUConv2d(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                               **factory)
         self._check_modules(self.bn, self.conv)
+        # A torch.distributed process group whose ranks share the batch statistics (set by
+        # convert_sync_bn); None: this rank's batch alone.
+        self.process_group = None
 
     @staticmethod
     def _check_modules(bn: nn.Module, conv: nn.Module) -> None:
@@ -48,6 +51,7 @@ class BNReLUConv2d(nn.Module):
         nn.Module.__init__(module)
         module.bn = bn
         module.conv = conv
+        module.process_group = None
         return module
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,27 @@ class BNReLUConv2d(nn.Module):
         track = not bn.training or bn.track_running_stats
         return bn_relu_conv2d(input, bn.running_mean if track else None, bn.running_var if track else None,
                               bn.weight, bn.bias, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                              conv.groups, use_batch_stats, factor, bn.eps)
+                              conv.groups, use_batch_stats, factor, bn.eps, self.process_group)
 
     def extra_repr(self) -> str:
-        return "relu(bn(x)) recomputed in backward"
+        sync = ", statistics synchronised across ranks" if self.process_group is not None else ""
+        return f"relu(bn(x)) recomputed in backward{sync}"
+
+
+def convert_sync_bn(module: nn.Module, process_group=None) -> nn.Module:
+    """In the spirit of nn.SyncBatchNorm.convert_sync_batchnorm: every BNReLUConv2d in `module`
+    shares its batch statistics across the ranks of `process_group` (default: the whole world),
+    and every other BatchNorm layer becomes an nn.SyncBatchNorm. Converts in place where it can
+    and returns the module (a new one when `module` is itself a plain BatchNorm layer)."""
+    if process_group is None:
+        process_group = torch.distributed.group.WORLD
+    if isinstance(module, BNReLUConv2d):
+        module.process_group = process_group
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_bn(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

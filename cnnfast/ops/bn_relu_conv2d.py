@@ -19,7 +19,7 @@ import torch
 from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
-from cnnfast.ops import _checks
+from cnnfast.ops import _checks, sync_batch_norm
 from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels
 
 OP = "cnnfast.bn_relu_conv2d"
@@ -28,13 +28,16 @@ OP = "cnnfast.bn_relu_conv2d"
 def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                    bn_weight: torch.Tensor | None, bn_bias: torch.Tensor | None, weight: torch.Tensor,
                    bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
-                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+                   training: bool = False, momentum: float = 0.1, eps: float = 1e-5,
+                   process_group=None) -> torch.Tensor:
     """F.conv2d(F.relu(F.batch_norm(input, running_mean, running_var, bn_weight, bn_bias, training,
     momentum, eps)), weight, bias, stride, padding, dilation, groups), keeping only `input` and
     per-channel statistics for backward.
 
     In training the batch statistics normalise and, where running_mean / running_var are given,
-    update them once (running_var with the unbiased variance), as F.batch_norm does.
+    update them once (running_var with the unbiased variance), as F.batch_norm does. With a
+    `process_group` of several ranks, the statistics are those of every rank's batch together, as
+    nn.SyncBatchNorm's.
     """
     _checks.check_tensor(input, "input", OP)
     _checks.check_dims(input, "input", OP, allowed=(4,))
@@ -81,12 +84,15 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
         low = torch.get_autocast_dtype(input.device.type)
         weight = weight.to(low)
         bias = None if bias is None else bias.to(low)
+    sync_group = sync_batch_norm.group_name(process_group) if training else ""
     with torch.no_grad():
         x = input.detach()
         if training:
             mean, var = kernels(backend).stats(x)
-            if running_mean is not None and input.numel() > 0:
-                count = input.numel() // channels
+            count = input.numel() // max(channels, 1)
+            if sync_group:
+                mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
+            if running_mean is not None and count > 0:
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
                 running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype),
                                                     alpha=momentum)
@@ -94,7 +100,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
             mean, var = running_mean.to(acc_dtype(input, backend)), running_var.to(acc_dtype(input, backend))
         invstd = torch.rsqrt(var + eps)
     return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
-                                            dilation, groups, training, backend)
+                                            dilation, groups, training, backend, sync_group)
 
 
 def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
@@ -133,7 +139,7 @@ def _conv(r, weight, bias, stride, padding, dilation, groups):
 
 
 def _forward(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
-             backend):
+             backend, sync_group):
     scale, shift = scale_shift(mean, invstd, bn_weight, bn_bias)
     if input.dtype == weight.dtype and fused_1x1(backend, weight, stride, padding, dilation, groups):
         return torch.ops.cnnfast._conv1x1_bn_relu_triton(input, scale, shift, weight, bias)
@@ -143,19 +149,21 @@ def _forward(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padd
 
 
 def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
-          backend):
+          backend, sync_group):
     r = torch.empty(input.shape, dtype=weight.dtype, device=input.device,
                     memory_format=_checks.output_memory_format(input))
     return _conv(r, weight, bias, stride, padding, dilation, groups)
 
 
 def _setup_context(ctx, inputs, output):
-    input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training, backend = inputs
+    (input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training, backend,
+     sync_group) = inputs
     ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, weight)
     ctx.has_bias = bias is not None
     ctx.conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
     ctx.training = training
     ctx.backend = backend
+    ctx.sync_group = sync_group
 
 
 def _backward(ctx, grad_output):
@@ -194,8 +202,14 @@ def _backward(ctx, grad_output):
         sum_dz, sum_dz_xmu = sums
         if ctx.training:
             count = input.numel() // input.shape[1]
-            coef_x = -scale * invstd * invstd * sum_dz_xmu / count
-            coef_c = -scale * sum_dz / count - coef_x * mean
+            # Parameter gradients from this rank's sums (as nn.SyncBatchNorm); the input gradient
+            # from every rank's, since the statistics were.
+            global_dz, global_dz_xmu = sum_dz, sum_dz_xmu
+            if ctx.sync_group:
+                global_dz, global_dz_xmu, count = sync_batch_norm.all_reduce_gradient_sums(
+                    sum_dz, sum_dz_xmu, count, ctx.sync_group)
+            coef_x = -scale * invstd * invstd * global_dz_xmu / count
+            coef_c = -scale * global_dz / count - coef_x * mean
         else:
             coef_x = coef_c = torch.zeros_like(scale)
         if need_input:
@@ -205,7 +219,7 @@ def _backward(ctx, grad_output):
         if need_bn_bias:
             grad_bn_bias = sum_dz.to(bn_bias.dtype)
     return (grad_input, None, None, grad_bn_weight, grad_bn_bias, grad_weight, grad_bias,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 def _register() -> None:

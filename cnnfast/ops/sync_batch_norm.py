@@ -1,0 +1,48 @@
+"""Batch statistics shared across the ranks of a torch.distributed process group (as
+nn.SyncBatchNorm): the forward all-reduces counts, sums and squared deviations, the backward BN's
+two gradient sums. Parameter gradients stay local, as nn.SyncBatchNorm's (DistributedDataParallel
+averages them).
+
+Ops name their group by string (torch's own mechanism for process groups in op schemas), so that
+the group survives into the backward formula.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_name(process_group) -> str:
+    """The name an op carries for `process_group`, or "" when there is nothing to synchronise
+    (no group given, torch.distributed not initialised, or a group of one rank)."""
+    if process_group is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return ""
+    if torch.distributed.get_world_size(process_group) == 1:
+        return ""
+    return process_group.group_name
+
+
+def _group(name: str):
+    return torch.distributed.distributed_c10d._resolve_process_group(name)
+
+
+def global_moments(mean: torch.Tensor, var: torch.Tensor, count: int, name: str):
+    """(mean, biased variance, count) over every rank's batch, from each rank's own. Two
+    all-reduces: the sums and counts give the global mean; each rank's squared deviations about
+    it (exact, as in Chan et al.'s combination) then give the variance."""
+    group = _group(name)
+    local_sum = mean * count if count > 0 else torch.zeros_like(mean)  # an empty batch adds nothing
+    sums = torch.cat([local_sum, mean.new_full((1,), float(count))])
+    torch.distributed.all_reduce(sums, group=group)
+    total = sums[-1]
+    global_mean = sums[:-1] / total
+    deviations = (var + (mean - global_mean).square()) * count if count > 0 else torch.zeros_like(var)
+    torch.distributed.all_reduce(deviations, group=group)
+    return global_mean, deviations / total, int(total.item())
+
+
+def all_reduce_gradient_sums(sum_dz: torch.Tensor, sum_dz_xmu: torch.Tensor, count: int, name: str):
+    """BN's two gradient sums and the element count per channel, summed over the group's ranks."""
+    combined = torch.cat([sum_dz, sum_dz_xmu, sum_dz.new_full((1,), float(count))])
+    torch.distributed.all_reduce(combined, group=_group(name))
+    channels = sum_dz.shape[0]
+    return combined[:channels], combined[channels:2 * channels], int(combined[-1].item())

@@ -1,0 +1,112 @@
+"""Synchronised batch statistics: BNReLUConv2d under convert_sync_bn on two CPU processes (gloo),
+each with half the batch, against one process with the whole batch."""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import cnnfast
+
+WORLD = 2
+STEPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(cnnfast.nn.BNReLUConv2d(4, 5, 3, padding=1, bias=True),
+                                cnnfast.nn.BNReLUConv2d(5, 3, 1, momentum=None))
+    with torch.no_grad():
+        for unit in model:
+            unit.bn.weight.uniform_(0.5, 1.5)
+            unit.bn.bias.uniform_(-0.5, 0.5)
+    return model.double()
+
+
+def _batches():
+    generator = torch.Generator().manual_seed(1)
+    # Uneven halves would also work; even ones keep the slicing simple.
+    return [(torch.randn(6, 4, 5, 4, generator=generator, dtype=torch.float64) + 0.5,
+             torch.randn(6, 3, 5, 4, generator=generator, dtype=torch.float64)) for _ in range(STEPS)]
+
+
+def _run(model, batches, rank=None):
+    """Per step: output, input gradient, parameter gradients; then the final buffers."""
+    results = []
+    for x, grad in batches:
+        if rank is not None:
+            x, grad = x.chunk(WORLD)[rank], grad.chunk(WORLD)[rank]
+        x = x.clone().requires_grad_()
+        y = model(x)
+        y.backward(grad)
+        results.append((y.detach(), x.grad, [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    return results, [b.clone() for b in model.buffers()]
+
+
+def _worker(rank, port, queue):
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+        try:
+            model = cnnfast.nn.convert_sync_bn(_model())
+            # As bytes: a tensor sent through the queue lives in this process's shared memory,
+            # gone once it exits.
+            buffer = io.BytesIO()
+            torch.save(_run(model, _batches(), rank), buffer)
+            queue.put((rank, buffer.getvalue()))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # reported to the test at once, not after its timeout
+        queue.put((rank, traceback.format_exc()))
+
+
+@pytest.mark.skipif(not dist.is_available() or not cnnfast.extension_loaded(), reason="needs torch.distributed and _C")
+def test_two_gloo_ranks_match_one_process_on_the_whole_batch():
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_worker, args=(rank, port, queue)) for rank in range(WORLD)]
+    for p in processes:
+        p.start()
+    results = dict(queue.get(timeout=240) for _ in range(WORLD))
+    failures = [f"rank {rank}:\n{r}" for rank, r in results.items() if isinstance(r, str)]
+    assert not failures, "\n".join(failures)
+    results = {rank: torch.load(io.BytesIO(r)) for rank, r in results.items()}
+    for p in processes:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    expected, expected_buffers = _run(copy.deepcopy(_model()), _batches())
+    for step, (y, dx, grads) in enumerate(expected):
+        ranks = [results[rank][0][step] for rank in range(WORLD)]
+        torch.testing.assert_close(torch.cat([r[0] for r in ranks]), y, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(torch.cat([r[1] for r in ranks]), dx, rtol=1e-10, atol=1e-12)
+        # Parameter gradients stay per rank (DDP would average them): their sum is the whole batch's.
+        for i, grad in enumerate(grads):
+            torch.testing.assert_close(sum(r[2][i] for r in ranks), grad, rtol=1e-10, atol=1e-12)
+    for rank in range(WORLD):
+        for buffer, want in zip(results[rank][1], expected_buffers):
+            torch.testing.assert_close(buffer, want, rtol=1e-10, atol=1e-12)
+
+
+def test_convert_sync_bn_marks_cnnfast_units_and_converts_plain_batch_norm():
+    model = torch.nn.Sequential(cnnfast.nn.BNReLUConv2d(4, 5, 3), torch.nn.BatchNorm2d(5))
+    group = object()  # any process group; nothing runs here
+    converted = cnnfast.nn.convert_sync_bn(model, group)
+    assert converted is model and model[0].process_group is group
+    assert isinstance(model[0].bn, torch.nn.BatchNorm2d)  # the unit synchronises its own statistics
+    assert isinstance(model[1], torch.nn.SyncBatchNorm)
