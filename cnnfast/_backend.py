@@ -19,9 +19,13 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 # The CUDA-tensor choice of `auto`, per op. Decided by `python -m benchmarks` on a GPU; until a
 # GPU run has compared them (none yet: see benchmarks/results/), the CUDA C++ kernels are used.
+# "bn_relu_conv2d": 'cuda' is the CUDA BN-ReLU kernels around cuDNN; 'triton' would also run 1x1
+# convolutions through the Triton GEMM with the BN-ReLU prologue fused in.
 AUTO_CUDA_CHOICE = {
     "local_response_norm": "cuda",
     "max_pool2d": "cuda",
+    "bn_relu": "cuda",
+    "bn_relu_conv2d": "cuda",
 }
 
 
