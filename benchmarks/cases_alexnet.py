@@ -21,17 +21,17 @@ POOL = dict(kernel_size=3, stride=2)  # overlapping pooling, section 3.4
 SHAPES = ((96, 55, 55), (256, 27, 27))  # (C, H, W) after conv1 and conv2
 
 
-def lrn() -> Ops:
+def lrn(device, dtype) -> Ops:  # no parameters: nothing to place
     return Ops(torch=lambda x: F.local_response_norm(x, **LRN),
                cnnfast=lambda x: CF.local_response_norm(x, **LRN))
 
 
-def max_pool() -> Ops:
+def max_pool(device, dtype) -> Ops:  # no parameters: nothing to place
     return Ops(torch=lambda x: F.max_pool2d(x, **POOL),
                cnnfast=lambda x: CF.max_pool2d(x, **POOL))
 
 
-def relu_lrn_max_pool() -> Ops:
+def relu_lrn_max_pool(device, dtype) -> Ops:  # no parameters: nothing to place
     # cnnfast has no fused kernel for the stage yet: this is what a user gets today by swapping
     # the two modules in.
     return Ops(torch=lambda x: reference.relu_lrn_max_pool(x, **LRN, **POOL),

@@ -7,7 +7,7 @@ a results file is taken the same way.
   budget per case, the variants of one comparison interleaved; always after warm-up, and never
   counting torch.compile's compilation;
 - memory, three ways (DESIGN.md, "Memory"): bytes saved for backward (`cnnfast.saved_tensor_bytes`,
-  any device), the `torch.cuda.max_memory_allocated` delta of one step on a GPU, and the peak RSS
+  any device; the parameters a case declares are left out: activation memory), the `torch.cuda.max_memory_allocated` delta of one step on a GPU, and the peak RSS
   of one step in a fresh process on a CPU;
 - bandwidth: GB/s of a case's unavoidable traffic, against a device copy of the same tensor
   measured in the same run (GPU);
@@ -45,10 +45,12 @@ SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class Ops(NamedTuple):
-    """What a case's setup function returns: the same computation written with torch.nn.functional
-    (also what torch.compile compiles) and with cnnfast."""
+    """What a case's setup function `setup(device, dtype, *setup_args)` returns: the same
+    computation written with torch.nn (also what torch.compile compiles) and with cnnfast, and the
+    parameters a training step differentiates besides the input (shared by both)."""
     torch: Callable[[torch.Tensor], torch.Tensor]
     cnnfast: Callable[[torch.Tensor], torch.Tensor]
+    parameters: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Case:
     backward: bool          # forward only, or forward + backward
     variant: str            # "torch", "torch.compile" or "cnnfast[<backend>]"
     ideal_bytes: int        # traffic no kernel can avoid (each input read, each output written once)
+    setup_args: tuple = ()  # passed to the setup function after device and dtype
 
     @property
     def group(self) -> tuple:
@@ -238,16 +241,18 @@ def _configure_compile() -> None:
     torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
-def build(case: Case) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward function of `case`'s variant (not yet called: compilation happens on first call)."""
+def build(case: Case, device: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], tuple]:
+    """The forward function of `case`'s variant (not yet called: compilation happens on first call)
+    and the parameters its backward differentiates besides the input."""
     module, function = case.setup.split(":")
-    ops: Ops = getattr(importlib.import_module(module), function)()
+    ops: Ops = getattr(importlib.import_module(module), function)(device, DTYPES[case.dtype], *case.setup_args)
+    parameters = tuple(ops.parameters)
     if case.variant == "torch":
-        return ops.torch
+        return ops.torch, parameters
     if case.variant == "torch.compile":
         _configure_compile()
         # dynamic=False: one specialised graph per shape, as a user with a fixed shape gets.
-        return torch.compile(ops.torch, dynamic=False)
+        return torch.compile(ops.torch, dynamic=False), parameters
     match = re.fullmatch(r"cnnfast\[(\w+)\]", case.variant)
     if not match:
         raise ValueError(f"unknown variant {case.variant!r}")
@@ -257,7 +262,7 @@ def build(case: Case) -> Callable[[torch.Tensor], torch.Tensor]:
         # The backend is chosen when the forward runs; the backward follows the forward's op.
         with cnnfast.backend(name):
             return fn(x)
-    return forward
+    return forward, parameters
 
 
 def make_input(case: Case, device: str) -> torch.Tensor:
@@ -266,22 +271,28 @@ def make_input(case: Case, device: str) -> torch.Tensor:
     return torch.randn(case.shape, generator=generator, device=device).to(DTYPES[case.dtype])
 
 
-def prepare(fn, x: torch.Tensor, backward: bool) -> Callable[[], object]:
+def prepare(fn, x: torch.Tensor, backward: bool, parameters: tuple = ()) -> Callable[[], object]:
     """Calls `fn` once (the call that compiles, allocates workspaces, spins up thread pools) and
-    returns one step: the forward on an input that needs no grad, or forward + backward."""
+    returns one step: the forward on an input that needs no grad, or forward + backward (the
+    gradients of the input and of `parameters`: a training step)."""
     if not backward:
         x = x.detach()
-        fn(x)
-        return lambda: fn(x)
+        with torch.no_grad():
+            fn(x)
+        def forward():
+            with torch.no_grad():
+                return fn(x)
+        return forward
     x = x.detach().requires_grad_(True)
+    inputs = (x, *parameters)
     y = fn(x)
     grad = torch.randn_like(y)
-    torch.autograd.grad(y, x, grad)
+    torch.autograd.grad(y, inputs, grad)
     del y
 
     def step():
-        # autograd.grad rather than .backward(): nothing accumulates into x.grad between steps.
-        return torch.autograd.grad(fn(x), x, grad)
+        # autograd.grad rather than .backward(): nothing accumulates into .grad between steps.
+        return torch.autograd.grad(fn(x), inputs, grad)
     return step
 
 
@@ -414,13 +425,13 @@ def _reset_peak_rss() -> bool:
 
 def _rss_child(spec: str) -> None:
     fields = json.loads(spec)
-    case = Case(**{**fields, "shape": tuple(fields["shape"])})
-    fn = build(case)
+    case = Case(**{**fields, "shape": tuple(fields["shape"]), "setup_args": tuple(fields["setup_args"])})
+    fn, parameters = build(case, "cpu")
     x = make_input(case, "cpu")
     if _reset_peak_rss():
         # Warm up first (compilation, oneDNN and OpenMP set-up are not the step's memory), then
         # measure the next step from a reset peak.
-        step = prepare(fn, x, case.backward)
+        step = prepare(fn, x, case.backward, parameters)
         gc.collect()
         _reset_peak_rss()
         base = _proc_status_kib("VmRSS")
@@ -429,7 +440,7 @@ def _rss_child(spec: str) -> None:
     else:
         # No resettable peak: the first step's ru_maxrss (KiB on Linux), lazy set-up included.
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result = prepare(fn, x, case.backward)
+        result = prepare(fn, x, case.backward, parameters)
         peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss, first step"
     del result
     print(json.dumps({"bytes": max(peak - base, 0) * 1024, "method": method}))
@@ -441,13 +452,13 @@ def _setup(case: Case, device: str, row: dict):
     """(fn, x, step) for `case`, or None with the row marked `skipped` (torch.compile failing to
     compile) or `error` (anything else): one failing variant must not stop the run."""
     try:
-        fn = build(case)
+        fn, parameters = build(case, device)
         x = make_input(case, device)
         t0 = time.perf_counter()
-        step = prepare(fn, x, case.backward)
+        step = prepare(fn, x, case.backward, parameters)
         if case.variant == "torch.compile":
             row["notes"].append(f"compiled in {time.perf_counter() - t0:.1f} s (not timed)")
-        return fn, x, step
+        return fn, x, step, parameters
     except Exception as error:  # noqa: BLE001
         lines = str(error).strip().splitlines()
         row["skipped" if case.variant == "torch.compile" else "error"] = f"{type(error).__name__}: {lines[0] if lines else ''}"
@@ -468,9 +479,10 @@ def measure_group(cases: list[Case], device: str, settings: Settings, copy_cache
         rows[i].update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms, reps=timing.reps)
 
     for i in live:
-        case, row, (fn, x, step) = cases[i], rows[i], built[i]
-        if case.backward:
-            _, row["saved_bytes"] = cnnfast.saved_tensor_bytes(fn, x.detach().requires_grad_(True))
+        case, row, (fn, x, step, parameters) = cases[i], rows[i], built[i]
+        if case.backward:  # activation memory: parameters are held whether or not autograd saves them
+            _, row["saved_bytes"] = cnnfast.saved_tensor_bytes(fn, x.detach().requires_grad_(True),
+                                                               exclude=parameters)
         if device == "cuda":
             row["peak_bytes"], row["peak_method"] = cuda_peak_bytes(step), "cuda max_memory_allocated"
             key = f"{shape_str(case.shape)} {SHORT_DTYPE[case.dtype]}"

@@ -81,7 +81,8 @@ def write_markdown(path: Path, result: dict, chart_name: str) -> None:
     lines += [f"- settings: {json.dumps(result['settings'])}", ""]
     lines += ["Times are medians after warm-up (torch.compile's compilation excluded); speed-up and "
               "saved-bytes ratio are against eager torch on the same case. Saved = distinct storages kept "
-              "for backward; peak = " + ("`torch.cuda.max_memory_allocated` above the inputs during one step"
+              "for backward, parameters left out (activation memory); a fwd+bwd step differentiates the "
+              "input and every parameter; peak = " + ("`torch.cuda.max_memory_allocated` above the inputs during one step"
                                          if device == "cuda" else
                                          "RSS above the inputs during one fwd+bwd step, in a fresh process")
               + "." + (" GB/s counts the traffic no kernel can avoid; % of copy is against a device copy "

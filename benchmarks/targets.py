@@ -12,7 +12,21 @@ from cnnfast._backend import AUTO_CUDA_CHOICE
 
 
 def _rows(rows, op, variant, passes=("fwd", "fwd+bwd")):
-    return [r for r in rows if r["op"] == op and r["variant"] == variant and r["pass"] in passes]
+    """Rows of `op` (an op name, or a prefix ending in '*')."""
+    def matches(name):
+        return name.startswith(op[:-1]) if op.endswith("*") else name == op
+    return [r for r in rows if matches(r["op"]) and r["variant"] == variant and r["pass"] in passes]
+
+
+def _over_compile(rows: list[dict]):
+    """Per row: torch.compile's time over this row's (same comparison); None where compile did not run."""
+    compiled = {(r["op"], r["shape"], r["dtype"], r["pass"]): r.get("median_ms")
+                for r in rows if r["variant"] == "torch.compile"}
+
+    def ratio(r):
+        ms = compiled.get((r["op"], r["shape"], r["dtype"], r["pass"]))
+        return ms / r["median_ms"] if ms else None
+    return ratio
 
 
 def _target(name: str, rows: list[dict], ok, describe) -> dict:
@@ -43,7 +57,12 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                     _rows(rows, "max_pool", v, ("fwd+bwd",)),
                     lambda r: (r.get("speedup") or 0) >= 1 and (r.get("saved_ratio") or math.inf) <= 0.1,
                     lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))} of torch's"),
+            _target("CPU: BN-ReLU-conv fwd+bwd at most 15% slower than eager, keeping <= 55% of its saved bytes",
+                    _rows(rows, "bn_relu_conv*", v, ("fwd+bwd",)),
+                    lambda r: (r.get("speedup") or 0) >= 1 / 1.15 and (r.get("saved_ratio") or math.inf) <= 0.55,
+                    lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}"),
         ]
+    over_compile = _over_compile(rows)
     v = "cnnfast[auto]"  # what users get on a GPU
     return [
         _target("GPU: LRN >= 80% of copy bandwidth", _rows(rows, "lrn", v),
@@ -53,6 +72,12 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                 lambda r: (r.get("speedup") or 0) >= 5, lambda r: _x(r.get("speedup"))),
         _target("GPU: max-pool fwd+bwd >= 1.2x torch (eager)", _rows(rows, "max_pool", v, ("fwd+bwd",)),
                 lambda r: (r.get("speedup") or 0) >= 1.2, lambda r: _x(r.get("speedup"))),
+        _target("GPU: BN-ReLU-conv 1x1 fwd+bwd >= 1.3x eager and >= 1.1x torch.compile",
+                _rows(rows, "bn_relu_conv1x1*", v, ("fwd+bwd",)),
+                lambda r: (r.get("speedup") or 0) >= 1.3 and (over_compile(r) or 0) >= 1.1,
+                lambda r: f"{_x(r.get('speedup'))} eager, {_x(over_compile(r))} compile"),
+        _target("GPU: BN-ReLU-conv 3x3 fwd+bwd >= 1x eager", _rows(rows, "bn_relu_conv3x3*", v, ("fwd+bwd",)),
+                lambda r: (r.get("speedup") or 0) >= 1, lambda r: _x(r.get("speedup"))),
     ]
 
 

@@ -5,7 +5,7 @@ any device.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -17,17 +17,21 @@ def _storage_key(t: torch.Tensor):
     return (t.device, storage.data_ptr(), storage.nbytes())
 
 
-def saved_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+def saved_tensor_bytes(fn: Callable[..., Any], *args: Any, exclude: Iterable[torch.Tensor] = (),
+                       **kwargs: Any) -> tuple[Any, int]:
     """Runs ``fn(*args, **kwargs)`` and returns ``(result, bytes)``, where ``bytes`` is the size of
     the distinct storages autograd saved for backward during the call (a tensor saved twice, or
     two views of one storage, count once; tensors that autograd saves anyway, such as a leaf
-    input, count too)."""
+    input, count too). Storages of the tensors in ``exclude`` do not count: pass a model's
+    parameters to measure activation memory alone, which is what recomputation can save."""
+    skipped = {_storage_key(t) for t in exclude}
     seen: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         if t.layout == torch.strided and t.device.type != "meta":
             key = _storage_key(t)
-            seen[key] = key[2]
+            if key not in skipped:
+                seen[key] = key[2]
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

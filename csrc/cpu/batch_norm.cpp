@@ -224,9 +224,17 @@ void for_each_run(const ChannelGeometry& xg, const ChannelGeometry& yg, const Ch
 
 // The elementwise ops compute in fp32 (fp64 for fp64 inputs), as torch's CPU BatchNorm applies its
 // per-channel alpha and beta: only the reductions need fp64 for fp32 inputs.
+// Copied into a vector here rather than converted by a torch op: these ops are small next to
+// their per-call overhead at the channel counts of real networks.
 template <typename elem_t>
-at::Tensor channel_values(const at::Tensor& t, const at::Tensor& input, const char* name) {
-  return per_channel(t, input, name).to(c10::CppTypeToScalarType<elem_t>::value);
+std::vector<elem_t> channel_values(const at::Tensor& t, const at::Tensor& input, const char* name) {
+  const at::Tensor values = per_channel(t, input, name);
+  std::vector<elem_t> out(values.numel());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "channel_values", [&] {
+    const scalar_t* v = values.const_data_ptr<scalar_t>();
+    for (size_t c = 0; c < out.size(); ++c) out[c] = static_cast<elem_t>(v[c]);
+  });
+  return out;
 }
 
 template <typename scalar_t, typename elem_t>
@@ -288,11 +296,11 @@ at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, cons
   const BnReluCall call = prepare_bn_relu(input, nullptr, true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cpu", [&] {
     using elem_t = acc_type<scalar_t>;
-    const at::Tensor scale_v = channel_values<elem_t>(scale, input, "scale");
-    const at::Tensor shift_v = channel_values<elem_t>(shift, input, "shift");
+    const std::vector<elem_t> scale_v = channel_values<elem_t>(scale, input, "scale");
+    const std::vector<elem_t> shift_v = channel_values<elem_t>(shift, input, "shift");
     if (input.numel() == 0) return;
-    const elem_t* sc = scale_v.const_data_ptr<elem_t>();
-    const elem_t* sh = shift_v.const_data_ptr<elem_t>();
+    const elem_t* sc = scale_v.data();
+    const elem_t* sh = shift_v.data();
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
     scalar_t* y = call.result.mutable_data_ptr<scalar_t>();
     for_each_run(call.x_geometry, call.result_geometry, call.x_geometry,
@@ -306,15 +314,15 @@ at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tens
   const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cpu", [&] {
     using elem_t = acc_type<scalar_t>;
-    const at::Tensor scale_v = channel_values<elem_t>(scale, input, "scale");
-    const at::Tensor shift_v = channel_values<elem_t>(shift, input, "shift");
-    const at::Tensor coef_x_v = channel_values<elem_t>(coef_x, input, "coef_x");
-    const at::Tensor coef_c_v = channel_values<elem_t>(coef_c, input, "coef_c");
+    const std::vector<elem_t> scale_v = channel_values<elem_t>(scale, input, "scale");
+    const std::vector<elem_t> shift_v = channel_values<elem_t>(shift, input, "shift");
+    const std::vector<elem_t> coef_x_v = channel_values<elem_t>(coef_x, input, "coef_x");
+    const std::vector<elem_t> coef_c_v = channel_values<elem_t>(coef_c, input, "coef_c");
     if (input.numel() == 0) return;
-    const elem_t* sc = scale_v.const_data_ptr<elem_t>();
-    const elem_t* sh = shift_v.const_data_ptr<elem_t>();
-    const elem_t* cx = coef_x_v.const_data_ptr<elem_t>();
-    const elem_t* cc = coef_c_v.const_data_ptr<elem_t>();
+    const elem_t* sc = scale_v.data();
+    const elem_t* sh = shift_v.data();
+    const elem_t* cx = coef_x_v.data();
+    const elem_t* cc = coef_c_v.data();
     const scalar_t* x = call.x.const_data_ptr<scalar_t>();
     const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
     scalar_t* dx = call.result.mutable_data_ptr<scalar_t>();
