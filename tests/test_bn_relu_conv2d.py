@@ -271,8 +271,15 @@ def test_empty_batch(backend, device):
     with cnnfast.backend(backend):
         y = ours(x)
         y.sum().backward()
-    assert y.shape == theirs(x).shape and x.grad.shape == x.shape
-    torch.testing.assert_close(ours.bn.running_mean, theirs[0].running_mean)
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = theirs(x_ref)
+    y_ref.sum().backward()
+    assert y.shape == y_ref.shape and x.grad.shape == x.shape
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours.bn, name), getattr(theirs[0], name))
+    for a, b in ((ours.bn.weight, theirs[0].weight), (ours.bn.bias, theirs[0].bias),
+                 (ours.conv.weight, theirs[2].weight)):
+        torch.testing.assert_close(a.grad, b.grad)  # zeros, not NaN
 
 
 def test_one_value_per_channel_in_training_is_an_error():
@@ -305,8 +312,40 @@ def call(**changes):
     (call(padding="full"), ValueError, "padding"),
     (call(groups=0), ValueError, "groups"),
     (call(running_mean=None), ValueError, "running_mean"),
+    (call(running_var=None, training=True), ValueError, "both be None"),
     (call(input=torch.randn(2, 3, 2, 2)), ValueError, "larger than the padded input"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):
         fn()
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+def test_double_backward_is_refused_not_silently_wrong(backend, device):
+    ours, _ = make_pair(CONFIGS[1], device=device)
+    x = torch.randn(2, 5, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    with cnnfast.backend(backend):
+        loss = ours(x).square().sum()
+        with pytest.raises(RuntimeError, match="double backward"):  # at once, before any wrong number
+            torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_frozen_convolution(backend, device):
+    ours, theirs = make_pair(CONFIGS[1], device=device)
+    for module in (ours.conv, theirs[2]):
+        module.requires_grad_(False)
+    x = torch.randn(2, 5, 6, 5, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(output_shape(CONFIGS[1], x), dtype=torch.float64, device=device)
+    with cnnfast.backend(backend):
+        _, dx = step(ours, x, grad)
+    _, dx_ref = step(theirs, x, grad)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours.bn.weight.grad, theirs[0].weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_input_leaves_the_state_alone():
+    ours = cnnfast.nn.BNReLUConv2d(3, 2, 1)
+    with pytest.raises(ValueError, match="4-d"):
+        ours(torch.randn(3, 4, 4))
+    assert int(ours.bn.num_batches_tracked) == 0

@@ -157,8 +157,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, scale, shift)
 
 
+def refuse_double_backward(grad_output: torch.Tensor) -> None:
+    """The backward formulas run cnnfast's backward kernels, which have no derivatives of their
+    own: with create_graph=True (gradient penalties) they must stop, not give zeros silently."""
+    if torch.is_grad_enabled() and grad_output.requires_grad:
+        raise RuntimeError("cnnfast: double backward (torch.autograd.grad(..., create_graph=True) through "
+                           "bn_relu / bn_relu_conv2d) is not supported; use the 'reference' backend for it")
+
+
 def _make_backward(ops: BnReluKernels):
     def backward(ctx, grad_output):
+        refuse_double_backward(grad_output)
         input, scale, shift = ctx.saved_tensors
         grad_input = grad_scale = grad_shift = None
         zeros = torch.zeros_like(scale, dtype=acc_dtype(input, ops.backend))

@@ -20,7 +20,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, sync_batch_norm
-from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels
+from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels, refuse_double_backward
 
 OP = "cnnfast.bn_relu_conv2d"
 
@@ -68,7 +68,9 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     if min(spans) <= 0:
         raise ValueError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger than the "
                          f"padded input ({input.shape[2] + 2 * padding[0]}x{input.shape[3] + 2 * padding[1]})")
-    if not training and (running_mean is None or running_var is None):
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
+    if not training and running_mean is None:
         raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
     if training and input.numel() // max(channels, 1) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
@@ -88,14 +90,21 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     with torch.no_grad():
         x = input.detach()
         if training:
-            mean, var = kernels(backend).stats(x)
             count = input.numel() // max(channels, 1)
+            if count > 0:
+                mean, var = kernels(backend).stats(x)
+            else:  # an empty batch: finite placeholders, so that its (empty) gradients are zeros, not NaN
+                mean = torch.zeros(channels, dtype=acc_dtype(input, backend), device=input.device)
+                var = torch.ones_like(mean)
             if sync_group:
                 mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
             if running_mean is not None and count > 0:
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype),
-                                                    alpha=momentum)
+                # Blended in the accumulation type, then stored: as torch's BatchNorm.
+                blended_mean = running_mean.to(mean.dtype).mul_(1 - momentum).add_(mean, alpha=momentum)
+                blended_var = running_var.to(var.dtype).mul_(1 - momentum).add_(var * (count / (count - 1)),
+                                                                                alpha=momentum)
+                running_mean.copy_(blended_mean)
+                running_var.copy_(blended_var)
         else:
             mean, var = running_mean.to(acc_dtype(input, backend)), running_var.to(acc_dtype(input, backend))
         invstd = torch.rsqrt(var + eps)
@@ -167,6 +176,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_output):
+    refuse_double_backward(grad_output)
     input, mean, invstd, bn_weight, bn_bias, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
     ops = kernels(ctx.backend)
@@ -188,8 +198,10 @@ def _backward(ctx, grad_output):
     else:
         r = ops.bn_relu(input, scale, shift).to(weight.dtype) if need_weight else None
         bias_sizes = [weight.shape[0]] if ctx.has_bias else None
+        if r is None:  # a frozen convolution: its input only gives the shape, so no memory behind it
+            r = weight.new_zeros(()).expand(input.shape)
         grad_r, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output, r if r is not None else torch.empty(input.shape, dtype=weight.dtype, device=input.device),
+            grad_output, r,
             weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
             [need_z, need_weight, need_bias and ctx.has_bias])
         del r  # the recomputed activation lives only for the weight gradient

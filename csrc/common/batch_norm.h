@@ -50,11 +50,24 @@ CNNFAST_HOST_DEVICE Moments<acc_t> combine_moments(const Moments<acc_t>& a, cons
   return r;
 }
 
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+#endif
+
 // z = x * scale + shift. Kept in one place so that the forward and the backward's mask
 // recompute the same value.
 template <typename acc_t>
 CNNFAST_HOST_DEVICE acc_t bn_affine(acc_t x, acc_t scale, acc_t shift) {
+#if defined(__CUDA_ARCH__)
+  // Rounded after the multiply, never contracted into a fused multiply-add: every backend (the
+  // CPU, the Triton kernels, compiled without fp fusion) then rounds z, and so the ReLU mask, alike.
+  return add_rn(mul_rn(x, scale), shift);
+#else
   return x * scale + shift;
+#endif
 }
 
 // relu(z) as torch computes it: a NaN stays NaN.
