@@ -72,7 +72,10 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
         raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
         raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
-    if training and input.numel() // max(channels, 1) == 1:
+    sync_group = sync_batch_norm.group_name(process_group) if training else ""
+    # With synchronised statistics one value per rank is fine (as nn.SyncBatchNorm): the check is
+    # then on the group's count, after the all-reduce.
+    if training and not sync_group and input.numel() // max(channels, 1) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
     momentum = _checks.check_number(momentum, "momentum", OP)
     eps = _checks.check_number(eps, "eps", OP)
@@ -86,7 +89,6 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
         low = torch.get_autocast_dtype(input.device.type)
         weight = weight.to(low)
         bias = None if bias is None else bias.to(low)
-    sync_group = sync_batch_norm.group_name(process_group) if training else ""
     with torch.no_grad():
         x = input.detach()
         if training:
@@ -98,6 +100,9 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
                 var = torch.ones_like(mean)
             if sync_group:
                 mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
+                if count == 1:
+                    raise ValueError("Expected more than 1 value per channel when training, got one value per "
+                                     "channel over all ranks of the process group")
             if running_mean is not None and count > 0:
                 # Blended in the accumulation type, then stored: as torch's BatchNorm.
                 blended_mean = running_mean.to(mean.dtype).mul_(1 - momentum).add_(mean, alpha=momentum)
