@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "common/batch_norm.h"
 #include "common/lrn.h"
 #include "common/max_pool2d.h"
@@ -220,6 +222,17 @@ inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& input, cons
   TORCH_CHECK(t.device() == input.device(), "cnnfast.bn_relu: ", name, " is on ", t.device(),
               " but input is on ", input.device());
   return t.to(bn_acc_type(input)).contiguous();
+}
+
+// A per-channel result of a reduction (statistics, backward sums): `channels` values of the
+// accumulation type on the input's device. Of no values, statistics are NaN (as torch) and sums 0.
+inline at::Tensor per_channel_result(const at::Tensor& input) {
+  return at::empty({input.size(1)}, input.options().dtype(bn_acc_type(input)));
+}
+
+// The same, from values the CPU kernels computed in double.
+inline at::Tensor per_channel_result(const std::vector<double>& values, const at::Tensor& input) {
+  return at::tensor(values, at::TensorOptions().dtype(at::kDouble)).to(bn_acc_type(input));
 }
 
 // The BN-ReLU ops' tensors, prepared the same way for CPU and CUDA.

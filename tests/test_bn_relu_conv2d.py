@@ -67,19 +67,17 @@ def assert_same_state(ours, theirs, rtol, atol):
             torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"bn.{name}: {m}")
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[0]}to{c[1]}-k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_training_steps_then_eval_match_sequential(backend, device, config, layout):
-    ours, theirs = make_pair(config, device=device)
-    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    generator = torch.Generator().manual_seed(1)
-    for mode in ("train", "train", "train", "eval"):
+def assert_steps_match(backend, ours, theirs, config, modes, make_x, seed):
+    """Runs both modules through `modes` ("train"/"eval"), a new input from make_x(generator) each
+    step, and checks the output, dx, every parameter gradient and every buffer after each one;
+    returns our outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for mode in modes:
         ours.train(mode == "train")
         theirs.train(mode == "train")
-        x = (torch.randn(2, config[0], *config[8], generator=generator, dtype=torch.float64) * 2 + 0.3)
-        x = x.to(device).contiguous(memory_format=memory_format)
-        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(device)
+        x = make_x(generator)
+        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(x.device)
         with cnnfast.backend(backend):
             y, dx = step(ours, x, grad)
         y_ref, dx_ref = step(theirs, x, grad)
@@ -88,8 +86,24 @@ def test_training_steps_then_eval_match_sequential(backend, device, config, layo
         assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
         for p in list(ours.parameters()) + list(theirs.parameters()):
             p.grad = None
-        if backend != "reference":
-            assert y.is_contiguous(memory_format=memory_format)
+        outputs.append(y)
+    return outputs
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[0]}to{c[1]}-k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_training_steps_then_eval_match_sequential(backend, device, config, layout):
+    ours, theirs = make_pair(config, device=device)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def make_x(generator):
+        x = torch.randn(2, config[0], *config[8], generator=generator, dtype=torch.float64) * 2 + 0.3
+        return x.to(device).contiguous(memory_format=memory_format)
+
+    outputs = assert_steps_match(backend, ours, theirs, config, ("train", "train", "train", "eval"), make_x, seed=1)
+    if backend != "reference":
+        assert all(y.is_contiguous(memory_format=memory_format) for y in outputs)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -98,20 +112,11 @@ def test_training_steps_then_eval_match_sequential(backend, device, config, layo
 def test_batch_norm_options_as_torch(backend, device, bn_kwargs):
     config = CONFIGS[1]
     ours, theirs = make_pair(config, device=device, **bn_kwargs)
-    generator = torch.Generator().manual_seed(2)
-    for mode in ("train", "train", "eval", "train"):
-        ours.train(mode == "train")
-        theirs.train(mode == "train")
-        x = (torch.randn(3, config[0], *config[8], generator=generator, dtype=torch.float64) + 1).to(device)
-        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(device)
-        with cnnfast.backend(backend):
-            y, dx = step(ours, x, grad)
-        y_ref, dx_ref = step(theirs, x, grad)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
-        assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
-        for p in list(ours.parameters()) + list(theirs.parameters()):
-            p.grad = None
+
+    def make_x(generator):
+        return (torch.randn(3, config[0], *config[8], generator=generator, dtype=torch.float64) + 1).to(device)
+
+    assert_steps_match(backend, ours, theirs, config, ("train", "train", "eval", "train"), make_x, seed=2)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -75,6 +75,13 @@ def _channels(C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _chunk_tiles(chunk, tiles, chunks):
+    # The tiles [first, last) that reduction program `chunk` walks: a split by shape alone, so the
+    # summation order (and the result) is the same on every device.
+    return chunk * tiles // chunks, (chunk + 1) * tiles // chunks
+
+
+@triton.jit
 def _tile(t, S, s_blocks, BLOCK_S: tl.constexpr):
     # Tile t covers positions [s0, s0 + BLOCK_S) of sample n; `valid` of them lie inside S.
     # (tl.cast, not .to: under the interpreter a loop index is a Python int.)
@@ -124,8 +131,7 @@ def _stats_partial_kernel(x_ptr, count_ptr, part_ptr, C, S, tiles, s_blocks, chu
     # [2, chunks, C] fp64 partials (means, then m2) and count_ptr[chunk].
     chunk = tl.program_id(0).to(tl.int64)
     c, cmask = _channels(C, BLOCK_C)
-    first = chunk * tiles // chunks
-    last = (chunk + 1) * tiles // chunks
+    first, last = _chunk_tiles(chunk, tiles, chunks)
     count = tl.full((), 0, tl.int64)
     mean = tl.zeros([BLOCK_C], dtype=tl.float64)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float64)
@@ -213,8 +219,7 @@ def _backward_reduce_kernel(grad_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, par
     mean = _load_channel(mean_ptr, c, cmask, ACC)
     scale = _load_channel(scale_ptr, c, cmask, ACC)
     shift = _load_channel(shift_ptr, c, cmask, ACC)
-    first = chunk * tiles // chunks
-    last = (chunk + 1) * tiles // chunks
+    first, last = _chunk_tiles(chunk, tiles, chunks)
     sum_dz = tl.zeros([BLOCK_C], dtype=tl.float64)
     sum_dz_xmu = tl.zeros([BLOCK_C], dtype=tl.float64)
     for t in range(first, last):

@@ -95,21 +95,24 @@ def _bn_relu(x, scale, shift, mask):
 
 
 @triton.jit
+def _channel_tile_first(channels, BLOCK_M: tl.constexpr):
+    # This program's tile of BLOCK_M channels (indices and mask) and its position tile. The
+    # channel tile varies fastest between programs, so the programs that read the same position
+    # tile run together and all but the first find it in L2.
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(channels, BLOCK_M)
+    c = (pid % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return c, c < channels, pid // tiles
+
+
+@triton.jit
 def _forward_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, out_ptr,
                     P, S, Ci, Co,
                     x_sn, x_sc, x_ss, w_so, w_si, out_sn, out_sc, out_ss,
                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # One [BLOCK_M output channels, BLOCK_N positions] tile of out. The output-channel tile varies
-    # fastest between programs, so the programs that read the same x tile run together and all
-    # but the first find it in L2.
-    pid = tl.program_id(0)
-    o_tiles = tl.cdiv(Co, BLOCK_M)
-    pid_o = pid % o_tiles
-    pid_p = pid // o_tiles
-
-    o = pid_o * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_mask = o < Co
+    # One [BLOCK_M output channels, BLOCK_N positions] tile of out.
+    o, o_mask, pid_p = _channel_tile_first(Co, BLOCK_M)
     n, s, p_mask = _positions(pid_p * BLOCK_N, P, S, BLOCK_N)
     x_cols = n * x_sn + s * x_ss
     w_rows = o.to(tl.int64) * w_so
@@ -184,15 +187,8 @@ def _input_grad_kernel(g_ptr, w_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, grad
                        g_sn, g_sc, g_ss, w_so, w_si, x_sn, x_sc, x_ss, dz_sn, dz_sc, dz_ss,
                        ACC: tl.constexpr, DOT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # One [BLOCK_M input channels, BLOCK_N positions] tile of dr = weight^T grad_out; the
-    # input-channel tile varies fastest, so programs reading the same grad_out tile run together.
-    pid = tl.program_id(0)
-    i_tiles = tl.cdiv(Ci, BLOCK_M)
-    pid_i = pid % i_tiles
-    pid_p = pid // i_tiles
-
-    i = pid_i * BLOCK_M + tl.arange(0, BLOCK_M)
-    i_mask = i < Ci
+    # One [BLOCK_M input channels, BLOCK_N positions] tile of dr = weight^T grad_out.
+    i, i_mask, pid_p = _channel_tile_first(Ci, BLOCK_M)
     i64 = i.to(tl.int64)
     n, s, p_mask = _positions(pid_p * BLOCK_N, P, S, BLOCK_N)
     g_cols = n * g_sn + s * g_ss

@@ -30,14 +30,6 @@ def acc_dtype(input: torch.Tensor, backend: str = "cpp") -> torch.dtype:
     return torch.float32
 
 
-def _reference_reduce(grad_output, input, mean, scale, shift):
-    return reference.bn_relu_backward_sums(grad_output, input, mean, scale, shift)
-
-
-def _reference_backward(grad_output, input, scale, shift, coef_x, coef_c):
-    return reference.bn_relu_input_grad(grad_output, input, scale, shift, coef_x, coef_c)
-
-
 class BnReluKernels(NamedTuple):
     backend: str
     stats: Callable
@@ -55,7 +47,7 @@ def _op_table(backend: str) -> BnReluKernels:
 
 # Built once (torch.compile traces a lookup, not the construction).
 _KERNELS = {"reference": BnReluKernels("reference", reference.batch_norm_stats, reference.bn_relu,
-                                       _reference_reduce, _reference_backward)}
+                                       reference.bn_relu_backward_sums, reference.bn_relu_input_grad)}
 if extension_loaded():
     _KERNELS.update(cpp=_op_table("cpp"), triton=_op_table("triton"))
 

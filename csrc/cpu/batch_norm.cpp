@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../op_helpers.h"
@@ -36,19 +37,24 @@ bool rows_walk(std::initializer_list<const ChannelGeometry*> geometries) {
 // fp64 on CPU, so statistics and gradient sums are as accurate as torch.nn's there. The
 // per-channel tensors have this type too (bn_acc_type in csrc/op_helpers.h).
 template <typename scalar_t>
-struct CpuAccType {
-  using type = float;
-};
-template <>
-struct CpuAccType<float> {
-  using type = double;
-};
-template <>
-struct CpuAccType<double> {
-  using type = double;
-};
-template <typename scalar_t>
-using cpu_acc_type = typename CpuAccType<scalar_t>::type;
+using cpu_acc_type = std::conditional_t<std::is_same_v<scalar_t, float>, double, acc_type<scalar_t>>;
+
+// The row walk of the reductions: kRowChunks fixed ranges of the (n, s) rows (fixed, so that the
+// reduction order does not depend on the number of threads), each taken in blocks of up to
+// kRowBlock rows: body(scratch, chunk, first_row, end_row), with one make_scratch() per task.
+inline int64_t row_chunks(int64_t rows) { return std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock); }
+
+template <typename MakeScratch, typename Body>
+void for_each_row_block(int64_t rows, const MakeScratch& make_scratch, const Body& body) {
+  const int64_t chunks = row_chunks(rows);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
+      for (int64_t r0 = first; r0 < last; r0 += kRowBlock) body(scratch, chunk, r0, std::min(last, r0 + kRowBlock));
+    }
+  });
+}
 
 // ---- batch statistics ---------------------------------------------------------------------
 
@@ -120,34 +126,33 @@ void stats_rows(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments
   using acc_t = cpu_acc_type<scalar_t>;
   const int64_t C = g.channels;
   const int64_t rows = g.batch * g.spatial;
-  const int64_t chunks = std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock);
+  const int64_t chunks = row_chunks(rows);
   std::vector<Moments<double>> partial(chunks * C, Moments<double>{0, 0, 0});
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(C), m2(C);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
-      for (int64_t r0 = first; r0 < last; r0 += kRowBlock) {
-        const int64_t count = std::min(kRowBlock, last - r0);
-        std::fill(sum.begin(), sum.end(), acc_t(0));
-        std::fill(m2.begin(), m2.end(), acc_t(0));
-        for (int64_t r = r0; r < r0 + count; ++r) {
-          const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
-          for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(row[c]);
-        }
-        const acc_t inverse = acc_t(1) / static_cast<acc_t>(count);
-        for (int64_t c = 0; c < C; ++c) sum[c] *= inverse;  // now the block mean
-        for (int64_t r = r0; r < r0 + count; ++r) {
-          const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t d = static_cast<acc_t>(row[c]) - sum[c];
-            m2[c] += d * d;
-          }
-        }
-        Moments<double>* target = partial.data() + chunk * C;
-        for (int64_t c = 0; c < C; ++c) {
-          target[c] = combine_moments(target[c], Moments<double>{static_cast<double>(count), sum[c], m2[c]});
-        }
+  struct Scratch {
+    std::vector<acc_t> sum, m2;
+  };
+  for_each_row_block(rows, [&] { return Scratch{std::vector<acc_t>(C), std::vector<acc_t>(C)}; },
+                     [&](Scratch& scratch, int64_t chunk, int64_t r0, int64_t r1) {
+    std::vector<acc_t>& sum = scratch.sum;
+    std::vector<acc_t>& m2 = scratch.m2;
+    std::fill(sum.begin(), sum.end(), acc_t(0));
+    std::fill(m2.begin(), m2.end(), acc_t(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
+      for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(row[c]);
+    }
+    const acc_t inverse = acc_t(1) / static_cast<acc_t>(r1 - r0);
+    for (int64_t c = 0; c < C; ++c) sum[c] *= inverse;  // now the block mean
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* row = x + g.offset(r / g.spatial, 0, r % g.spatial);
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t d = static_cast<acc_t>(row[c]) - sum[c];
+        m2[c] += d * d;
       }
+    }
+    Moments<double>* target = partial.data() + chunk * C;
+    for (int64_t c = 0; c < C; ++c) {
+      target[c] = combine_moments(target[c], Moments<double>{static_cast<double>(r1 - r0), sum[c], m2[c]});
     }
   });
   for (int64_t c = 0; c < C; ++c) {
@@ -160,13 +165,9 @@ void stats_rows(const scalar_t* x, const ChannelGeometry& g, std::vector<Moments
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_kernel(const at::Tensor& input) {
   const BnReluCall call = prepare_bn_relu(input, nullptr, false);
   const ChannelGeometry& g = call.x_geometry;
-  const auto options = input.options().dtype(bn_acc_type(input));
-  at::Tensor mean = at::empty({g.channels}, options);
-  at::Tensor var = at::empty({g.channels}, options);
   if (g.per_channel() == 0) {
-    mean.fill_(std::numeric_limits<double>::quiet_NaN());
-    var.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {mean, var};
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    return {per_channel_result(input).fill_(nan), per_channel_result(input).fill_(nan)};
   }
   std::vector<Moments<double>> moments(g.channels);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "batch_norm_stats_cpu", [&] {
@@ -177,23 +178,19 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_kernel(const at::Tensor& inp
       stats_planes(x, g, moments);
     }
   });
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "batch_norm_stats_cpu_store", [&] {
-    scalar_t* m = mean.mutable_data_ptr<scalar_t>();
-    scalar_t* v = var.mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < g.channels; ++c) {
-      m[c] = static_cast<scalar_t>(moments[c].mean);
-      v[c] = static_cast<scalar_t>(moments[c].m2 / moments[c].count);
-    }
-  });
-  return {mean, var};
+  std::vector<double> mean(g.channels), var(g.channels);
+  for (int64_t c = 0; c < g.channels; ++c) {
+    mean[c] = moments[c].mean;
+    var[c] = moments[c].m2 / moments[c].count;
+  }
+  return {per_channel_result(mean, input), per_channel_result(var, input)};
 }
 
 // ---- elementwise: forward apply and the input gradient -------------------------------------
 
-// Calls body(x_offset, y_offset, [grad_offset,] c, count, stride) over runs that cover every
-// element: planes (c fixed, stride = spatial stride) or rows (c = first channel, stride = 1 along
-// channels). All geometries share sizes; `strides_equal` says the run strides agree, so the
-// body may take its unit-stride loop.
+// A run of elements for an elementwise body: a plane (one channel, stepping by each tensor's
+// spatial stride) or a row (every channel of one position, unit channel strides). All
+// geometries share sizes; the body takes its unit-stride loop when every stride is 1.
 struct Run {
   int64_t x, y, g;  // offsets of the run's first element in each tensor
   int64_t x_stride, y_stride, g_stride;
@@ -397,33 +394,33 @@ void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* g
                  const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz, double* sum_dz_xmu) {
   const int64_t C = xg.channels;
   const int64_t rows = xg.batch * xg.spatial;
-  const int64_t chunks = std::min(kRowChunks, (rows + kRowBlock - 1) / kRowBlock);
+  const int64_t chunks = row_chunks(rows);
   std::vector<double> partial(2 * chunks * C, 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> block_dz(C), block_dz_xmu(C);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first = rows * chunk / chunks, last = rows * (chunk + 1) / chunks;
-      double* target_dz = partial.data() + 2 * chunk * C;
-      double* target_dz_xmu = target_dz + C;
-      for (int64_t r0 = first; r0 < last; r0 += kRowBlock) {
-        std::fill(block_dz.begin(), block_dz.end(), acc_t(0));
-        std::fill(block_dz_xmu.begin(), block_dz_xmu.end(), acc_t(0));
-        for (int64_t r = r0; r < std::min(last, r0 + kRowBlock); ++r) {
-          const int64_t n = r / xg.spatial, s = r % xg.spatial;
-          const scalar_t* xr = x + xg.offset(n, 0, s);
-          const scalar_t* gr = grad + gg.offset(n, 0, s);
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t xv = static_cast<acc_t>(xr[c]);
-            const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), bn_affine(xv, scale[c], shift[c]));
-            block_dz[c] += dz;
-            block_dz_xmu[c] += dz * (xv - mean[c]);
-          }
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          target_dz[c] += block_dz[c];
-          target_dz_xmu[c] += block_dz_xmu[c];
-        }
+  struct Scratch {
+    std::vector<acc_t> dz, dz_xmu;
+  };
+  for_each_row_block(rows, [&] { return Scratch{std::vector<acc_t>(C), std::vector<acc_t>(C)}; },
+                     [&](Scratch& scratch, int64_t chunk, int64_t r0, int64_t r1) {
+    std::vector<acc_t>& block_dz = scratch.dz;
+    std::vector<acc_t>& block_dz_xmu = scratch.dz_xmu;
+    std::fill(block_dz.begin(), block_dz.end(), acc_t(0));
+    std::fill(block_dz_xmu.begin(), block_dz_xmu.end(), acc_t(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / xg.spatial, s = r % xg.spatial;
+      const scalar_t* xr = x + xg.offset(n, 0, s);
+      const scalar_t* gr = grad + gg.offset(n, 0, s);
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t xv = static_cast<acc_t>(xr[c]);
+        const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), bn_affine(xv, scale[c], shift[c]));
+        block_dz[c] += dz;
+        block_dz_xmu[c] += dz * (xv - mean[c]);
       }
+    }
+    double* target_dz = partial.data() + 2 * chunk * C;
+    double* target_dz_xmu = target_dz + C;
+    for (int64_t c = 0; c < C; ++c) {
+      target_dz[c] += block_dz[c];
+      target_dz_xmu[c] += block_dz_xmu[c];
     }
   });
   for (int64_t c = 0; c < C; ++c) {
@@ -457,15 +454,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_kernel(const at::Tens
           scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(), sum_dz.data(), sum_dz_xmu.data());
     });
   }
-  const auto options = input.options().dtype(bn_acc_type(input));
-  at::Tensor out_dz = at::empty({C}, options), out_dz_xmu = at::empty({C}, options);
-  AT_DISPATCH_FLOATING_TYPES(out_dz.scalar_type(), "bn_relu_backward_reduce_cpu_store", [&] {
-    for (int64_t c = 0; c < C; ++c) {
-      out_dz.mutable_data_ptr<scalar_t>()[c] = static_cast<scalar_t>(sum_dz[c]);
-      out_dz_xmu.mutable_data_ptr<scalar_t>()[c] = static_cast<scalar_t>(sum_dz_xmu[c]);
-    }
-  });
-  return {out_dz, out_dz_xmu};
+  return {per_channel_result(sum_dz, input), per_channel_result(sum_dz_xmu, input)};
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // CUDA bindings of the BN-ReLU ops (the kernels: batch_norm_kernels.cuh; the math:
 // csrc/common/batch_norm.h). Tensors are prepared as for the CPU kernels (prepare_bn_relu and
-// per_channel in csrc/op_helpers.h); per-channel tensors are fp32 (fp64 for fp64 inputs).
+// per_channel in csrc/op_helpers.h, which also checks each per-channel tensor's length and that it is
+// on the input's device); per-channel tensors are fp32 (fp64 for fp64 inputs).
 //
 // batch_norm_kernels.cuh comes before every torch header: it re-enables the __half /
 // __nv_bfloat16 conversions that torch's build flags turn off, which only works before
@@ -48,9 +49,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, nullptr, false);
   const ChannelGeometry& g = call.x_geometry;
-  const auto options = input.options().dtype(bn_acc_type(input));
-  at::Tensor mean = at::empty({g.channels}, options);
-  at::Tensor var = at::empty({g.channels}, options);
+  at::Tensor mean = per_channel_result(input), var = per_channel_result(input);
   if (g.per_channel() == 0) {  // as torch: the mean and variance of no values are NaN
     mean.fill_(std::numeric_limits<double>::quiet_NaN());
     var.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -70,8 +69,6 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
 at::Tensor bn_relu_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
   const char* op = "cnnfast.bn_relu";
   check_cuda(input, "input", op, "input", input.device());
-  check_cuda(scale, "scale", op, "input", input.device());
-  check_cuda(shift, "shift", op, "input", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, nullptr, true);
   const at::Tensor scale_c = per_channel(scale, input, "scale");
@@ -94,21 +91,13 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor
   const char* op = "cnnfast._bn_relu_backward_reduce";
   check_cuda(input, "input", op, "input", input.device());
   check_cuda(grad_output, "grad_output", op, "input", input.device());
-  check_cuda(mean, "mean", op, "input", input.device());
-  check_cuda(scale, "scale", op, "input", input.device());
-  check_cuda(shift, "shift", op, "input", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, &grad_output, false);
   const at::Tensor mean_c = per_channel(mean, input, "mean");
   const at::Tensor scale_c = per_channel(scale, input, "scale");
   const at::Tensor shift_c = per_channel(shift, input, "shift");
-  const auto options = input.options().dtype(bn_acc_type(input));
-  const int64_t channels = input.size(1);
-  if (input.numel() == 0) {  // empty sums
-    return {at::zeros({channels}, options), at::zeros({channels}, options)};
-  }
-  at::Tensor sum_dz = at::empty({channels}, options);
-  at::Tensor sum_dz_xmu = at::empty({channels}, options);
+  at::Tensor sum_dz = per_channel_result(input), sum_dz_xmu = per_channel_result(input);
+  if (input.numel() == 0) return {sum_dz.zero_(), sum_dz_xmu.zero_()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_reduce_cuda", [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
@@ -128,10 +117,6 @@ at::Tensor bn_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   const char* op = "cnnfast._bn_relu_backward";
   check_cuda(input, "input", op, "input", input.device());
   check_cuda(grad_output, "grad_output", op, "input", input.device());
-  check_cuda(scale, "scale", op, "input", input.device());
-  check_cuda(shift, "shift", op, "input", input.device());
-  check_cuda(coef_x, "coef_x", op, "input", input.device());
-  check_cuda(coef_c, "coef_c", op, "input", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
   const at::Tensor scale_c = per_channel(scale, input, "scale");

@@ -123,7 +123,21 @@ struct BnRowCursor {
 struct BnChunk {
   int64_t n[kBnChunk], s[kBnChunk];
   bool valid[kBnChunk];
+
+  // Element i of the chunk in a tensor of geometry g, from its channel's first element.
+  __device__ __forceinline__ int64_t offset(int i, const ChannelGeometry& g) const {
+    return n[i] * g.batch_stride + s[i] * g.spatial_stride;
+  }
 };
+
+// The chunk's values of one channel (`base` = its first element) in acc_t, 0 past the end; all
+// loads are issued before any arithmetic on them.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void bn_load_chunk(const scalar_t* base, const ChannelGeometry& g, const BnChunk& p,
+                                              acc_t (&out)[kBnChunk]) {
+#pragma unroll
+  for (int i = 0; i < kBnChunk; ++i) out[i] = p.valid[i] ? static_cast<acc_t>(base[p.offset(i, g)]) : acc_t(0);
+}
 
 __device__ __forceinline__ void bn_next_chunk(BnRowCursor& cursor, int64_t end, BnChunk& chunk) {
 #pragma unroll
@@ -287,10 +301,7 @@ __global__ void __launch_bounds__(kBnThreads)
         BnChunk p;
         bn_next_chunk(cursor, end, p);
         acc_t v[kBnChunk];
-#pragma unroll
-        for (int i = 0; i < kBnChunk; ++i) {
-          v[i] = p.valid[i] ? static_cast<acc_t>(xc[p.n[i] * g.batch_stride + p.s[i] * g.spatial_stride]) : acc_t(0);
-        }
+        bn_load_chunk(xc, g, p, v);
         m = combine_moments(m, bn_chunk_moments(v, p.valid));
       }
     }
@@ -320,11 +331,8 @@ __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_reduce_kernel(
         BnChunk p;
         bn_next_chunk(cursor, end, p);
         acc_t gv[kBnChunk], xv[kBnChunk];
-#pragma unroll
-        for (int i = 0; i < kBnChunk; ++i) {
-          gv[i] = p.valid[i] ? static_cast<acc_t>(gc[p.n[i] * gg.batch_stride + p.s[i] * gg.spatial_stride]) : acc_t(0);
-          xv[i] = p.valid[i] ? static_cast<acc_t>(xc[p.n[i] * xg.batch_stride + p.s[i] * xg.spatial_stride]) : acc_t(0);
-        }
+        bn_load_chunk(gc, gg, p, gv);
+        bn_load_chunk(xc, xg, p, xv);
 #pragma unroll
         for (int i = 0; i < kBnChunk; ++i) {
           if (p.valid[i]) {
@@ -393,15 +401,11 @@ __global__ void __launch_bounds__(kBnThreads)
       BnChunk p;
       bn_next_chunk(cursor, end, p);
       acc_t xv[kBnChunk];
-#pragma unroll
-      for (int i = 0; i < kBnChunk; ++i) {
-        xv[i] = p.valid[i] ? static_cast<acc_t>(xc[p.n[i] * xg.batch_stride + p.s[i] * xg.spatial_stride]) : acc_t(0);
-      }
+      bn_load_chunk(xc, xg, p, xv);
 #pragma unroll
       for (int i = 0; i < kBnChunk; ++i) {
         if (p.valid[i]) {
-          yc[p.n[i] * yg.batch_stride + p.s[i] * yg.spatial_stride] =
-              static_cast<scalar_t>(relu_value(bn_affine(xv[i], sc, sh)));
+          yc[p.offset(i, yg)] = static_cast<scalar_t>(relu_value(bn_affine(xv[i], sc, sh)));
         }
       }
     }
@@ -428,17 +432,13 @@ __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_kernel(
       BnChunk p;
       bn_next_chunk(cursor, end, p);
       acc_t gv[kBnChunk], xv[kBnChunk];
-#pragma unroll
-      for (int i = 0; i < kBnChunk; ++i) {
-        gv[i] = p.valid[i] ? static_cast<acc_t>(gc[p.n[i] * gg.batch_stride + p.s[i] * gg.spatial_stride]) : acc_t(0);
-        xv[i] = p.valid[i] ? static_cast<acc_t>(xc[p.n[i] * xg.batch_stride + p.s[i] * xg.spatial_stride]) : acc_t(0);
-      }
+      bn_load_chunk(gc, gg, p, gv);
+      bn_load_chunk(xc, xg, p, xv);
 #pragma unroll
       for (int i = 0; i < kBnChunk; ++i) {
         if (p.valid[i]) {
           const acc_t dz = relu_masked_grad(gv[i], bn_affine(xv[i], sc, sh));
-          dxc[p.n[i] * dxg.batch_stride + p.s[i] * dxg.spatial_stride] =
-              static_cast<scalar_t>(dz * sc + xv[i] * cx + cc);
+          dxc[p.offset(i, dxg)] = static_cast<scalar_t>(dz * sc + xv[i] * cx + cc);
         }
       }
     }
