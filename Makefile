@@ -3,7 +3,7 @@
 PYTHON ?= python3
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test bench check-cuda clean
+.PHONY: all deps build test bench check-cuda check-triton clean
 
 all: test
 
@@ -25,6 +25,10 @@ bench: build
 # Compiles every torch-free CUDA kernel with nvcc -arch=sm_90 (also run by the tests).
 check-cuda:
 	$(PYTHON) tools/check_cuda_kernels.py
+
+# Compiles every Triton kernel, as the tests launch it, for sm_90 (also run by the tests).
+check-triton: build
+	env -u TRITON_INTERPRET $(PYTHON) tools/check_triton_kernels.py
 
 clean:
 	rm -rf build *.egg-info cnnfast/_C*.so

@@ -35,7 +35,7 @@ def sources(pattern):
 
 def extension():
     with_cuda, why = build_cuda()
-    cpp = ["csrc/cnnfast.cpp"] + sources("csrc/cpu/*.cpp")
+    cpp = ["csrc/cnnfast.cpp"] + sources("csrc/composite/*.cpp") + sources("csrc/cpu/*.cpp")
     # -fopenmp makes at::parallel_for (inlined from ATen's headers) run in parallel;
     # -fno-math-errno lets sqrt vectorise (the kernels never read errno); -fno-trapping-math lets
     # comparisons of doubles (the ReLU mask) become vector selects (the kernels never read FP

@@ -41,6 +41,11 @@ TORCH_LIBRARY(cnnfast, m) {
   m.def(
       "_bn_relu_backward(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, Tensor coef_x, "
       "Tensor coef_c) -> Tensor");
+  // running_mean/var blended with momentum towards the batch's mean and unbiased variance (from
+  // the biased `var` of `count` values per channel), in the statistics' dtype.
+  m.def(
+      "_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
+      "float momentum, int count) -> ()");
   m.def("batch_norm_stats_triton(Tensor input) -> (Tensor mean, Tensor var)");
   m.def("bn_relu_triton(Tensor input, Tensor scale, Tensor shift) -> Tensor");
   m.def(
@@ -59,6 +64,11 @@ TORCH_LIBRARY(cnnfast, m) {
       "bn_relu_conv2d(Tensor input, Tensor mean, Tensor invstd, Tensor? bn_weight, Tensor? bn_bias, "
       "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "bool training, str backend, str sync_group) -> Tensor");
+  // Its gradients (input, bn_weight, bn_bias, weight, bias), each only where output_mask asks.
+  m.def(
+      "_bn_relu_conv2d_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor invstd, Tensor? bn_weight, "
+      "Tensor? bn_bias, Tensor weight, bool has_bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "bool training, str backend, str sync_group, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // The Triton 1x1 convolution with BN-ReLU fused into its GEMMs (triton_kernels/conv1x1_bn_relu.py):
   // relu(bn(x)) is applied while loading input tiles and never written.

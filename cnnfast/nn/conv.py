@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -58,19 +59,13 @@ class BNReLUConv2d(nn.Module):
         bn, conv = self.bn, self.conv
         if input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
             raise ValueError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
-        # nn.BatchNorm2d.forward's rules for the momentum and for which statistics to use.
-        factor = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        track = not bn.training or bn.track_running_stats
+        step = batch_norm_step(bn)
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
         # must not wait for the others).
         process_group = self._sync_group() if bn.training else None
-        return bn_relu_conv2d(input, bn.running_mean if track else None, bn.running_var if track else None,
-                              bn.weight, bn.bias, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                              conv.groups, use_batch_stats, factor, bn.eps, process_group)
+        return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight,
+                              conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats,
+                              step.momentum, bn.eps, process_group)
 
     def _sync_group(self):
         if self.process_group is not None:

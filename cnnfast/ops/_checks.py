@@ -30,9 +30,10 @@ def check_dims(value: torch.Tensor, name: str, op: str, allowed: Sequence[int] |
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+    values = iter(tensors.values())
+    device = next(values).device
+    if any(t.device != device for t in values):
+        listed = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"{op}: tensors must be on one device, got {listed}")
 
 
@@ -53,6 +54,9 @@ def check_number(value, name: str, op: str) -> float:
 
 def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
     """An int or a sequence of two ints, as torch's pooling arguments."""
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int \
+            and min(value) >= minimum:  # the common case, checked at little cost: ops run once per layer
+        return tuple(value)
     values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
     if len(values) == 1:
         values = values * 2

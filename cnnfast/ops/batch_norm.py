@@ -58,11 +58,11 @@ def kernels(backend: str) -> BnReluKernels:
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
+    """One value per channel of `input` (the caller checks devices, once for all its tensors)."""
     _checks.check_tensor(value, name, op)
     if value.dim() != 1 or value.shape[0] != input.shape[1]:
         raise ValueError(f"{op}: {name} must have {input.shape[1]} values (one per channel of input), "
                          f"got shape {tuple(value.shape)}")
-    _checks.check_same_device(op, input=input, **{name: value})
 
 
 def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,7 @@ def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
     _checks.check_dims(input, "input", OP, allowed=(4,))
     check_per_channel(scale, "scale", input, OP)
     check_per_channel(shift, "shift", input, OP)
+    _checks.check_same_device(OP, input=input, scale=scale, shift=shift)
     return kernels(resolve("bn_relu", input.device)).bn_relu(input, scale, shift)
 
 

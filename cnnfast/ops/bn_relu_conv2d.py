@@ -9,8 +9,9 @@ runs in Triton kernels that apply scale, shift and ReLU while loading their inpu
 relu(bn(x)) is never written at all (triton_kernels/conv1x1_bn_relu.py). `auto` does not pick
 them yet: no GPU run has compared them with cuDNN (see cnnfast/_backend.py AUTO_CUDA_CHOICE).
 
-BatchNorm's running statistics are not touched here: the functional API updates them, once per
-forward, from the batch statistics it passes in.
+Here: the functional API (argument checks, batch statistics, their synchronisation across ranks,
+the running-statistics update, once per forward) and the op's fake function. The op's kernel and
+its autograd formula are C++ (csrc/composite/bn_relu_conv2d.cpp), for their per-call cost.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, sync_batch_norm
-from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels, refuse_double_backward
+from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels
 
 OP = "cnnfast.bn_relu_conv2d"
 
@@ -104,12 +105,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
                     raise ValueError("Expected more than 1 value per channel when training, got one value per "
                                      "channel over all ranks of the process group")
             if running_mean is not None and count > 0:
-                # Blended in the accumulation type, then stored: as torch's BatchNorm.
-                blended_mean = running_mean.to(mean.dtype).mul_(1 - momentum).add_(mean, alpha=momentum)
-                blended_var = running_var.to(var.dtype).mul_(1 - momentum).add_(var * (count / (count - 1)),
-                                                                                alpha=momentum)
-                running_mean.copy_(blended_mean)
-                running_var.copy_(blended_var)
+                torch.ops.cnnfast._update_running_stats(running_mean, running_var, mean, var, momentum, count)
         else:
             mean, var = running_mean.to(acc_dtype(input, backend)), running_var.to(acc_dtype(input, backend))
         invstd = torch.rsqrt(var + eps)
@@ -134,115 +130,35 @@ def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
     return _checks.pair(padding, "padding", OP, minimum=0)
 
 
-def scale_shift(mean, invstd, bn_weight, bn_bias):
-    """BN as a per-channel multiply-add: scale = gamma * invstd, shift = beta - mean * scale."""
-    scale = invstd if bn_weight is None else invstd * bn_weight.to(invstd.dtype)
-    shift = -mean * scale if bn_bias is None else bn_bias.to(invstd.dtype) - mean * scale
-    return scale, shift
-
-
-def fused_1x1(backend: str, weight, stride, padding, dilation, groups) -> bool:
-    """Whether the Triton GEMM with the BN-ReLU prologue runs this convolution."""
-    return (backend == "triton" and weight.shape[-2:] == (1, 1) and tuple(stride) == (1, 1)
-            and tuple(padding) == (0, 0) and groups == 1)
-
-
-def _conv(r, weight, bias, stride, padding, dilation, groups):
-    return torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
-                                      groups)
-
-
-def _forward(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
-             backend, sync_group):
-    scale, shift = scale_shift(mean, invstd, bn_weight, bn_bias)
-    if input.dtype == weight.dtype and fused_1x1(backend, weight, stride, padding, dilation, groups):
-        return torch.ops.cnnfast._conv1x1_bn_relu_triton(input, scale, shift, weight, bias)
-    # Under autocast the convolution runs in the weight's (lower) precision, BN-ReLU in the input's.
-    r = kernels(backend).bn_relu(input, scale, shift).to(weight.dtype)
-    return _conv(r, weight, bias, stride, padding, dilation, groups)
-
-
 def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
           backend, sync_group):
     r = torch.empty(input.shape, dtype=weight.dtype, device=input.device,
                     memory_format=_checks.output_memory_format(input))
-    return _conv(r, weight, bias, stride, padding, dilation, groups)
+    return torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
+                                      groups)
 
 
-def _setup_context(ctx, inputs, output):
-    (input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training, backend,
-     sync_group) = inputs
-    ctx.save_for_backward(input, mean, invstd, bn_weight, bn_bias, weight)
-    ctx.has_bias = bias is not None
-    ctx.conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    ctx.training = training
-    ctx.backend = backend
-    ctx.sync_group = sync_group
+def _fake_backward(grad_output, input, mean, invstd, bn_weight, bn_bias, weight, has_bias, stride, padding, dilation,
+                   groups, training, backend, sync_group, output_mask):
+    need_input, need_bn_weight, need_bn_bias, need_weight, need_bias = output_mask
+    grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                             memory_format=_checks.output_memory_format(input)) if need_input else None
+    return (grad_input,
+            torch.empty_like(bn_weight) if need_bn_weight else None,
+            torch.empty_like(bn_bias) if need_bn_bias else None,
+            torch.empty_like(weight) if need_weight else None,
+            weight.new_empty((weight.shape[0],)) if need_bias and has_bias else None)
 
 
-def _backward(ctx, grad_output):
-    refuse_double_backward(grad_output)
-    input, mean, invstd, bn_weight, bn_bias, weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv
-    ops = kernels(ctx.backend)
-    need_input, need_bn_weight, need_bn_bias, need_weight, need_bias = (
-        ctx.needs_input_grad[i] for i in (0, 3, 4, 5, 6))
-    scale, shift = scale_shift(mean, invstd, bn_weight, bn_bias)
-    need_z = need_input or need_bn_weight or need_bn_bias
-    grad_weight = grad_bias = grad_z = sums = None
-    if input.dtype == weight.dtype and fused_1x1(ctx.backend, weight, stride, padding, dilation, groups):
-        fused = torch.ops.cnnfast
-        if need_weight:
-            grad_weight = fused._conv1x1_bn_relu_weight_grad_triton(grad_output, input, scale, shift)
-        if need_z:
-            grad_z, sum_dz, sum_dz_xmu = fused._conv1x1_bn_relu_input_grad_triton(
-                grad_output, input, weight, mean, scale, shift)
-            sums = (sum_dz, sum_dz_xmu)
-        if need_bias and ctx.has_bias:
-            grad_bias = grad_output.sum((0, 2, 3), dtype=acc_dtype(grad_output, "triton")).to(weight.dtype)
-    else:
-        r = ops.bn_relu(input, scale, shift).to(weight.dtype) if need_weight else None
-        bias_sizes = [weight.shape[0]] if ctx.has_bias else None
-        if r is None:  # a frozen convolution: its input only gives the shape, so no memory behind it
-            r = weight.new_zeros(()).expand(input.shape)
-        grad_r, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output, r,
-            weight, bias_sizes, list(stride), list(padding), list(dilation), False, [0, 0], groups,
-            [need_z, need_weight, need_bias and ctx.has_bias])
-        del r  # the recomputed activation lives only for the weight gradient
-        if need_z:
-            grad_z = grad_r.to(input.dtype)
-            # dz here is the gradient of relu's output: the kernels apply the mask themselves.
-            sums = ops.backward_reduce(grad_z, input, mean, scale, shift)
-    grad_input = grad_bn_weight = grad_bn_bias = None
-    if need_z:
-        sum_dz, sum_dz_xmu = sums
-        if ctx.training:
-            count = input.numel() // input.shape[1]
-            # Parameter gradients from this rank's sums (as nn.SyncBatchNorm); the input gradient
-            # from every rank's, since the statistics were.
-            global_dz, global_dz_xmu = sum_dz, sum_dz_xmu
-            if ctx.sync_group:
-                global_dz, global_dz_xmu, count = sync_batch_norm.all_reduce_gradient_sums(
-                    sum_dz, sum_dz_xmu, count, ctx.sync_group)
-            coef_x = -scale * invstd * invstd * global_dz_xmu / count
-            coef_c = -scale * global_dz / count - coef_x * mean
-        else:
-            coef_x = coef_c = torch.zeros_like(scale)
-        if need_input:
-            grad_input = ops.backward(grad_z, input, scale, shift, coef_x, coef_c)
-        if need_bn_weight:
-            grad_bn_weight = (sum_dz_xmu * invstd).to(bn_weight.dtype)
-        if need_bn_bias:
-            grad_bn_bias = sum_dz.to(bn_bias.dtype)
-    return (grad_input, None, None, grad_bn_weight, grad_bn_bias, grad_weight, grad_bias,
-            None, None, None, None, None, None, None)
+def _fake_update_running_stats(running_mean, running_var, mean, var, momentum, count):
+    return None
 
 
 def _register() -> None:
-    torch.library.register_kernel("cnnfast::bn_relu_conv2d", ("cpu", "cuda"), _forward)
+    # The kernels and the autograd formula are C++ (csrc/composite/).
     torch.library.register_fake("cnnfast::bn_relu_conv2d", _fake)
-    torch.library.register_autograd("cnnfast::bn_relu_conv2d", _backward, setup_context=_setup_context)
+    torch.library.register_fake("cnnfast::_bn_relu_conv2d_backward", _fake_backward)
+    torch.library.register_fake("cnnfast::_update_running_stats", _fake_update_running_stats)
 
 
 if extension_loaded():

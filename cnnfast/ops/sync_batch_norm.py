@@ -1,7 +1,7 @@
 """Batch statistics shared across the ranks of a torch.distributed process group (as
-nn.SyncBatchNorm): the forward all-reduces counts, sums and squared deviations, the backward BN's
-two gradient sums. Parameter gradients stay local, as nn.SyncBatchNorm's (DistributedDataParallel
-averages them).
+nn.SyncBatchNorm): the forward all-reduces counts, sums and squared deviations here; the backward
+all-reduces BN's two gradient sums in C++ (csrc/composite/bn_relu_conv2d.cpp). Parameter
+gradients stay local, as nn.SyncBatchNorm's (DistributedDataParallel averages them).
 
 Ops name their group by string (torch's own mechanism for process groups in op schemas), so that
 the group survives into the backward formula.
@@ -39,10 +39,3 @@ def global_moments(mean: torch.Tensor, var: torch.Tensor, count: int, name: str)
     torch.distributed.all_reduce(deviations, group=group)
     return global_mean, deviations / total, int(total.item())
 
-
-def all_reduce_gradient_sums(sum_dz: torch.Tensor, sum_dz_xmu: torch.Tensor, count: int, name: str):
-    """BN's two gradient sums and the element count per channel, summed over the group's ranks."""
-    combined = torch.cat([sum_dz, sum_dz_xmu, sum_dz.new_full((1,), float(count))])
-    torch.distributed.all_reduce(combined, group=_group(name))
-    channels = sum_dz.shape[0]
-    return combined[:channels], combined[channels:2 * channels], int(combined[-1].item())

@@ -1,0 +1,27 @@
+"""nn.BatchNorm2d.forward's bookkeeping, for modules that run a BatchNorm's math in their own ops."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class BatchNormStep(NamedTuple):
+    running_mean: torch.Tensor | None  # the buffers to read (eval) or update (training); None: neither
+    running_var: torch.Tensor | None
+    use_batch_stats: bool
+    momentum: float  # the update's factor this step (momentum=None: the cumulative average's)
+
+
+def batch_norm_step(bn: nn.modules.batchnorm._BatchNorm) -> BatchNormStep:
+    """What nn.BatchNorm2d.forward would use this step, counting the step in num_batches_tracked
+    as it does: batch statistics in training (or without running statistics), running ones in eval."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    return BatchNormStep(bn.running_mean if track else None, bn.running_var if track else None, use_batch_stats,
+                         factor)

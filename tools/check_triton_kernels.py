@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Compile check of the Triton kernels for sm_90, for machines without a GPU (CI, `make check-triton`).
+
+The tests run the Triton kernels under TRITON_INTERPRET=1, which never compiles them: a kernel
+that Triton's compiler rejects for a GPU (a type error in the lowering, a tile that needs more
+shared memory than an H100/H200 has, registers spilled to local memory) would pass every test
+here. So:
+
+1. In a child process under the interpreter, every cnnfast op that launches a Triton kernel runs
+   on small CPU tensors in every dtype and layout it takes, and each launch is recorded: the
+   kernel, its argument types, its constexpr values and its compile options.
+2. Here, without the interpreter, each distinct launch is compiled with triton.compile for sm_90
+   (as the GPU would compile it), its shared memory is checked against the SM's, and ptxas -v
+   tells its registers and spills.
+
+Prints one line per kernel; exits 0 when every launch compiled within the shared-memory limit, 1
+otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPABILITY = 90  # H100 / H200
+SHARED_MEMORY_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
+TORCH_TO_TRITON = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "uint8": "u8",
+                   "int8": "i8", "int32": "i32", "int64": "i64", "bool": "i1"}
+
+
+# ---- step 1: record the launches (child process, TRITON_INTERPRET=1) ---------------------------
+
+def _argument_type(value) -> tuple[str, object]:
+    """(type, constant) of one launch argument, as Triton's JIT would specialise it."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return "*" + TORCH_TO_TRITON[str(value.dtype).removeprefix("torch.")], None
+    if value is None:
+        return "constexpr", None
+    if isinstance(value, bool):
+        return "i1", None
+    if isinstance(value, int):
+        return ("i32" if -2**31 <= value < 2**31 else "i64"), None
+    if isinstance(value, float):
+        return "fp32", None
+    raise TypeError(f"unexpected launch argument {value!r}")
+
+
+def _constant(value):
+    """A constexpr value in JSON: Triton dtypes by name."""
+    import triton.language as tl
+    if isinstance(value, tl.dtype):
+        return {"triton_dtype": value.name}
+    return value.value if isinstance(value, tl.constexpr) else value
+
+
+def _launch_record(interpreted, args, kwargs) -> dict:
+    fn = interpreted.fn
+    parameters = list(inspect.signature(fn).parameters.values())
+    names = [p.name for p in parameters]
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    signature, constexprs = {}, {}
+    for parameter in parameters:
+        value = bound.get(parameter.name, parameter.default)
+        if "constexpr" in str(parameter.annotation):
+            signature[parameter.name] = "constexpr"
+            constexprs[parameter.name] = _constant(value)
+        else:
+            signature[parameter.name], _ = _argument_type(value)
+            if value is None:
+                constexprs[parameter.name] = None
+    options = {k: v for k, v in kwargs.items() if k not in names}
+    return {"module": fn.__module__, "kernel": fn.__name__, "signature": signature, "constexprs": constexprs,
+            "options": options}
+
+
+def _run_every_triton_op() -> None:
+    """Each op of the 'triton' backend, forward and backward, in each dtype and layout it takes."""
+    import torch
+
+    import cnnfast
+    import cnnfast.functional as F
+
+    torch.manual_seed(0)
+    layouts = (torch.contiguous_format, torch.channels_last)
+    with cnnfast.backend("triton"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            for layout in layouts:
+                def leaf(*shape):
+                    return torch.randn(*shape).to(dtype=dtype, memory_format=layout).requires_grad_()
+                for size in (4, 5):
+                    F.local_response_norm(leaf(2, 7, 5, 6), size).sum().backward()
+                # 3/2 windows (the fast path), other windows, and windows too large for uint8 offsets.
+                for kernel, stride in ((3, 2), (2, 1), (17, 1)):
+                    F.max_pool2d(leaf(2, 3, 19, 19), kernel, stride).sum().backward()
+                x = leaf(2, 8, 5, 6)
+                F.bn_relu(x, torch.rand(8, dtype=dtype).requires_grad_(),
+                          torch.randn(8, dtype=dtype).requires_grad_()).sum().backward()
+                for kernel_size in (1, 3):
+                    weight = torch.randn(4, 8, kernel_size, kernel_size, dtype=dtype, requires_grad=True)
+                    for bias in (None, torch.randn(4, dtype=dtype, requires_grad=True)):
+                        F.bn_relu_conv2d(x, None, None, torch.rand(8, requires_grad=True),
+                                         torch.randn(8, requires_grad=True), weight, bias,
+                                         padding=kernel_size // 2, training=True).sum().backward()
+
+
+def record(out: Path) -> None:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    launches = {}
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        entry = _launch_record(self, args, kwargs)
+        launches[json.dumps(entry, sort_keys=True)] = entry
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording_run
+    _run_every_triton_op()
+    out.write_text(json.dumps(list(launches.values()), indent=1))
+
+
+# ---- step 2: compile each launch for sm_90 (this process, no interpreter) ---------------------
+
+def _jit_function(module: str, name: str):
+    from triton.runtime.jit import JITFunction
+    kernel = getattr(importlib.import_module(module), name)
+    while not isinstance(kernel, JITFunction):  # through triton.heuristics / autotune wrappers
+        kernel = kernel.fn
+    return kernel
+
+
+def _ptxas_report(ptx: str) -> tuple[int, int]:
+    """(registers, spill bytes) of the compiled kernel, from ptxas -v."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "kernel.ptx"
+        source.write_text(ptx)
+        log = subprocess.run([get_ptxas(CAPABILITY).path, "-v", f"--gpu-name={sm_arch_from_capability(CAPABILITY)}",
+                              str(source), "-o", str(Path(tmp) / "kernel.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    registers = max((int(n) for n in re.findall(r"Used (\d+) registers", log)), default=0)
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    return registers, spills
+
+
+def compile_launch(entry: dict) -> tuple[int, int, int]:
+    """Compiles one recorded launch for sm_90: (shared bytes, registers, spill bytes)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    constexprs = {name: tl.dtype(value["triton_dtype"]) if isinstance(value, dict) else value
+                  for name, value in entry["constexprs"].items()}
+    source = triton.compiler.ASTSource(fn=_jit_function(entry["module"], entry["kernel"]),
+                                       signature=entry["signature"], constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", CAPABILITY, 32), options=entry["options"])
+    registers, spills = _ptxas_report(compiled.asm["ptx"])
+    return compiled.metadata.shared, registers, spills
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # step 1, in the child process
+    args = parser.parse_args()
+    if args.record:
+        record(args.record)
+        return 0
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("check_triton_kernels: run without TRITON_INTERPRET=1 (it compiles; the child interprets)")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        launches_file = Path(tmp) / "launches.json"
+        child = subprocess.run([sys.executable, __file__, "--record", str(launches_file)], cwd=ROOT,
+                               env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+        if child.returncode != 0:
+            print(f"FAILED  recording the launches under the interpreter:\n{child.stdout}{child.stderr}")
+            return 1
+        launches = json.loads(launches_file.read_text())
+    by_kernel: dict[str, list[dict]] = {}
+    for entry in launches:
+        by_kernel.setdefault(f"{entry['module']}.{entry['kernel']}", []).append(entry)
+    failed = False
+    for kernel, entries in sorted(by_kernel.items()):
+        try:
+            results = [compile_launch(entry) for entry in entries]
+        except Exception as error:  # the compiler's own message is what the reader needs
+            print(f"FAILED  {kernel}: {type(error).__name__}: {error}")
+            failed = True
+            continue
+        shared = max(r[0] for r in results)
+        registers = max(r[1] for r in results)
+        spilling = [r[2] for r in results if r[2]]
+        # Spills are reported, not failed: Triton, not cnnfast, allocates the registers, and a few
+        # bytes (around libdevice calls) cost nothing measurable; a GPU benchmark judges them.
+        spills = f"{len(spilling)} spill (at most {max(spilling)} bytes)" if spilling else "none spills"
+        ok = shared <= SHARED_MEMORY_LIMIT
+        failed |= not ok
+        print(f"{'ok     ' if ok else 'FAILED '} {kernel}: {len(entries)} launch variants for sm_{CAPABILITY}, "
+              f"at most {shared / 1024:.1f} KiB shared (limit {SHARED_MEMORY_LIMIT // 1024}) and "
+              f"{registers} registers; {spills}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
