@@ -208,6 +208,31 @@ def test_opcheck(backend):
     torch.library.opcheck(op, (*op_inputs(device, bias=False), [2, 1], [1, 0], [1, 1], 1, True, backend, ""))
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_opcheck_backward(backend):
+    _, device = registered_op("bn_relu_conv2d" if backend == "cpp" else "bn_relu_triton")
+    op = torch.ops.cnnfast._bn_relu_conv2d_backward
+    x, mean, invstd, gamma, beta, weight, _ = [t.detach() if t is not None else None for t in op_inputs(device)]
+    grad = torch.randn(2, 3, 5, 6, device=device)
+    for mask in ([True] * 5, [True, False, False, True, False], [False, True, True, False, True]):
+        for training in (True, False):
+            torch.library.opcheck(op, (grad, x, mean, invstd, gamma, beta, weight, True, [1, 1], [0, 0], [1, 1], 1,
+                                       training, backend, "", mask))
+    torch.library.opcheck(op, (grad, x, mean, invstd, None, None, weight, False, [1, 1], [0, 0], [1, 1], 1, True,
+                               backend, "", [True, False, False, True, False]))
+
+
+def test_opcheck_update_running_stats():
+    _, device = registered_op("bn_relu_conv2d")
+    mean, var = torch.randn(4, dtype=torch.float64, device=device), torch.rand(4, dtype=torch.float64, device=device)
+    running_mean, running_var = torch.zeros(4, device=device), torch.ones(4, device=device)
+    torch.library.opcheck(torch.ops.cnnfast._update_running_stats, (running_mean, running_var, mean, var, 0.1, 7))
+    expected_var = 0.9 * 1.0 + 0.1 * var * 7 / 6
+    torch.ops.cnnfast._update_running_stats(running_mean, running_var, mean, var, 0.1, 7)
+    torch.testing.assert_close(running_mean, (0.1 * mean).float())
+    torch.testing.assert_close(running_var, expected_var.float())
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])
 def test_torch_compile_fullgraph(backend, device):
     config = CONFIGS[1]

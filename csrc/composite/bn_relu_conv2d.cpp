@@ -183,6 +183,9 @@ Tensor5 bn_relu_conv2d_backward(const Tensor& grad_output, const Tensor& input, 
           grad_output, r, weight, bias_sizes, c10::fromIntArrayRefSlow(conv.stride),
           c10::fromIntArrayRefSlow(conv.padding), c10::fromIntArrayRefSlow(conv.dilation), false, no_output_padding,
           conv.groups, {need_z, need_weight, need_bias});
+      // Some of aten's backends fill outputs not asked for: the op's contract is undefined ones.
+      grad_weight = need_weight ? grad_weight : Tensor();
+      grad_bias = need_bias ? grad_bias : Tensor();
     }
     if (need_z) {
       grad_z = grad_r.to(input.scalar_type());
