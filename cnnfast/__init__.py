@@ -8,10 +8,10 @@
 from cnnfast._extension import LOAD_ERROR, cuda_kernels_built, extension_loaded
 from cnnfast._backend import BACKENDS, backend, current_backend
 from cnnfast import ops  # noqa: F401  (registers fake functions and autograd formulas)
-from cnnfast import functional, nn, reference
+from cnnfast import functional, models, nn, reference
 from cnnfast.profiling import saved_tensor_bytes
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "LOAD_ERROR", "backend", "cuda_kernels_built", "current_backend", "extension_loaded",
-           "functional", "nn", "reference", "saved_tensor_bytes"]
+           "functional", "models", "nn", "reference", "saved_tensor_bytes"]

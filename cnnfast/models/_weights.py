@@ -1,0 +1,31 @@
+"""Loading a local checkpoint into a model (nothing is downloaded), shared by every model family."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
+                 remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
+    """Loads `path` (a state_dict, or a dict holding one under 'state_dict' / 'model') into `model`
+    with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
+    module named `classifier`) has a different shape than the model's (another num_classes), the
+    model keeps its freshly initialised classifier and everything else is loaded: transfer learning."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights: no checkpoint file at {os.fspath(path)!r} (cnnfast downloads nothing; "
+                                f"pass the path of a local file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = remap(dict(state))
+    own = model.state_dict()
+    head = [k for k in state if k.startswith(classifier + ".")]
+    if any(k in own and state[k].shape != own[k].shape for k in head):
+        for k in head:
+            state[k] = own[k]
+    model.load_state_dict(state, strict=True)
+    return model

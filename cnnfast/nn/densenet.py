@@ -1,0 +1,125 @@
+"""DenseNet's building blocks (Huang et al. 2017), with torchvision's parameter names: DenseLayer,
+DenseBlock (memory-efficient: one shared buffer, cnnfast/ops/dense_block.py) and Transition."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnfast._backend import resolve
+from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
+from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
+
+
+def _fused_bn_relu_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d, input: torch.Tensor) -> torch.Tensor:
+    step = batch_norm_step(bn)
+    return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
+                          conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats,
+                          step.momentum, bn.eps)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-Conv1x1 (to bn_size * growth_rate channels) then BN-ReLU-Conv3x3 (to growth_rate),
+    then dropout: torchvision's _DenseLayer, same submodules (norm1, relu1, conv1, norm2, relu2,
+    conv2). Takes a tensor or a list of tensors (concatenated along channels) and returns the
+    growth_rate new channels. memory_efficient=True runs both units as BNReLUConv2d does."""
+
+    def __init__(self, num_input_features: int, growth_rate: int, bn_size: int, drop_rate: float = 0.0,
+                 memory_efficient: bool = True):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def forward(self, input) -> torch.Tensor:
+        features = torch.cat(input, 1) if isinstance(input, (list, tuple)) else input
+        if self.memory_efficient:
+            bottleneck = _fused_bn_relu_conv(self.norm1, self.conv1, features)
+            new = _fused_bn_relu_conv(self.norm2, self.conv2, bottleneck)
+        else:
+            bottleneck = self.conv1(self.relu1(self.norm1(features)))
+            new = self.conv2(self.relu2(self.norm2(bottleneck)))
+        if self.drop_rate > 0:
+            new = F.dropout(new, p=self.drop_rate, training=self.training)
+        return new
+
+
+class DenseBlock(nn.ModuleDict):
+    """num_layers DenseLayers, each fed every earlier output: torchvision's _DenseBlock (children
+    denselayer1, denselayer2, ...). Returns the input followed by every layer's new channels.
+
+    memory_efficient=True (default): one buffer for the whole block, BN-ReLU recomputed in backward,
+    batch statistics computed once per channel, memory linear in depth (cnnfast/ops/dense_block.py);
+    recompute_bottleneck=True also drops the bottleneck outputs, for the least memory.
+    memory_efficient=False: the plain concatenating DenseNet, torch.nn ops throughout, for
+    comparison; both give the same numbers."""
+
+    def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int,
+                 drop_rate: float = 0.0, memory_efficient: bool = True, recompute_bottleneck: bool = False):
+        super().__init__()
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"DenseBlock: drop_rate must be in [0, 1), got {drop_rate}")
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}", DenseLayer(num_input_features + i * growth_rate, growth_rate,
+                                                             bn_size, drop_rate, memory_efficient))
+        self.growth_rate = growth_rate
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+        self.recompute_bottleneck = recompute_bottleneck
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4:
+            raise ValueError(f"DenseBlock: expected 4-d input, got shape {tuple(input.shape)}")
+        layers = list(self.values())
+        if layers and input.shape[1] != layers[0].norm1.num_features:
+            raise ValueError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
+                             f"{input.shape[1]}")
+        backend = resolve("bn_relu_conv2d", input.device) if self.memory_efficient else "reference"
+        if backend == "reference":
+            features = [input]
+            for layer in layers:
+                features.append(layer(features))
+            return torch.cat(features, 1)
+        return self._shared_buffer_forward(input, layers, backend)
+
+    def _shared_buffer_forward(self, input, layers, backend):
+        norms, parameters = [], []
+        low = torch.get_autocast_dtype(input.device.type) if torch.is_autocast_enabled(input.device.type) else None
+        for layer in layers:
+            pair = []
+            for bn in (layer.norm1, layer.norm2):
+                step = batch_norm_step(bn)
+                pair.append(BatchNormArgs(step.running_mean, step.running_var, step.use_batch_stats, step.momentum,
+                                          bn.eps))
+            norms.append(tuple(pair))
+            # As autocast runs F.conv2d: in the autocast dtype (cnnfast/ops/bn_relu_conv2d.py does the same).
+            conv1, conv2 = (layer.conv1.weight, layer.conv2.weight) if low is None else \
+                (layer.conv1.weight.to(low), layer.conv2.weight.to(low))
+            parameters += [layer.norm1.weight, layer.norm1.bias, conv1, layer.norm2.weight, layer.norm2.bias, conv2]
+        config = DenseBlockConfig(self.growth_rate, tuple(norms), self.drop_rate, self.training,
+                                  self.recompute_bottleneck, backend)
+        return dense_block(input, config, parameters)
+
+
+class Transition(nn.Sequential):
+    """BN-ReLU-Conv1x1 then 2x2 average pooling between dense blocks: torchvision's _Transition
+    (children norm, relu, conv, pool). memory_efficient=True runs BN-ReLU-conv as BNReLUConv2d."""
+
+    def __init__(self, num_input_features: int, num_output_features: int, memory_efficient: bool = True):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_input_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.memory_efficient = memory_efficient
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.memory_efficient:
+            return super().forward(input)
+        return self.pool(_fused_bn_relu_conv(self.norm, self.conv, input))

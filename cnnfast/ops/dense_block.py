@@ -1,0 +1,188 @@
+"""A DenseNet dense block in one shared buffer, BN-ReLU recomputed in backward (../DESIGN.md, Memory).
+
+A naive block concatenates all earlier features before every layer and keeps each concatenation
+and its BN-ReLU output for backward: memory quadratic in depth. Here:
+- one buffer [N, C0 + L*k, H, W] holds the block input and every layer's k new channels; layer l
+  reads channels [0, C0 + l*k) as a view (no torch.cat), and the buffer is the block's output;
+- BN1's batch statistics of a channel are computed once, when the channel is written, and reused
+  by every later layer (only gamma/beta and the running buffers differ per layer);
+- each layer's two BN-ReLU-convs run the bn_relu_conv2d op's kernels: relu(bn(.)) is a temporary;
+- the backward walks the layers in reverse with one gradient buffer of the block's shape, running
+  the op's backward (cnnfast::_bn_relu_conv2d_backward) twice per layer. It keeps the buffer,
+  per-channel statistics, the dropout noise where dropout is on, and the bottleneck outputs unless
+  recompute_bottleneck is set (then they are recomputed from the buffer, for the least memory);
+- running statistics are updated once per forward (a checkpointed DenseNet updates them twice).
+
+The formulas are the bn_relu_conv2d op's, so this block matches the plain concatenating DenseNet
+to rounding.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from cnnfast.ops.batch_norm import acc_dtype, kernels, refuse_double_backward
+
+_ONE = [1, 1]
+
+
+class BatchNormArgs(NamedTuple):
+    """One BatchNorm2d of a layer, as cnnfast/nn/_batch_norm_step.py reads it for this step."""
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    use_batch_stats: bool
+    momentum: float
+    eps: float
+
+
+class DenseBlockConfig(NamedTuple):
+    growth_rate: int
+    norms: tuple[tuple[BatchNormArgs, BatchNormArgs], ...]  # (norm1, norm2) of each layer
+    drop_rate: float
+    training: bool  # dropout on (the BatchNorms say for themselves which statistics they use)
+    recompute_bottleneck: bool
+    backend: str  # 'cpp' or 'triton'
+
+
+def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list) -> torch.Tensor:
+    """The block's output [N, C0 + L*k, H, W]: the input followed by each layer's new features.
+
+    `parameters` holds, for each layer, norm1's weight and bias, conv1's weight, norm2's weight and
+    bias and conv2's weight (BatchNorm weights and biases may be None: affine=False)."""
+    return _DenseBlockFunction.apply(input, config, *parameters)
+
+
+def _normalisation(mean, var, norm: BatchNormArgs, count: int, dtype):
+    """(mean, invstd) that one BatchNorm normalises with this step, updating its running
+    statistics (once) where it uses the batch's."""
+    if norm.use_batch_stats:
+        if norm.running_mean is not None and count > 0:
+            torch.ops.cnnfast._update_running_stats(norm.running_mean, norm.running_var, mean, var, norm.momentum,
+                                                    count)
+    else:
+        mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
+    return mean, torch.rsqrt(var + norm.eps)
+
+
+def _batch_stats(x, backend, dtype):
+    if x.numel() == 0:  # an empty batch: finite placeholders, so that its (empty) gradients are zeros
+        mean = torch.zeros(x.shape[1], dtype=dtype, device=x.device)
+        return mean, torch.ones_like(mean)
+    return kernels(backend).stats(x)
+
+
+def _dropout(x: torch.Tensor, p: float):
+    """F.dropout's result and what its backward needs, drawing the same random numbers as F.dropout
+    (so that this block and the plain one agree under one seed): the fused CUDA kernel's bool mask,
+    or on CPU the scaled noise it multiplies by."""
+    if x.is_cuda:
+        return torch.native_dropout(x, p, True)
+    noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+    return x * noise, noise
+
+
+def _dropout_backward(grad: torch.Tensor, saved: torch.Tensor, p: float) -> torch.Tensor:
+    if saved.dtype == torch.bool:
+        return torch.ops.aten.native_dropout_backward(grad, saved, 1 / (1 - p))
+    return grad * saved
+
+
+class _DenseBlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, config: DenseBlockConfig, *parameters):
+        n, c0, h, w = input.shape
+        k, layers = config.growth_rate, len(config.norms)
+        dtype = acc_dtype(input, config.backend)
+        count = n * h * w
+        buffer = torch.empty((n, c0 + layers * k, h, w), dtype=input.dtype, device=input.device,
+                             memory_format=_layout(input))
+        buffer[:, :c0].copy_(input)
+        # Batch statistics of every channel of the buffer, each computed when the channel is written.
+        means = torch.empty(buffer.shape[1], dtype=dtype, device=input.device)
+        variances = torch.empty_like(means)
+        means[:c0], variances[:c0] = _batch_stats(buffer[:, :c0], config.backend, dtype)
+        saved_norms, bottlenecks, dropout_saved = [], [], []
+        for layer, (norm1, norm2) in enumerate(config.norms):
+            bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
+            c_in = c0 + layer * k
+            features = buffer[:, :c_in]
+            mean1, invstd1 = _normalisation(means[:c_in], variances[:c_in], norm1, count, dtype)
+            bottleneck = torch.ops.cnnfast.bn_relu_conv2d(features, mean1, invstd1, bn1_weight, bn1_bias, conv1, None,
+                                                          _ONE, [0, 0], _ONE, 1, norm1.use_batch_stats,
+                                                          config.backend, "")
+            mean2, var2 = _batch_stats(bottleneck, config.backend, dtype) if norm2.use_batch_stats else (None, None)
+            mean2, invstd2 = _normalisation(mean2, var2, norm2, count, dtype)
+            new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
+                                                   _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
+            if config.training and config.drop_rate > 0:
+                new, saved = _dropout(new, config.drop_rate)
+                dropout_saved.append(saved)
+            buffer[:, c_in:c_in + k].copy_(new)
+            if layer + 1 < layers:  # the last layer's channels feed no layer of this block
+                means[c_in:c_in + k], variances[c_in:c_in + k] = _batch_stats(buffer[:, c_in:c_in + k],
+                                                                              config.backend, dtype)
+            # Batch statistics of BN1 are recomputed from the shared ones in backward (a copy per
+            # layer would make the saved bytes grow with the square of the depth, however slowly).
+            saved_norms += [None, None, mean2, invstd2] if norm1.use_batch_stats else [mean1, invstd1, mean2, invstd2]
+            if not config.recompute_bottleneck:
+                bottlenecks.append(bottleneck)
+        ctx.config = config
+        ctx.c0 = c0
+        ctx.save_for_backward(buffer, means, variances, *parameters, *saved_norms, *bottlenecks, *dropout_saved)
+        return buffer
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        refuse_double_backward(grad_output)
+        config, c0 = ctx.config, ctx.c0
+        k, layers = config.growth_rate, len(config.norms)
+        buffer, means, variances, *saved = ctx.saved_tensors
+        parameters = saved[:6 * layers]
+        saved_norms = saved[6 * layers:10 * layers]
+        rest = saved[10 * layers:]
+        bottlenecks = rest[:0 if config.recompute_bottleneck else layers]
+        dropout_saved = rest[len(bottlenecks):]
+        # d(loss)/d(features) for every channel of the buffer, completed layer by layer in reverse.
+        grad_buffer = grad_output.clone(memory_format=_layout(buffer))
+        grad_parameters = [None] * (6 * layers)
+        for layer in reversed(range(layers)):
+            norm1, norm2 = config.norms[layer]
+            bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
+            mean1, invstd1, mean2, invstd2 = saved_norms[4 * layer:4 * layer + 4]
+            needs = ctx.needs_input_grad[2 + 6 * layer:2 + 6 * layer + 6]
+            c_in = c0 + layer * k
+            if mean1 is None:  # as the forward computed them
+                mean1, invstd1 = means[:c_in], torch.rsqrt(variances[:c_in] + norm1.eps)
+            features = buffer[:, :c_in]
+            grad_new = grad_buffer[:, c_in:c_in + k]
+            if dropout_saved:
+                grad_new = _dropout_backward(grad_new, dropout_saved[layer], config.drop_rate)
+            if config.recompute_bottleneck:
+                bottleneck = torch.ops.cnnfast.bn_relu_conv2d(features, mean1, invstd1, bn1_weight, bn1_bias, conv1,
+                                                              None, _ONE, [0, 0], _ONE, 1, norm1.use_batch_stats,
+                                                              config.backend, "")
+            else:
+                bottleneck = bottlenecks[layer]
+            grad_bottleneck, grad_bn2_weight, grad_bn2_bias, grad_conv2, _ = \
+                torch.ops.cnnfast._bn_relu_conv2d_backward(
+                    grad_new, bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, False, _ONE, _ONE, _ONE, 1,
+                    norm2.use_batch_stats, config.backend, "",
+                    [True, bn2_weight is not None and needs[3], bn2_bias is not None and needs[4], needs[5], False])
+            del bottleneck
+            grad_features, grad_bn1_weight, grad_bn1_bias, grad_conv1, _ = \
+                torch.ops.cnnfast._bn_relu_conv2d_backward(
+                    grad_bottleneck, features, mean1, invstd1, bn1_weight, bn1_bias, conv1, False, _ONE, [0, 0], _ONE,
+                    1, norm1.use_batch_stats, config.backend, "",
+                    [True, bn1_weight is not None and needs[0], bn1_bias is not None and needs[1], needs[2], False])
+            grad_buffer[:, :c_in] += grad_features
+            grad_parameters[6 * layer:6 * layer + 6] = [grad_bn1_weight, grad_bn1_bias, grad_conv1, grad_bn2_weight,
+                                                         grad_bn2_bias, grad_conv2]
+        return (grad_buffer[:, :c0], None, *grad_parameters)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The buffer follows the block input: channels_last in, channels_last buffer."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,232 @@
+"""DenseBlock (one shared buffer, BN-ReLU recomputed) against the plain concatenating block and a
+straightforward torch.nn DenseNet block written here: outputs, every gradient and every running
+buffer over several steps, in training and eval, with and without dropout, on every backend here."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import cnnfast
+from cnnfast.nn import DenseBlock, Transition
+from helpers import backend_params
+
+BACKENDS = backend_params()
+
+
+class TorchDenseBlock(nn.Module):
+    """DenseNet's block as the paper draws it, in torch.nn only: every layer reads torch.cat of all
+    earlier features. Its state_dict keys are torchvision's (denselayer1.norm1.weight, ...)."""
+
+    def __init__(self, num_layers, num_input_features, bn_size, growth_rate, drop_rate=0.0):
+        super().__init__()
+        for i in range(num_layers):
+            c_in, width = num_input_features + i * growth_rate, bn_size * growth_rate
+            self.add_module(f"denselayer{i + 1}", nn.Sequential(
+                nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, width, 1, bias=False),
+                nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, growth_rate, 3, padding=1, bias=False),
+                nn.Dropout(drop_rate)))
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.children():
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+    @staticmethod
+    def key(ours_key: str) -> str:
+        """The Sequential's key for a DenseLayer's key (norm1 -> 0, conv1 -> 2, ...)."""
+        index = {"norm1": "0", "conv1": "2", "norm2": "3", "conv2": "5"}
+        layer, module, rest = ours_key.split(".", 2)
+        return f"{layer}.{index[module]}.{rest}"
+
+
+def make_blocks(num_layers=3, c0=6, bn_size=2, growth=4, drop_rate=0.0, seed=0, **kwargs):
+    """Our memory-efficient block, our plain block and the torch.nn block, with the same
+    non-trivial parameters and running statistics (fp64)."""
+    torch.manual_seed(seed)
+    ours = DenseBlock(num_layers, c0, bn_size, growth, drop_rate, **kwargs).double()
+    with torch.no_grad():
+        for name, tensor in ours.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if "norm" in name and (name.endswith("weight") or name.endswith("running_var")):
+                tensor.uniform_(0.5, 1.5)
+            else:
+                tensor.normal_(0, 0.5)
+    plain = copy.deepcopy(ours)
+    plain.memory_efficient = False
+    for layer in plain.values():
+        layer.memory_efficient = False
+    reference = TorchDenseBlock(num_layers, c0, bn_size, growth, drop_rate).double()
+    reference.load_state_dict({TorchDenseBlock.key(k): v for k, v in ours.state_dict().items()})
+    return ours, plain, reference
+
+
+def run_step(module, x, grad, seed):
+    x = x.detach().clone().requires_grad_()
+    torch.manual_seed(seed)  # the same dropout masks for every module
+    y = module(x)
+    y.backward(grad)
+    return y, x.grad
+
+
+def assert_same(ours, theirs, theirs_key=lambda k: k, tol=1e-10):
+    their_parameters = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, their_parameters[theirs_key(name)].grad, rtol=tol, atol=tol,
+                                   msg=lambda m: f"{name}.grad: {m}")
+    their_buffers = dict(theirs.named_buffers())
+    for name, b in ours.named_buffers():
+        torch.testing.assert_close(b, their_buffers[theirs_key(name)], rtol=tol, atol=tol,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def assert_steps_match(backend, ours, theirs, theirs_key, modes, shape=(2, 6, 5, 5), layout=torch.contiguous_format):
+    generator = torch.Generator().manual_seed(1)
+    for step, mode in enumerate(modes):
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        x = torch.randn(shape, generator=generator, dtype=torch.float64).to(memory_format=layout)
+        out_channels = shape[1] + len(ours) * ours.growth_rate
+        grad = torch.randn((shape[0], out_channels) + shape[2:], generator=generator, dtype=torch.float64)
+        with cnnfast.backend(backend):
+            y, dx = run_step(ours, x, grad, seed=step)
+        y_ref, dx_ref = run_step(theirs, x, grad, seed=step)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
+        assert_same(ours, theirs, theirs_key)
+        for p in list(ours.parameters()) + list(theirs.parameters()):
+            p.grad = None
+
+
+def test_plain_block_matches_torch_nn_block():
+    _, plain, reference = make_blocks(drop_rate=0.25)
+    assert_steps_match("reference", plain, reference, TorchDenseBlock.key, ["train", "train", "eval"])
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+@pytest.mark.parametrize("drop_rate", [0.0, 0.25], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("recompute_bottleneck", [False, True], ids=["keep-bottleneck", "recompute-bottleneck"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+def test_memory_efficient_block_matches_plain(backend, device, drop_rate, recompute_bottleneck, layout):
+    if device != "cpu":
+        pytest.skip("the comparison runs on CPU tensors; the GPU runs the same op tests")
+    ours, plain, _ = make_blocks(drop_rate=drop_rate, recompute_bottleneck=recompute_bottleneck)
+    assert_steps_match(backend, ours, plain, lambda k: k, ["train", "train", "eval", "train"], layout=layout)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_batch_norm_options_as_torch(backend, device):
+    """momentum=None (cumulative average) and track_running_stats=False, set on the BatchNorms."""
+    ours, plain, _ = make_blocks()
+    for block in (ours, plain):
+        for i, layer in enumerate(block.values()):
+            if i % 2:
+                layer.norm1.momentum = None
+            else:
+                layer.norm2.track_running_stats = False
+                layer.norm2.running_mean = layer.norm2.running_var = None
+    assert_steps_match(backend, ours, plain, lambda k: k, ["train", "train", "eval"])
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_gradcheck_fp64_two_layer_block(backend, device):
+    ours, _, _ = make_blocks(num_layers=2, c0=3, bn_size=2, growth=2)
+    names = [name for name, _ in ours.named_parameters()]
+
+    def block(x, *params):
+        return torch.func.functional_call(ours, dict(zip(names, params)), (x,))
+
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in ours.parameters()]
+    with cnnfast.backend(backend):
+        assert torch.autograd.gradcheck(block, (x, *params), eps=1e-6, atol=1e-6)
+
+
+def saved_bytes(depth: int, memory_efficient: bool) -> int:
+    torch.manual_seed(0)
+    block = DenseBlock(depth, 8, 4, 4, memory_efficient=memory_efficient)
+    if not memory_efficient:
+        for layer in block.values():
+            layer.memory_efficient = False
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    _, saved = cnnfast.saved_tensor_bytes(block, x, exclude=list(block.parameters()))
+    return saved
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_saved_memory_is_linear_in_depth(backend, device):
+    with cnnfast.backend(backend):
+        ours = [saved_bytes(depth, True) for depth in (2, 4, 6, 8)]
+    plain = [saved_bytes(depth, False) for depth in (2, 4, 6, 8)]
+    ours_growth = [b - a for a, b in zip(ours, ours[1:])]
+    plain_growth = [b - a for a, b in zip(plain, plain[1:])]
+    assert len(set(ours_growth)) == 1, f"bytes saved per two layers not constant: {ours_growth}"
+    assert plain_growth[0] < plain_growth[1] < plain_growth[2], plain_growth  # quadratic
+    # Per layer: k new channels (the buffer), the 4k bottleneck channels, O(C) statistics.
+    element = 4 * 2 * 8 * 8
+    assert ours_growth[0] <= 2 * (4 + 16) * element + 4096, ours_growth
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_recompute_bottleneck_saves_only_the_buffer_and_statistics(backend, device):
+    torch.manual_seed(0)
+    block = DenseBlock(3, 8, 4, 4, recompute_bottleneck=True)
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    with cnnfast.backend(backend):
+        _, saved = cnnfast.saved_tensor_bytes(block, x, exclude=list(block.parameters()))
+    buffer = 2 * (8 + 3 * 4) * 8 * 8 * 4
+    assert buffer <= saved <= buffer + 4096, saved
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_autocast_matches_plain_block_under_autocast(backend, device):
+    ours, plain, _ = make_blocks()
+    ours.float()
+    plain.float()
+    x = torch.randn(2, 6, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cnnfast.backend(backend):
+            y = ours(x)
+        y_plain = plain(x)
+    assert y.dtype == y_plain.dtype
+    torch.testing.assert_close(y.float(), y_plain.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_torch_compile_runs_the_block(backend, device):
+    ours, plain, _ = make_blocks()
+    compiled = torch.compile(ours, backend="aot_eager")
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    with cnnfast.backend(backend):
+        y, dx = run_step(compiled, x, torch.ones(2, 18, 5, 5, dtype=torch.float64), seed=0)
+    y_ref, dx_ref = run_step(plain, x, torch.ones(2, 18, 5, 5, dtype=torch.float64), seed=0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_transition_matches_torchvision_layout():
+    torch.manual_seed(0)
+    ours = Transition(6, 3).double()
+    plain = copy.deepcopy(ours)
+    plain.memory_efficient = False
+    x = torch.randn(2, 6, 6, 6, dtype=torch.float64)
+    y, dx = run_step(ours, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
+    y_ref, dx_ref = run_step(plain, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(dx, dx_ref)
+    assert list(ours.state_dict()) == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
+                                       "norm.num_batches_tracked", "conv.weight"]
+
+
+def test_bad_input_names_the_problem():
+    block = DenseBlock(2, 6, 2, 4)
+    with pytest.raises(ValueError, match="4-d"):
+        block(torch.randn(6, 5, 5))
+    with pytest.raises(ValueError, match="6 channels"):
+        block(torch.randn(2, 5, 5, 5))
+    with pytest.raises(ValueError, match="drop_rate"):
+        DenseBlock(2, 6, 2, 4, drop_rate=1.0)

@@ -1,0 +1,135 @@
+"""cnnfast.models' DenseNets: torchvision's keys and shapes (committed fixtures), the paper's
+parameter counts, memory-efficient against plain in a training step, and loading local weights."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnfast
+from cnnfast import models
+
+FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_densenet_state_dicts.json").read_text())
+
+
+def key_lines(model):
+    return [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
+
+
+@pytest.mark.parametrize("name", ["densenet121", "densenet161", "densenet169", "densenet201"])
+def test_state_dict_keys_and_shapes_are_torchvisions(name):
+    lines = key_lines(getattr(models, name)())
+    expected = FIXTURES[name]
+    if "keys_and_shapes" in expected:
+        assert lines == expected["keys_and_shapes"]
+    assert len(lines) == expected["count"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+
+
+@pytest.mark.parametrize("constructor,millions", [
+    (models.densenet_bc_100_k12, 0.8), (models.densenet_bc_250_k24, 15.3), (models.densenet_bc_190_k40, 25.6)])
+def test_densenet_bc_parameter_counts_are_the_papers(constructor, millions):
+    count = sum(p.numel() for p in constructor().parameters())
+    assert round(count / 1e6, 1) == millions, count
+
+
+def test_densenet121_parameter_count():
+    assert sum(p.numel() for p in models.densenet121().parameters()) == 7_978_856  # torchvision's
+
+
+def tiny(memory_efficient, **kwargs):
+    torch.manual_seed(0)
+    model = models.DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, num_classes=5,
+                            memory_efficient=memory_efficient, **kwargs).double()
+    with torch.no_grad():  # non-trivial BN parameters and running statistics
+        for name, tensor in model.state_dict().items():
+            if "norm" in name and name.endswith(("weight", "running_var")):
+                tensor.uniform_(0.5, 1.5)
+            elif "norm" in name and name.endswith(("bias", "running_mean")):
+                tensor.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("small_inputs", [False, True], ids=["imagenet-stem", "cifar-stem"])
+@pytest.mark.parametrize("drop_rate", [0.0, 0.2], ids=["no-dropout", "dropout"])
+def test_memory_efficient_model_matches_plain(small_inputs, drop_rate):
+    ours = tiny(True, small_inputs=small_inputs, drop_rate=drop_rate)
+    plain = tiny(False, small_inputs=small_inputs, drop_rate=drop_rate)
+    plain.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    for step, mode in enumerate(["train", "train", "eval"]):
+        x = torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64)
+        results = []
+        for model in (ours, plain):
+            model.train(mode == "train")
+            model.zero_grad()
+            xi = x.clone().requires_grad_()
+            torch.manual_seed(step)  # the same dropout masks
+            y = model(xi)
+            y.square().sum().backward()
+            results.append((y, xi.grad))
+        (y, dx), (y_ref, dx_ref) = results
+        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-10)
+        theirs = dict(plain.named_parameters())
+        for name, p in ours.named_parameters():
+            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        their_buffers = dict(plain.named_buffers())
+        for name, b in ours.named_buffers():
+            torch.testing.assert_close(b, their_buffers[name], rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def test_memory_efficient_model_saves_less():
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    saved = {}
+    for memory_efficient in (True, False):
+        model = models.densenet_bc(40, 12, memory_efficient=memory_efficient).double()
+        _, saved[memory_efficient] = cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))
+    assert saved[True] < 0.5 * saved[False], saved
+
+
+def _old_style(state):
+    """torchvision's pre-0.3 DenseNet keys: 'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight'."""
+    return {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2.") if "denselayer" in k else k: v
+            for k, v in state.items()}
+
+
+def test_weights_load_from_a_local_checkpoint_with_old_keys(tmp_path):
+    source = models.densenet_bc(10, 4).eval()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": _old_style(source.state_dict())}, path)
+    loaded = models.densenet_bc(10, 4, weights=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
+
+
+def test_other_num_classes_replaces_only_the_classifier(tmp_path):
+    source = models.densenet_bc(10, 4)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(source.state_dict(), path)
+    loaded = models.densenet_bc(10, 4, num_classes=3, weights=path)
+    assert loaded.classifier.out_features == 3
+    for name, tensor in source.state_dict().items():
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        models.densenet_bc(10, 4, weights=tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        models.densenet_bc(101, 12)
+
+
+def test_same_outputs_as_torchvision_where_installed():
+    torchvision = pytest.importorskip("torchvision", reason="torchvision not installed; the key fixtures stand in")
+    theirs = torchvision.models.densenet121().eval()
+    ours = models.densenet121()
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
