@@ -17,9 +17,9 @@ if os.environ.pop("TRITON_INTERPRET", None):
 
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks import cases_alexnet, cases_bn_relu_conv, harness, report, targets  # noqa: E402
+from benchmarks import cases_alexnet, cases_bn_relu_conv, cases_densenet, harness, report, targets  # noqa: E402
 
-CASE_MODULES = (cases_alexnet, cases_bn_relu_conv)
+CASE_MODULES = (cases_alexnet, cases_bn_relu_conv, cases_densenet)
 
 
 def parse_args(argv=None):

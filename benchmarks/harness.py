@@ -51,6 +51,9 @@ class Ops(NamedTuple):
     torch: Callable[[torch.Tensor], torch.Tensor]
     cnnfast: Callable[[torch.Tensor], torch.Tensor]
     parameters: tuple = ()
+    # The "torch.checkpoint" variant, where a case has one: the torch.nn computation with
+    # torch.utils.checkpoint where its authors put it (for DenseNet, torchvision's scheme).
+    checkpoint: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +65,8 @@ class Case:
     shape: tuple[int, ...]
     dtype: str              # a key of DTYPES
     backward: bool          # forward only, or forward + backward
-    variant: str            # "torch", "torch.compile" or "cnnfast[<backend>]"
-    ideal_bytes: int        # traffic no kernel can avoid (each input read, each output written once)
+    variant: str            # "torch", "torch.compile", "torch.checkpoint" or "cnnfast[<backend>]"
+    ideal_bytes: int        # traffic no kernel can avoid (each input read, each output written once); 0: n/a
     setup_args: tuple = ()  # passed to the setup function after device and dtype
 
     @property
@@ -249,6 +252,8 @@ def build(case: Case, device: str) -> tuple[Callable[[torch.Tensor], torch.Tenso
     parameters = tuple(ops.parameters)
     if case.variant == "torch":
         return ops.torch, parameters
+    if case.variant == "torch.checkpoint":
+        return ops.checkpoint, parameters
     if case.variant == "torch.compile":
         _configure_compile()
         # dynamic=False: one specialised graph per shape, as a user with a fixed shape gets.
@@ -486,6 +491,8 @@ def measure_group(cases: list[Case], device: str, settings: Settings, copy_cache
         if device == "cuda":
             row["peak_bytes"], row["peak_method"] = cuda_peak_bytes(step), "cuda max_memory_allocated"
             key = f"{shape_str(case.shape)} {SHORT_DTYPE[case.dtype]}"
+            if not case.ideal_bytes:  # whole models: no traffic bound to compare with
+                continue
             if key not in copy_cache:
                 copy_cache[key] = copy_gbps(case.shape, case.dtype, settings)
             row["gbps"] = case.ideal_bytes / (row["median_ms"] * 1e-3) / 1e9

@@ -15,13 +15,15 @@ MIB = 2**20
 
 
 def derive(rows: list[dict]) -> None:
-    """Adds each row's speed-up and saved-bytes ratio against eager torch on the same case."""
+    """Adds each row's speed-up, saved-bytes and peak-memory ratios against eager torch on the same case."""
     base = {(r["op"], r["shape"], r["dtype"], r["pass"]): r for r in rows if r["variant"] == "torch"}
     for r in rows:
         b = base.get((r["op"], r["shape"], r["dtype"], r["pass"]))
         r["speedup"] = b["median_ms"] / r["median_ms"] if b and "median_ms" in b and "median_ms" in r else None
         r["saved_ratio"] = (r["saved_bytes"] / b["saved_bytes"]
                             if b and b.get("saved_bytes") and "saved_bytes" in r else None)
+        r["peak_ratio"] = (r["peak_bytes"] / b["peak_bytes"]
+                           if b and b.get("peak_bytes") and "peak_bytes" in r else None)
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:

@@ -61,6 +61,10 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                     _rows(rows, "bn_relu_conv*", v, ("fwd+bwd",)),
                     lambda r: (r.get("speedup") or 0) >= 1 / 1.15 and (r.get("saved_ratio") or math.inf) <= 0.55,
                     lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}"),
+            _target("CPU: DenseNet-121 training step within 10% of the plain model's time, keeping <= 25% of "
+                    "its saved bytes", _rows(rows, "model_densenet121", v, ("fwd+bwd",)),
+                    lambda r: (r.get("speedup") or 0) >= 1 / 1.1 and (r.get("saved_ratio") or math.inf) <= 0.25,
+                    lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}"),
         ]
     over_compile = _over_compile(rows)
     v = "cnnfast[auto]"  # what users get on a GPU
@@ -78,6 +82,11 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                 lambda r: f"{_x(r.get('speedup'))} eager, {_x(over_compile(r))} compile"),
         _target("GPU: BN-ReLU-conv 3x3 fwd+bwd >= 1x eager", _rows(rows, "bn_relu_conv3x3*", v, ("fwd+bwd",)),
                 lambda r: (r.get("speedup") or 0) >= 1, lambda r: _x(r.get("speedup"))),
+        _target("GPU: DenseNet-121 training step within 5% of the plain model's time, keeping <= 25% of its "
+                "saved bytes and a CUDA peak <= 35% of its", _rows(rows, "model_densenet121", v, ("fwd+bwd",)),
+                lambda r: ((r.get("speedup") or 0) >= 1 / 1.05 and (r.get("saved_ratio") or math.inf) <= 0.25
+                           and (r.get("peak_ratio") or math.inf) <= 0.35),
+                lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}, peak {_x(r.get('peak_ratio'))}"),
     ]
 
 

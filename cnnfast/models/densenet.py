@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnfast.models._weights import load_weights
 from cnnfast.nn.densenet import DenseBlock, Transition
+from cnnfast.nn.pooling import MaxPool2d
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201", "densenet264", "densenet_bc",
            "densenet_bc_100_k12", "densenet_bc_250_k24", "densenet_bc_190_k40"]
@@ -37,7 +38,8 @@ class DenseNet(nn.Module):
             stem = [("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
                     ("norm0", nn.BatchNorm2d(num_init_features)),
                     ("relu0", nn.ReLU(inplace=True)),
-                    ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))]
+                    # cnnfast's max-pool keeps a uint8 argmax for backward, not its input and int64 indices.
+                    ("pool0", (MaxPool2d if memory_efficient else nn.MaxPool2d)(kernel_size=3, stride=2, padding=1))]
         self.features = nn.Sequential(OrderedDict(stem))
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):

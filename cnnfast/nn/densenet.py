@@ -8,6 +8,7 @@ from torch import nn
 
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.ops.avg_pool2d import avg_pool2d
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
 
@@ -109,7 +110,8 @@ class DenseBlock(nn.ModuleDict):
 
 class Transition(nn.Sequential):
     """BN-ReLU-Conv1x1 then 2x2 average pooling between dense blocks: torchvision's _Transition
-    (children norm, relu, conv, pool). memory_efficient=True runs BN-ReLU-conv as BNReLUConv2d."""
+    (children norm, relu, conv, pool). memory_efficient=True runs BN-ReLU-conv as BNReLUConv2d and
+    a pooling that keeps nothing for backward: of its input, only x is kept."""
 
     def __init__(self, num_input_features: int, num_output_features: int, memory_efficient: bool = True):
         super().__init__()
@@ -122,4 +124,6 @@ class Transition(nn.Sequential):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.memory_efficient:
             return super().forward(input)
-        return self.pool(_fused_bn_relu_conv(self.norm, self.conv, input))
+        pool = self.pool
+        return avg_pool2d(_fused_bn_relu_conv(self.norm, self.conv, input), pool.kernel_size, pool.stride,
+                          pool.padding, pool.ceil_mode, pool.count_include_pad)

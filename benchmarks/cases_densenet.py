@@ -1,0 +1,79 @@
+"""Training steps of whole DenseNets: the plain concatenating model ("torch": torchvision's
+architecture in torch.nn ops), torchvision's memory_efficient scheme ("torch.checkpoint": each
+layer's concatenation and bottleneck run under torch.utils.checkpoint) and cnnfast's shared-buffer
+blocks ("cnnfast[...]"), with the same parameters. A row is one step: the gradients of the input
+and of every parameter, and one running-statistics update (the checkpointed model does two).
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from benchmarks.harness import Case, Ops
+from cnnfast import models
+from cnnfast.nn.densenet import DenseLayer
+
+# (label, constructor, input size, CPU batch, GPU batch)
+MODELS = (
+    ("DenseNet-121", "densenet121", 224, 2, 64),
+    ("DenseNet-BC-100 k12", "densenet_bc_100_k12", 32, 16, 128),
+)
+
+
+def _checkpointed_layer_forward(self: DenseLayer, input):
+    """torchvision's _DenseLayer.forward with memory_efficient=True: concatenation, BN1, ReLU and
+    the 1x1 convolution recomputed in backward by torch.utils.checkpoint."""
+    features = list(input) if isinstance(input, (list, tuple)) else [input]
+
+    def bottleneck(*inputs):
+        return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+
+    if any(f.requires_grad for f in features):
+        b = torch.utils.checkpoint.checkpoint(bottleneck, *features, use_reentrant=False)
+    else:
+        b = bottleneck(*features)
+    new = self.conv2(self.relu2(self.norm2(b)))
+    return F.dropout(new, p=self.drop_rate, training=self.training) if self.drop_rate > 0 else new
+
+
+def _share_parameters(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """target uses source's Parameter objects (buffers stay its own)."""
+    for name, parameter in source.named_parameters():
+        module, _, attribute = name.rpartition(".")
+        setattr(target.get_submodule(module), attribute, parameter)
+
+
+def densenet(device, dtype, constructor: str) -> Ops:
+    torch.manual_seed(0)
+    build = getattr(models, constructor)
+    plain = build(memory_efficient=False).to(device, dtype)
+    fused = build(memory_efficient=True).to(device, dtype)
+    checkpointed = build(memory_efficient=False).to(device, dtype)
+    for model in (fused, checkpointed):
+        _share_parameters(model, plain)
+    for module in checkpointed.modules():
+        if isinstance(module, DenseLayer):
+            module.forward = types.MethodType(_checkpointed_layer_forward, module)
+    for model in (plain, fused, checkpointed):
+        model.train()
+    return Ops(torch=plain, cnnfast=fused, parameters=tuple(plain.parameters()), checkpoint=checkpointed)
+
+
+def cases(device: str, quick: bool, variants: list[str]) -> list[Case]:
+    """Training steps only (a model's forward alone is the BN-ReLU-conv rows' business). Whole
+    models are not given to torch.compile on a CPU: minutes of compilation on 2 cores per model."""
+    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
+    chosen = [v for v in variants if v != "torch.compile" or device == "cuda"]
+    chosen.insert(1, "torch.checkpoint")
+    result = []
+    for label, constructor, size, cpu_batch, gpu_batch in MODELS:
+        batch = 2 if quick else (gpu_batch if device == "cuda" else cpu_batch)
+        for dtype in dtypes:
+            for variant in chosen:
+                result.append(Case(op=f"model_{constructor}", name=label, setup=f"{__name__}:densenet",
+                                   shape=(batch, 3, size, size), dtype=dtype, backward=True, variant=variant,
+                                   ideal_bytes=0, setup_args=(constructor,)))
+    return result
