@@ -46,9 +46,10 @@ def _share_parameters(target: torch.nn.Module, source: torch.nn.Module) -> None:
         setattr(target.get_submodule(module), attribute, parameter)
 
 
-def densenet(device, dtype, constructor: str) -> Ops:
+def three_models(build, device, dtype) -> dict[str, torch.nn.Module]:
+    """{"plain", "checkpoint", "cnnfast"}: `build(memory_efficient=...)` three ways, in training
+    mode, sharing the plain model's parameters."""
     torch.manual_seed(0)
-    build = getattr(models, constructor)
     plain = build(memory_efficient=False).to(device, dtype)
     fused = build(memory_efficient=True).to(device, dtype)
     checkpointed = build(memory_efficient=False).to(device, dtype)
@@ -59,7 +60,13 @@ def densenet(device, dtype, constructor: str) -> Ops:
             module.forward = types.MethodType(_checkpointed_layer_forward, module)
     for model in (plain, fused, checkpointed):
         model.train()
-    return Ops(torch=plain, cnnfast=fused, parameters=tuple(plain.parameters()), checkpoint=checkpointed)
+    return {"plain": plain, "checkpoint": checkpointed, "cnnfast": fused}
+
+
+def densenet(device, dtype, constructor: str) -> Ops:
+    built = three_models(getattr(models, constructor), device, dtype)
+    return Ops(torch=built["plain"], cnnfast=built["cnnfast"], parameters=tuple(built["plain"].parameters()),
+               checkpoint=built["checkpoint"])
 
 
 def cases(device: str, quick: bool, variants: list[str]) -> list[Case]:

@@ -1,5 +1,7 @@
-"""Synchronised batch statistics: BNReLUConv2d under convert_sync_bn on two CPU processes (gloo),
-each with half the batch, against one process with the whole batch."""
+"""Two CPU processes (gloo), each with half the batch. With synchronised batch statistics
+(convert_sync_bn: BNReLUConv2d units, and a DenseNet whose BatchNorms become nn.SyncBatchNorm)
+against one process with the whole batch; and the shared-buffer DenseNet under
+DistributedDataParallel (which takes no SyncBatchNorm on CPU) against each half run alone."""
 from __future__ import annotations
 
 import copy
@@ -25,7 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model():
+def _units():
     torch.manual_seed(0)
     model = torch.nn.Sequential(cnnfast.nn.BNReLUConv2d(4, 5, 3, padding=1, bias=True),
                                 cnnfast.nn.BNReLUConv2d(5, 3, 1, momentum=None))
@@ -36,13 +38,26 @@ def _model():
     return model.double()
 
 
-def _batches():
+def _densenet():
+    """Input 4 channels, output 3 (as _units), through a DenseBlock and a Transition."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(cnnfast.nn.DenseBlock(2, 4, 2, 2), cnnfast.nn.Transition(8, 3)).double()
+
+
+MODELS = {"units": _units, "densenet": _densenet, "densenet-ddp": _densenet}
+
+
+def _batches(name):
     generator = torch.Generator().manual_seed(1)
-    # Even halves keep the slicing simple; the last step gives each rank a single 1x1 sample, one
-    # value per channel per rank, which is fine once the statistics are shared.
-    shapes = [(6, 5, 4)] * (STEPS - 1) + [(2, 1, 1)]
+    if name == "units":
+        # Even halves keep the slicing simple; the last step gives each rank a single 1x1 sample,
+        # one value per channel per rank, which is fine once the statistics are shared.
+        shapes = [(6, 5, 4)] * (STEPS - 1) + [(2, 1, 1)]
+    else:  # the transition halves H and W
+        shapes = [(6, 4, 6)] * STEPS
+    out = (lambda h, w: (h, w)) if name == "units" else (lambda h, w: (h // 2, w // 2))
     return [(torch.randn(n, 4, h, w, generator=generator, dtype=torch.float64) + 0.5,
-             torch.randn(n, 3, h, w, generator=generator, dtype=torch.float64)) for n, h, w in shapes]
+             torch.randn(n, 3, *out(h, w), generator=generator, dtype=torch.float64)) for n, h, w in shapes]
 
 
 def _run(model, batches, rank=None):
@@ -59,16 +74,22 @@ def _run(model, batches, rank=None):
     return results, [b.clone() for b in model.buffers()]
 
 
-def _worker(rank, port, queue):
+def _worker(rank, port, queue, name):
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=WORLD)
         try:
-            model = cnnfast.nn.convert_sync_bn(_model())
+            model = MODELS[name]()
+            if name == "densenet-ddp":  # DDP averages the gradients: x WORLD gives their sum
+                model = torch.nn.parallel.DistributedDataParallel(model)
+                for p in model.parameters():
+                    p.register_hook(lambda grad: grad * WORLD)
+            else:
+                model = cnnfast.nn.convert_sync_bn(model)
             # As bytes: a tensor sent through the queue lives in this process's shared memory,
             # gone once it exits.
             buffer = io.BytesIO()
-            torch.save(_run(model, _batches(), rank), buffer)
+            torch.save(_run(model, _batches(name), rank), buffer)
             queue.put((rank, buffer.getvalue()))
         finally:
             dist.destroy_process_group()
@@ -76,12 +97,12 @@ def _worker(rank, port, queue):
         queue.put((rank, traceback.format_exc()))
 
 
-@pytest.mark.skipif(not dist.is_available() or not cnnfast.extension_loaded(), reason="needs torch.distributed and _C")
-def test_two_gloo_ranks_match_one_process_on_the_whole_batch():
+def _spawn(name):
+    """Each rank's _run results for model `name`."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, port, queue)) for rank in range(WORLD)]
+    processes = [context.Process(target=_worker, args=(rank, port, queue, name)) for rank in range(WORLD)]
     for p in processes:
         p.start()
     results = dict(queue.get(timeout=240) for _ in range(WORLD))
@@ -91,18 +112,49 @@ def test_two_gloo_ranks_match_one_process_on_the_whole_batch():
     for p in processes:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
 
-    expected, expected_buffers = _run(copy.deepcopy(_model()), _batches())
+
+def _close(got, want):
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+needs_distributed = pytest.mark.skipif(not dist.is_available() or not cnnfast.extension_loaded(),
+                                       reason="needs torch.distributed and _C")
+
+
+@needs_distributed
+@pytest.mark.parametrize("name", ["units", "densenet"])
+def test_two_synchronised_ranks_match_one_process_on_the_whole_batch(name):
+    results = _spawn(name)
+    expected, expected_buffers = _run(copy.deepcopy(MODELS[name]()), _batches(name))
     for step, (y, dx, grads) in enumerate(expected):
         ranks = [results[rank][0][step] for rank in range(WORLD)]
-        torch.testing.assert_close(torch.cat([r[0] for r in ranks]), y, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(torch.cat([r[1] for r in ranks]), dx, rtol=1e-10, atol=1e-12)
+        _close(torch.cat([r[0] for r in ranks]), y)
+        _close(torch.cat([r[1] for r in ranks]), dx)
         # Parameter gradients stay per rank (DDP would average them): their sum is the whole batch's.
         for i, grad in enumerate(grads):
-            torch.testing.assert_close(sum(r[2][i] for r in ranks), grad, rtol=1e-10, atol=1e-12)
+            _close(sum(r[2][i] for r in ranks), grad)
     for rank in range(WORLD):
         for buffer, want in zip(results[rank][1], expected_buffers):
-            torch.testing.assert_close(buffer, want, rtol=1e-10, atol=1e-12)
+            _close(buffer, want)
+
+
+@needs_distributed
+def test_shared_buffer_densenet_under_distributed_data_parallel():
+    results = _spawn("densenet-ddp")
+    # Without synchronised statistics each rank computes its half alone; DDP sums the gradients
+    # (the test scales its average by WORLD) and gives every rank rank 0's buffers each step.
+    alone = [_run(copy.deepcopy(MODELS["densenet-ddp"]()), _batches("densenet-ddp"), rank) for rank in range(WORLD)]
+    for step in range(STEPS):
+        for rank in range(WORLD):
+            y, dx, grads = results[rank][0][step]
+            _close(y, alone[rank][0][step][0])
+            _close(dx, alone[rank][0][step][1])
+            for i, grad in enumerate(grads):
+                _close(grad, sum(alone[r][0][step][2][i] for r in range(WORLD)))
+    for buffer, want in zip(results[0][1], alone[0][1]):
+        _close(buffer, want)
 
 
 def test_convert_sync_bn_marks_cnnfast_units_and_converts_plain_batch_norm():

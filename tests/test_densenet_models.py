@@ -133,3 +133,17 @@ def test_same_outputs_as_torchvision_where_installed():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_benchmark_models_compute_the_same_step():
+    """The benchmark's three DenseNets (plain, torchvision's checkpointing, cnnfast) share parameters
+    and give the same outputs and gradients: its rows compare like with like."""
+    from benchmarks.cases_densenet import three_models
+    built = three_models(lambda **kw: models.densenet_bc(16, 4, **kw), "cpu", torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    parameters = list(built["plain"].parameters())
+    results = {name: torch.autograd.grad(model(x).square().sum(), parameters) for name, model in built.items()}
+    for name in ("checkpoint", "cnnfast"):
+        assert all(p is q for p, q in zip(parameters, built[name].parameters()))
+        for grad, grad_plain in zip(results[name], results["plain"]):
+            torch.testing.assert_close(grad, grad_plain, rtol=1e-9, atol=1e-10)

@@ -25,3 +25,12 @@ def batch_norm_step(bn: nn.modules.batchnorm._BatchNorm) -> BatchNormStep:
     track = not bn.training or bn.track_running_stats
     return BatchNormStep(bn.running_mean if track else None, bn.running_var if track else None, use_batch_stats,
                          factor)
+
+
+def sync_group(bn: nn.modules.batchnorm._BatchNorm):
+    """The process group whose ranks share `bn`'s batch statistics this step: an nn.SyncBatchNorm's
+    (made by nn.SyncBatchNorm.convert_sync_batchnorm or cnnfast.nn.convert_sync_bn) in training,
+    as nn.SyncBatchNorm synchronises; None otherwise."""
+    if isinstance(bn, nn.SyncBatchNorm) and bn.training:
+        return bn.process_group or torch.distributed.group.WORLD
+    return None

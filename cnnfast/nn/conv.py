@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -68,11 +68,8 @@ class BNReLUConv2d(nn.Module):
                               step.momentum, bn.eps, process_group)
 
     def _sync_group(self):
-        if self.process_group is not None:
-            return self.process_group
-        if isinstance(self.bn, nn.SyncBatchNorm):  # converted by nn.SyncBatchNorm.convert_sync_batchnorm
-            return self.bn.process_group or torch.distributed.group.WORLD
-        return None
+        # Set by convert_sync_bn, or a bn converted by nn.SyncBatchNorm.convert_sync_batchnorm.
+        return self.process_group if self.process_group is not None else sync_group(self.bn)
 
     def extra_repr(self) -> str:
         sync = ", statistics synchronised across ranks" if self.process_group is not None else ""

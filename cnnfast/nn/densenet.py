@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnfast._backend import resolve
-from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.ops.avg_pool2d import avg_pool2d
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
@@ -17,7 +17,7 @@ def _fused_bn_relu_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d, input: torch.Tensor
     step = batch_norm_step(bn)
     return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
                           conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats,
-                          step.momentum, bn.eps)
+                          step.momentum, bn.eps, sync_group(bn))
 
 
 class DenseLayer(nn.Module):
@@ -82,7 +82,11 @@ class DenseBlock(nn.ModuleDict):
             raise ValueError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
                              f"{input.shape[1]}")
         backend = resolve("bn_relu_conv2d", input.device) if self.memory_efficient else "reference"
-        if backend == "reference":
+        # Statistics shared across ranks (nn.SyncBatchNorm, e.g. from convert_sync_bn) need an
+        # all-reduce per BatchNorm, which the shared-buffer block does not do: such a block runs
+        # layer by layer (each unit still recomputing BN-ReLU, the concatenations kept).
+        synchronised = self.training and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules())
+        if backend == "reference" or synchronised:
             features = [input]
             for layer in layers:
                 features.append(layer(features))
