@@ -197,9 +197,9 @@ def test_autocast_matches_plain_block_under_autocast(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
-def test_torch_compile_runs_the_block(backend, device):
+def test_torch_compile_fullgraph_runs_the_block(backend, device):
     ours, plain, _ = make_blocks()
-    compiled = torch.compile(ours, backend="aot_eager")
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
     with cnnfast.backend(backend):
         y, dx = run_step(compiled, x, torch.ones(2, 18, 5, 5, dtype=torch.float64), seed=0)

@@ -9,7 +9,7 @@ and its BN-ReLU output for backward: memory quadratic in depth. Here:
 - each layer's two BN-ReLU-convs run the bn_relu_conv2d op's kernels: relu(bn(.)) is a temporary;
 - the backward walks the layers in reverse with one gradient buffer of the block's shape, running
   the op's backward (cnnfast::_bn_relu_conv2d_backward) twice per layer. It keeps the buffer,
-  per-channel statistics, the dropout noise where dropout is on, and the bottleneck outputs unless
+  per-channel statistics, the dropout masks (bool) where dropout is on, and the bottleneck outputs unless
   recompute_bottleneck is set (then they are recomputed from the buffer, for the least memory);
 - running statistics are updated once per forward (a checkpointed DenseNet updates them twice).
 
@@ -73,19 +73,20 @@ def _batch_stats(x, backend, dtype):
 
 
 def _dropout(x: torch.Tensor, p: float):
-    """F.dropout's result and what its backward needs, drawing the same random numbers as F.dropout
-    (so that this block and the plain one agree under one seed): the fused CUDA kernel's bool mask,
-    or on CPU the scaled noise it multiplies by."""
+    """F.dropout's result and its mask (bool: one byte per element), drawing the same random
+    numbers as F.dropout, so that this block and the plain one agree under one seed: the fused
+    kernel on CUDA, on CPU the scaled noise F.dropout multiplies by (rebuilt from the mask in
+    backward, the same values)."""
     if x.is_cuda:
         return torch.native_dropout(x, p, True)
     noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
-    return x * noise, noise
+    return x * noise, noise != 0
 
 
-def _dropout_backward(grad: torch.Tensor, saved: torch.Tensor, p: float) -> torch.Tensor:
-    if saved.dtype == torch.bool:
-        return torch.ops.aten.native_dropout_backward(grad, saved, 1 / (1 - p))
-    return grad * saved
+def _dropout_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    if grad.is_cuda:
+        return torch.ops.aten.native_dropout_backward(grad, mask, 1 / (1 - p))
+    return grad * mask.to(grad.dtype).div_(1 - p)
 
 
 class _DenseBlockFunction(torch.autograd.Function):
