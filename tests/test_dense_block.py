@@ -11,7 +11,7 @@ from torch import nn
 
 import cnnfast
 from cnnfast.nn import DenseBlock, Transition
-from helpers import backend_params
+from helpers import assert_low_precision_close, backend_params
 
 BACKENDS = backend_params()
 
@@ -183,17 +183,25 @@ def test_recompute_bottleneck_saves_only_the_buffer_and_statistics(backend, devi
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
-def test_autocast_matches_plain_block_under_autocast(backend, device):
+def test_autocast_error_at_most_twice_the_plain_blocks(backend, device):
+    """bf16 autocast on an fp32 input (the block's buffer fp32, its convolutions bf16): output,
+    input gradient and a weight gradient, each against the fp64 plain block."""
     ours, plain, _ = make_blocks()
+    exact = copy.deepcopy(plain)
     ours.float()
     plain.float()
-    x = torch.randn(2, 6, 5, 5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        with cnnfast.backend(backend):
-            y = ours(x)
-        y_plain = plain(x)
-    assert y.dtype == y_plain.dtype
-    torch.testing.assert_close(y.float(), y_plain.float(), rtol=2e-2, atol=2e-2)
+    results = []
+    for model, autocast in ((ours, True), (plain, True), (exact, False)):
+        x = torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+        x = x.to(torch.float32 if autocast else torch.float64).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), cnnfast.backend(backend):
+            y = model(x)
+        y.double().square().sum().backward()
+        results.append((y, x.grad, model.denselayer1.conv1.weight.grad))
+    (y, dx, dw), (y_plain, dx_plain, dw_plain), exact_values = results
+    assert y.dtype == y_plain.dtype == torch.float32 and dx.dtype == dx_plain.dtype == torch.float32
+    for ours_value, plain_value, exact_value in zip((y, dx, dw), (y_plain, dx_plain, dw_plain), exact_values):
+        assert_low_precision_close(ours_value, plain_value, exact_value)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
@@ -220,6 +228,39 @@ def test_transition_matches_torchvision_layout():
     torch.testing.assert_close(dx, dx_ref)
     assert list(ours.state_dict()) == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
                                        "norm.num_batches_tracked", "conv.weight"]
+
+
+@pytest.mark.parametrize("change", ["one layer's drop_rate", "one layer in eval"])
+def test_each_layers_dropout_setting_is_followed(change):
+    ours, plain, _ = make_blocks(drop_rate=0.25)
+    for block in (ours, plain):
+        if change == "one layer's drop_rate":
+            block.denselayer2.drop_rate = 0.5
+        else:
+            block.train()
+            block.denselayer1.eval()
+    modes = ["train"] if change == "one layer's drop_rate" else []
+    assert_steps_match("cpu", ours, plain, lambda k: k, modes)
+    if not modes:  # train() would undo the layer's eval(): run the step by hand
+        x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+        grad = torch.randn(2, 18, 5, 5, dtype=torch.float64)
+        with cnnfast.backend("cpu"):
+            y, dx = run_step(ours, x, grad, seed=0)
+        y_ref, dx_ref = run_step(plain, x, grad, seed=0)
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(dx, dx_ref)
+
+
+def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
+    for kwargs in ({}, {"track_running_stats": False}):
+        block = DenseBlock(2, 6, 2, 4)
+        if kwargs:
+            for layer in block.values():
+                for bn in (layer.norm1, layer.norm2):
+                    bn.track_running_stats = False
+                    bn.running_mean = bn.running_var = None
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            block(torch.randn(1, 6, 1, 1))
 
 
 def test_bad_input_names_the_problem():

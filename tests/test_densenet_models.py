@@ -106,6 +106,14 @@ def test_weights_load_from_a_local_checkpoint_with_old_keys(tmp_path):
     torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
 
 
+def test_weights_saved_from_distributed_data_parallel_load(tmp_path):
+    source = models.densenet_bc(10, 4).eval()
+    path = tmp_path / "ddp.pth"
+    torch.save({"module." + k: v for k, v in source.state_dict().items()}, path)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(models.densenet_bc(10, 4, weights=path).eval()(x), source(x), rtol=0, atol=0)
+
+
 def test_other_num_classes_replaces_only_the_classifier(tmp_path):
     source = models.densenet_bc(10, 4)
     path = tmp_path / "checkpoint.pth"

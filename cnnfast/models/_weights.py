@@ -10,7 +10,8 @@ from torch import nn
 
 def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
                  remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
-    """Loads `path` (a state_dict, or a dict holding one under 'state_dict' / 'model') into `model`
+    """Loads `path` (a state_dict, or a dict holding one under 'state_dict' / 'model'; keys may carry
+    DistributedDataParallel's 'module.' prefix) into `model`
     with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
     module named `classifier`) has a different shape than the model's (another num_classes), the
     model keeps its freshly initialised classifier and everything else is loaded: transfer learning."""
@@ -21,6 +22,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     state = remap(dict(state))
     own = model.state_dict()
     head = [k for k in state if k.startswith(classifier + ".")]

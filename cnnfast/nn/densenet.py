@@ -35,6 +35,8 @@ class DenseLayer(nn.Module):
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"DenseLayer: drop_rate must be in [0, 1), got {drop_rate}")
         self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
 
@@ -59,18 +61,18 @@ class DenseBlock(nn.ModuleDict):
     batch statistics computed once per channel, memory linear in depth (cnnfast/ops/dense_block.py);
     recompute_bottleneck=True also drops the bottleneck outputs, for the least memory.
     memory_efficient=False: the plain concatenating DenseNet, torch.nn ops throughout, for
-    comparison; both give the same numbers."""
+    comparison; both give the same numbers.
+
+    The memory-efficient block's output is the buffer its backward reads: an in-place operation on
+    it (nn.ReLU(inplace=True) right after the block) makes autograd raise, as it should."""
 
     def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int,
                  drop_rate: float = 0.0, memory_efficient: bool = True, recompute_bottleneck: bool = False):
         super().__init__()
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"DenseBlock: drop_rate must be in [0, 1), got {drop_rate}")
         for i in range(num_layers):
             self.add_module(f"denselayer{i + 1}", DenseLayer(num_input_features + i * growth_rate, growth_rate,
                                                              bn_size, drop_rate, memory_efficient))
         self.growth_rate = growth_rate
-        self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
         self.recompute_bottleneck = recompute_bottleneck
 
@@ -86,7 +88,9 @@ class DenseBlock(nn.ModuleDict):
         # all-reduce per BatchNorm, which the shared-buffer block does not do: such a block runs
         # layer by layer (each unit still recomputing BN-ReLU, the concatenations kept).
         synchronised = self.training and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules())
-        if backend == "reference" or synchronised:
+        # Dropout as each layer has it set; layers set apart from the others run layer by layer.
+        uniform = len({(layer.drop_rate, layer.training) for layer in layers}) <= 1
+        if backend == "reference" or synchronised or not uniform or not layers:
             features = [input]
             for layer in layers:
                 features.append(layer(features))
@@ -107,7 +111,7 @@ class DenseBlock(nn.ModuleDict):
             conv1, conv2 = (layer.conv1.weight, layer.conv2.weight) if low is None else \
                 (layer.conv1.weight.to(low), layer.conv2.weight.to(low))
             parameters += [layer.norm1.weight, layer.norm1.bias, conv1, layer.norm2.weight, layer.norm2.bias, conv2]
-        config = DenseBlockConfig(self.growth_rate, tuple(norms), self.drop_rate, self.training,
+        config = DenseBlockConfig(self.growth_rate, tuple(norms), layers[0].drop_rate, layers[0].training,
                                   self.recompute_bottleneck, backend)
         return dense_block(input, config, parameters)
 
@@ -126,7 +130,7 @@ class Transition(nn.Sequential):
         self.memory_efficient = memory_efficient
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.memory_efficient:
+        if not self.memory_efficient or self.pool.divisor_override is not None:
             return super().forward(input)
         pool = self.pool
         return avg_pool2d(_fused_bn_relu_conv(self.norm, self.conv, input), pool.kernel_size, pool.stride,

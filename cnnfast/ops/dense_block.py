@@ -43,6 +43,7 @@ class DenseBlockConfig(NamedTuple):
     training: bool  # dropout on (the BatchNorms say for themselves which statistics they use)
     recompute_bottleneck: bool
     backend: str  # 'cpp' or 'triton'
+    keep_for_backward: bool = True  # False without autograd: bottlenecks and masks are freed at once
 
 
 def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list) -> torch.Tensor:
@@ -50,7 +51,11 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
 
     `parameters` holds, for each layer, norm1's weight and bias, conv1's weight, norm2's weight and
     bias and conv2's weight (BatchNorm weights and biases may be None: affine=False)."""
-    return _DenseBlockFunction.apply(input, config, *parameters)
+    count = input.shape[0] * input.shape[2] * input.shape[3]
+    if count == 1 and any(norm.use_batch_stats for pair in config.norms for norm in pair):
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
+    return _DenseBlockFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)
 
 
 def _normalisation(mean, var, norm: BatchNormArgs, count: int, dtype):
@@ -117,8 +122,9 @@ class _DenseBlockFunction(torch.autograd.Function):
             new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
                                                    _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
             if config.training and config.drop_rate > 0:
-                new, saved = _dropout(new, config.drop_rate)
-                dropout_saved.append(saved)
+                new, mask = _dropout(new, config.drop_rate)
+                if config.keep_for_backward:
+                    dropout_saved.append(mask)
             buffer[:, c_in:c_in + k].copy_(new)
             if layer + 1 < layers:  # the last layer's channels feed no layer of this block
                 means[c_in:c_in + k], variances[c_in:c_in + k] = _batch_stats(buffer[:, c_in:c_in + k],
@@ -126,7 +132,7 @@ class _DenseBlockFunction(torch.autograd.Function):
             # Batch statistics of BN1 are recomputed from the shared ones in backward (a copy per
             # layer would make the saved bytes grow with the square of the depth, however slowly).
             saved_norms += [None, None, mean2, invstd2] if norm1.use_batch_stats else [mean1, invstd1, mean2, invstd2]
-            if not config.recompute_bottleneck:
+            if config.keep_for_backward and not config.recompute_bottleneck:
                 bottlenecks.append(bottleneck)
         ctx.config = config
         ctx.c0 = c0
@@ -156,7 +162,8 @@ class _DenseBlockFunction(torch.autograd.Function):
             if mean1 is None:  # as the forward computed them
                 mean1, invstd1 = means[:c_in], torch.rsqrt(variances[:c_in] + norm1.eps)
             features = buffer[:, :c_in]
-            grad_new = grad_buffer[:, c_in:c_in + k]
+            # In the dtype the layer produced it (under autocast, conv2's: lower than the buffer's).
+            grad_new = grad_buffer[:, c_in:c_in + k].to(conv2.dtype)
             if dropout_saved:
                 grad_new = _dropout_backward(grad_new, dropout_saved[layer], config.drop_rate)
             if config.recompute_bottleneck:
