@@ -38,19 +38,19 @@ TORCH_TO_TRITON = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "fl
 
 # ---- step 1: record the launches (child process, TRITON_INTERPRET=1) ---------------------------
 
-def _argument_type(value) -> tuple[str, object]:
-    """(type, constant) of one launch argument, as Triton's JIT would specialise it."""
+def _argument_type(value) -> str:
+    """The type of one (non-constexpr) launch argument, as Triton's JIT would specialise it."""
     import torch
     if isinstance(value, torch.Tensor):
-        return "*" + TORCH_TO_TRITON[str(value.dtype).removeprefix("torch.")], None
+        return "*" + TORCH_TO_TRITON[str(value.dtype).removeprefix("torch.")]
     if value is None:
-        return "constexpr", None
+        return "constexpr"
     if isinstance(value, bool):
-        return "i1", None
+        return "i1"
     if isinstance(value, int):
-        return ("i32" if -2**31 <= value < 2**31 else "i64"), None
+        return "i32" if -2**31 <= value < 2**31 else "i64"
     if isinstance(value, float):
-        return "fp32", None
+        return "fp32"
     raise TypeError(f"unexpected launch argument {value!r}")
 
 
@@ -75,7 +75,7 @@ def _launch_record(interpreted, args, kwargs) -> dict:
             signature[parameter.name] = "constexpr"
             constexprs[parameter.name] = _constant(value)
         else:
-            signature[parameter.name], _ = _argument_type(value)
+            signature[parameter.name] = _argument_type(value)
             if value is None:
                 constexprs[parameter.name] = None
     options = {k: v for k, v in kwargs.items() if k not in names}

@@ -59,13 +59,9 @@ class BNReLUConv2d(nn.Module):
         bn, conv = self.bn, self.conv
         if input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
             raise ValueError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
-        step = batch_norm_step(bn)
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
         # must not wait for the others).
-        process_group = self._sync_group() if bn.training else None
-        return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight,
-                              conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats,
-                              step.momentum, bn.eps, process_group)
+        return bn_relu_conv_modules(bn, conv, input, self._sync_group() if bn.training else None)
 
     def _sync_group(self):
         # Set by convert_sync_bn, or a bn converted by nn.SyncBatchNorm.convert_sync_batchnorm.
@@ -74,6 +70,16 @@ class BNReLUConv2d(nn.Module):
     def extra_repr(self) -> str:
         sync = ", statistics synchronised across ranks" if self.process_group is not None else ""
         return f"relu(bn(x)) recomputed in backward{sync}"
+
+
+def bn_relu_conv_modules(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d, input: torch.Tensor,
+                         process_group=None) -> torch.Tensor:
+    """conv(relu(bn(input))) through bn_relu_conv2d with the modules' parameters and buffers, and
+    nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py)."""
+    step = batch_norm_step(bn)
+    return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
+                          conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats, step.momentum,
+                          bn.eps, process_group)
 
 
 def convert_sync_bn(module: nn.Module, process_group=None) -> nn.Module:

@@ -8,16 +8,14 @@ from torch import nn
 
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.ops.avg_pool2d import avg_pool2d
-from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
+from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
 
 
 def _fused_bn_relu_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d, input: torch.Tensor) -> torch.Tensor:
-    step = batch_norm_step(bn)
-    return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
-                          conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats,
-                          step.momentum, bn.eps, sync_group(bn))
+    return bn_relu_conv_modules(bn, conv, input, sync_group(bn))
 
 
 class DenseLayer(nn.Module):
@@ -99,17 +97,10 @@ class DenseBlock(nn.ModuleDict):
 
     def _shared_buffer_forward(self, input, layers, backend):
         norms, parameters = [], []
-        low = torch.get_autocast_dtype(input.device.type) if torch.is_autocast_enabled(input.device.type) else None
         for layer in layers:
-            pair = []
-            for bn in (layer.norm1, layer.norm2):
-                step = batch_norm_step(bn)
-                pair.append(BatchNormArgs(step.running_mean, step.running_var, step.use_batch_stats, step.momentum,
-                                          bn.eps))
-            norms.append(tuple(pair))
-            # As autocast runs F.conv2d: in the autocast dtype (cnnfast/ops/bn_relu_conv2d.py does the same).
-            conv1, conv2 = (layer.conv1.weight, layer.conv2.weight) if low is None else \
-                (layer.conv1.weight.to(low), layer.conv2.weight.to(low))
+            norms.append(tuple(BatchNormArgs(*batch_norm_step(bn), bn.eps) for bn in (layer.norm1, layer.norm2)))
+            conv1, _ = autocast_conv_parameters(layer.conv1.weight, None, input.device.type)
+            conv2, _ = autocast_conv_parameters(layer.conv2.weight, None, input.device.type)
             parameters += [layer.norm1.weight, layer.norm1.bias, conv1, layer.norm2.weight, layer.norm2.bias, conv2]
         config = DenseBlockConfig(self.growth_rate, tuple(norms), layers[0].drop_rate, layers[0].training,
                                   self.recompute_bottleneck, backend)

@@ -57,6 +57,28 @@ def kernels(backend: str) -> BnReluKernels:
     return _KERNELS[backend]
 
 
+def batch_stats(x: torch.Tensor, backend: str):
+    """Per-channel mean and biased variance of `x` in the accumulation type. Of an empty batch:
+    finite placeholders (0, 1), so that its (empty) gradients are zeros, not NaN."""
+    if x.numel() == 0:
+        mean = torch.zeros(x.shape[1], dtype=acc_dtype(x, backend), device=x.device)
+        return mean, torch.ones_like(mean)
+    return kernels(backend).stats(x)
+
+
+def normalisation(mean, var, running_mean, running_var, use_batch_stats: bool, momentum: float, eps: float,
+                  count: int, dtype: torch.dtype):
+    """(mean, invstd) one BatchNorm normalises with this step: the batch's `mean` and `var` (over
+    `count` values per channel), blended once into the running statistics where there are any;
+    or, without batch statistics, the running ones (in `dtype`)."""
+    if use_batch_stats:
+        if running_mean is not None and count > 0:
+            torch.ops.cnnfast._update_running_stats(running_mean, running_var, mean, var, momentum, count)
+    else:
+        mean, var = running_mean.to(dtype), running_var.to(dtype)
+    return mean, torch.rsqrt(var + eps)
+
+
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
     """One value per channel of `input` (the caller checks devices, once for all its tensors)."""
     _checks.check_tensor(value, name, op)

@@ -21,7 +21,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, sync_batch_norm
-from cnnfast.ops.batch_norm import acc_dtype, check_per_channel, kernels
+from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_per_channel, normalisation
 
 OP = "cnnfast.bn_relu_conv2d"
 
@@ -85,32 +85,30 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     if backend == "reference":
         return reference.bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight, bias, stride,
                                         padding, dilation, groups, training, momentum, eps)
-    if torch.is_autocast_enabled(input.device.type):
-        # As autocast runs F.conv2d: in the autocast dtype; BN-ReLU stays in the input's dtype.
-        low = torch.get_autocast_dtype(input.device.type)
-        weight = weight.to(low)
-        bias = None if bias is None else bias.to(low)
+    weight, bias = autocast_conv_parameters(weight, bias, input.device.type)
     with torch.no_grad():
-        x = input.detach()
+        count = input.numel() // max(channels, 1)
+        mean = var = None
         if training:
-            count = input.numel() // max(channels, 1)
-            if count > 0:
-                mean, var = kernels(backend).stats(x)
-            else:  # an empty batch: finite placeholders, so that its (empty) gradients are zeros, not NaN
-                mean = torch.zeros(channels, dtype=acc_dtype(input, backend), device=input.device)
-                var = torch.ones_like(mean)
+            mean, var = batch_stats(input.detach(), backend)
             if sync_group:
                 mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
                 if count == 1:
                     raise ValueError("Expected more than 1 value per channel when training, got one value per "
                                      "channel over all ranks of the process group")
-            if running_mean is not None and count > 0:
-                torch.ops.cnnfast._update_running_stats(running_mean, running_var, mean, var, momentum, count)
-        else:
-            mean, var = running_mean.to(acc_dtype(input, backend)), running_var.to(acc_dtype(input, backend))
-        invstd = torch.rsqrt(var + eps)
+        mean, invstd = normalisation(mean, var, running_mean, running_var, training, momentum, eps, count,
+                                     acc_dtype(input, backend))
     return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
                                             dilation, groups, training, backend, sync_group)
+
+
+def autocast_conv_parameters(weight, bias, device_type: str):
+    """The convolution's weight and bias as autocast runs F.conv2d: in the autocast dtype where
+    autocast is on (BN-ReLU stays in the input's dtype)."""
+    if not torch.is_autocast_enabled(device_type):
+        return weight, bias
+    low = torch.get_autocast_dtype(device_type)
+    return weight.to(low), None if bias is None else bias.to(low)
 
 
 def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:

@@ -22,13 +22,14 @@ from typing import NamedTuple
 
 import torch
 
-from cnnfast.ops.batch_norm import acc_dtype, kernels, refuse_double_backward
+from cnnfast.ops import _checks
+from cnnfast.ops.batch_norm import acc_dtype, batch_stats, normalisation, refuse_double_backward
 
 _ONE = [1, 1]
 
 
 class BatchNormArgs(NamedTuple):
-    """One BatchNorm2d of a layer, as cnnfast/nn/_batch_norm_step.py reads it for this step."""
+    """One BatchNorm2d of a layer this step: cnnfast/nn/_batch_norm_step.py's BatchNormStep and eps."""
     running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
     use_batch_stats: bool
@@ -59,22 +60,8 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
 
 
 def _normalisation(mean, var, norm: BatchNormArgs, count: int, dtype):
-    """(mean, invstd) that one BatchNorm normalises with this step, updating its running
-    statistics (once) where it uses the batch's."""
-    if norm.use_batch_stats:
-        if norm.running_mean is not None and count > 0:
-            torch.ops.cnnfast._update_running_stats(norm.running_mean, norm.running_var, mean, var, norm.momentum,
-                                                    count)
-    else:
-        mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
-    return mean, torch.rsqrt(var + norm.eps)
-
-
-def _batch_stats(x, backend, dtype):
-    if x.numel() == 0:  # an empty batch: finite placeholders, so that its (empty) gradients are zeros
-        mean = torch.zeros(x.shape[1], dtype=dtype, device=x.device)
-        return mean, torch.ones_like(mean)
-    return kernels(backend).stats(x)
+    return normalisation(mean, var, norm.running_mean, norm.running_var, norm.use_batch_stats, norm.momentum,
+                         norm.eps, count, dtype)
 
 
 def _dropout(x: torch.Tensor, p: float):
@@ -102,12 +89,12 @@ class _DenseBlockFunction(torch.autograd.Function):
         dtype = acc_dtype(input, config.backend)
         count = n * h * w
         buffer = torch.empty((n, c0 + layers * k, h, w), dtype=input.dtype, device=input.device,
-                             memory_format=_layout(input))
+                             memory_format=_checks.output_memory_format(input))
         buffer[:, :c0].copy_(input)
         # Batch statistics of every channel of the buffer, each computed when the channel is written.
         means = torch.empty(buffer.shape[1], dtype=dtype, device=input.device)
         variances = torch.empty_like(means)
-        means[:c0], variances[:c0] = _batch_stats(buffer[:, :c0], config.backend, dtype)
+        means[:c0], variances[:c0] = batch_stats(buffer[:, :c0], config.backend)
         saved_norms, bottlenecks, dropout_saved = [], [], []
         for layer, (norm1, norm2) in enumerate(config.norms):
             bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
@@ -117,7 +104,7 @@ class _DenseBlockFunction(torch.autograd.Function):
             bottleneck = torch.ops.cnnfast.bn_relu_conv2d(features, mean1, invstd1, bn1_weight, bn1_bias, conv1, None,
                                                           _ONE, [0, 0], _ONE, 1, norm1.use_batch_stats,
                                                           config.backend, "")
-            mean2, var2 = _batch_stats(bottleneck, config.backend, dtype) if norm2.use_batch_stats else (None, None)
+            mean2, var2 = batch_stats(bottleneck, config.backend) if norm2.use_batch_stats else (None, None)
             mean2, invstd2 = _normalisation(mean2, var2, norm2, count, dtype)
             new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
                                                    _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
@@ -127,8 +114,8 @@ class _DenseBlockFunction(torch.autograd.Function):
                     dropout_saved.append(mask)
             buffer[:, c_in:c_in + k].copy_(new)
             if layer + 1 < layers:  # the last layer's channels feed no layer of this block
-                means[c_in:c_in + k], variances[c_in:c_in + k] = _batch_stats(buffer[:, c_in:c_in + k],
-                                                                              config.backend, dtype)
+                means[c_in:c_in + k], variances[c_in:c_in + k] = batch_stats(buffer[:, c_in:c_in + k],
+                                                                             config.backend)
             # Batch statistics of BN1 are recomputed from the shared ones in backward (a copy per
             # layer would make the saved bytes grow with the square of the depth, however slowly).
             saved_norms += [None, None, mean2, invstd2] if norm1.use_batch_stats else [mean1, invstd1, mean2, invstd2]
@@ -151,7 +138,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         bottlenecks = rest[:0 if config.recompute_bottleneck else layers]
         dropout_saved = rest[len(bottlenecks):]
         # d(loss)/d(features) for every channel of the buffer, completed layer by layer in reverse.
-        grad_buffer = grad_output.clone(memory_format=_layout(buffer))
+        grad_buffer = grad_output.clone(memory_format=_checks.output_memory_format(buffer))
         grad_parameters = [None] * (6 * layers)
         for layer in reversed(range(layers)):
             norm1, norm2 = config.norms[layer]
@@ -187,10 +174,3 @@ class _DenseBlockFunction(torch.autograd.Function):
             grad_parameters[6 * layer:6 * layer + 6] = [grad_bn1_weight, grad_bn1_bias, grad_conv1, grad_bn2_weight,
                                                          grad_bn2_bias, grad_conv2]
         return (grad_buffer[:, :c0], None, *grad_parameters)
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """The buffer follows the block input: channels_last in, channels_last buffer."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format

@@ -98,10 +98,6 @@ Tensor2 scale_shift(const Tensor& mean, const Tensor& invstd, const OptionalTens
   return {scale, shift};
 }
 
-Tensor convolution(const Tensor& r, const Tensor& weight, const OptionalTensor& bias, const ConvArgs& conv) {
-  return at::convolution(r, weight, bias, conv.stride, conv.padding, conv.dilation, false, {0, 0}, conv.groups);
-}
-
 Tensor bn_relu_conv2d_kernel(const Tensor& input, const Tensor& mean, const Tensor& invstd,
                              const OptionalTensor& bn_weight, const OptionalTensor& bn_bias, const Tensor& weight,
                              const OptionalTensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -114,7 +110,8 @@ Tensor bn_relu_conv2d_kernel(const Tensor& input, const Tensor& mean, const Tens
     return fused_conv1x1_ops().forward.call(input, scale, shift, weight, bias);
   }
   // Under autocast the convolution runs in the weight's (lower) precision, BN-ReLU in the input's.
-  return convolution(ops.bn_relu.call(input, scale, shift).to(weight.scalar_type()), weight, bias, conv);
+  return at::convolution(ops.bn_relu.call(input, scale, shift).to(weight.scalar_type()), weight, bias, conv.stride,
+                         conv.padding, conv.dilation, false, {0, 0}, conv.groups);
 }
 
 // BN's two gradient sums and the element count per channel, summed over the ranks of the
@@ -201,15 +198,16 @@ Tensor5 bn_relu_conv2d_backward(const Tensor& grad_output, const Tensor& input, 
       const c10::Scalar local_count(input.sym_numel() / input.sym_size(1));
       // Parameter gradients from this rank's sums (as nn.SyncBatchNorm); the input gradient from
       // every rank's, since the statistics were.
-      if (sync_group.empty()) {
-        coef_x = -scale * invstd * invstd * sum_dz_xmu / local_count;
-        coef_c = -scale * sum_dz / local_count - coef_x * mean;
-      } else {
-        auto [global_dz, global_dz_xmu, count] =
+      Tensor global_dz = sum_dz, global_dz_xmu = sum_dz_xmu, global_count;
+      if (!sync_group.empty()) {
+        std::tie(global_dz, global_dz_xmu, global_count) =
             all_reduce_gradient_sums(sum_dz, sum_dz_xmu, local_count.toSymInt(), std::string(sync_group));
-        coef_x = -scale * invstd * invstd * global_dz_xmu / count;
-        coef_c = -scale * global_dz / count - coef_x * mean;
       }
+      const auto per_value = [&](const Tensor& sum) {
+        return global_count.defined() ? sum / global_count : sum / local_count;
+      };
+      coef_x = per_value(-scale * invstd * invstd * global_dz_xmu);
+      coef_c = per_value(-scale * global_dz) - coef_x * mean;
     } else {
       coef_x = coef_c = at::zeros_like(scale);
     }
