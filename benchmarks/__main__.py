@@ -17,9 +17,10 @@ if os.environ.pop("TRITON_INTERPRET", None):
 
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks import cases_alexnet, cases_bn_relu_conv, cases_densenet, harness, report, targets  # noqa: E402
+from benchmarks import (cases_alexnet, cases_bn_relu_conv, cases_densenet, cases_models, harness, report,  # noqa: E402
+                        targets)
 
-CASE_MODULES = (cases_alexnet, cases_bn_relu_conv, cases_densenet)
+CASE_MODULES = (cases_alexnet, cases_bn_relu_conv, cases_densenet, cases_models)
 
 
 def parse_args(argv=None):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from benchmarks.harness import Case, Ops
+from benchmarks.harness import Case, Ops, share_parameters
 from cnnfast import models
 from cnnfast.nn.densenet import DenseLayer
 
@@ -39,13 +39,6 @@ def _checkpointed_layer_forward(self: DenseLayer, input):
     return F.dropout(new, p=self.drop_rate, training=self.training) if self.drop_rate > 0 else new
 
 
-def _share_parameters(target: torch.nn.Module, source: torch.nn.Module) -> None:
-    """target uses source's Parameter objects (buffers stay its own)."""
-    for name, parameter in source.named_parameters():
-        module, _, attribute = name.rpartition(".")
-        setattr(target.get_submodule(module), attribute, parameter)
-
-
 def three_models(build, device, dtype) -> dict[str, torch.nn.Module]:
     """{"plain", "checkpoint", "cnnfast"}: `build(memory_efficient=...)` three ways, in training
     mode, sharing the plain model's parameters."""
@@ -54,7 +47,7 @@ def three_models(build, device, dtype) -> dict[str, torch.nn.Module]:
     fused = build(memory_efficient=True).to(device, dtype)
     checkpointed = build(memory_efficient=False).to(device, dtype)
     for model in (fused, checkpointed):
-        _share_parameters(model, plain)
+        share_parameters(model, plain)
     for module in checkpointed.modules():
         if isinstance(module, DenseLayer):
             module.forward = types.MethodType(_checkpointed_layer_forward, module)

@@ -56,6 +56,14 @@ class Ops(NamedTuple):
     checkpoint: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+def share_parameters(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """target uses source's Parameter objects (buffers stay its own): two implementations of one
+    model, compared on the same weights, differentiate the same parameters."""
+    for name, parameter in source.named_parameters():
+        module, _, attribute = name.rpartition(".")
+        setattr(target.get_submodule(module), attribute, parameter)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One row of the results. Plain data, so a fresh process can rebuild it (peak RSS)."""

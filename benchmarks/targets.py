@@ -65,6 +65,7 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                     "its saved bytes", _rows(rows, "model_densenet121", v, ("fwd+bwd",)),
                     lambda r: (r.get("speedup") or 0) >= 1 / 1.1 and (r.get("saved_ratio") or math.inf) <= 0.25,
                     lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}"),
+            *_model_targets(rows, v, "CPU"),
         ]
     over_compile = _over_compile(rows)
     v = "cnnfast[auto]"  # what users get on a GPU
@@ -87,6 +88,21 @@ def evaluate(rows: list[dict], device: str) -> list[dict]:
                 lambda r: ((r.get("speedup") or 0) >= 1 / 1.05 and (r.get("saved_ratio") or math.inf) <= 0.25
                            and (r.get("peak_ratio") or math.inf) <= 0.35),
                 lambda r: f"{_x(r.get('speedup'))}, saved {_x(r.get('saved_ratio'))}, peak {_x(r.get('peak_ratio'))}"),
+        _target("GPU: AlexNet (paper) training step >= 1.5x eager", _rows(rows, "model_alexnet_paper", v, ("fwd+bwd",)),
+                lambda r: (r.get("speedup") or 0) >= 1.5, lambda r: _x(r.get("speedup"))),
+        *_model_targets(rows, v, "GPU"),
+    ]
+
+
+def _model_targets(rows: list[dict], variant: str, device: str) -> list[dict]:
+    """The whole-model targets of every device."""
+    return [
+        _target(f"{device}: ResNet-50 training step keeps <= 85% of torchvision's saved bytes",
+                _rows(rows, "model_resnet50", variant, ("fwd+bwd",)),
+                lambda r: (r.get("saved_ratio") or math.inf) <= 0.85, lambda r: f"saved {_x(r.get('saved_ratio'))}"),
+        _target(f"{device}: no model's training step slower than its eager torch.nn twin",
+                _rows(rows, "model_*", variant, ("fwd+bwd",)),
+                lambda r: (r.get("speedup") or 0) >= 1, lambda r: f"{r['case']} {_x(r.get('speedup'))}"),
     ]
 
 

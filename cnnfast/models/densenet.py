@@ -27,6 +27,7 @@ class DenseNet(nn.Module):
     small_inputs=True gives the CIFAR stem of the paper (one 3x3 convolution of 2 * growth_rate
     channels, no pooling) in place of ImageNet's (7x7 stride 2, BN, ReLU, 3x3 max-pool);
     compression is the transitions' channel factor (0.5 in DenseNet-BC and torchvision)."""
+    classifier_name = "classifier"
 
     def __init__(self, growth_rate: int = 32, block_config=(6, 12, 24, 16), num_init_features: int = 64,
                  bn_size: int = 4, drop_rate: float = 0.0, num_classes: int = 1000, memory_efficient: bool = True,
@@ -87,7 +88,7 @@ def _remap_old_keys(state: dict) -> dict:
 def _densenet(growth_rate, block_config, num_init_features, weights, **kwargs) -> DenseNet:
     model = DenseNet(growth_rate, block_config, num_init_features, **kwargs)
     if weights is not None:
-        load_weights(model, weights, "classifier", _remap_old_keys)
+        load_weights(model, weights, model.classifier_name, _remap_old_keys)
     return model
 
 

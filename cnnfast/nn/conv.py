@@ -72,10 +72,13 @@ class BNReLUConv2d(nn.Module):
         return f"relu(bn(x)) recomputed in backward{sync}"
 
 
-def bn_relu_conv_modules(bn: nn.modules.batchnorm._BatchNorm, conv: nn.Conv2d, input: torch.Tensor,
-                         process_group=None) -> torch.Tensor:
+def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, process_group=None) -> torch.Tensor:
     """conv(relu(bn(input))) through bn_relu_conv2d with the modules' parameters and buffers, and
-    nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py)."""
+    nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py). A `bn` that
+    is no BatchNorm layer (an nn.Identity left by cnnfast.fuse_for_inference, a GroupNorm, a
+    FrozenBatchNorm2d) runs as the plain modules."""
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        return conv(torch.relu(bn(input)))
     step = batch_norm_step(bn)
     return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
                           conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats, step.momentum,

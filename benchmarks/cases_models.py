@@ -1,0 +1,41 @@
+"""Training steps of whole models: cnnfast.models against the same architecture in plain torch.nn
+(cnnfast/reference_models.py, written as torchvision and timm write it: "torch", also what
+torch.compile compiles), on the same parameters. A row is one step: the gradients of the input and
+of every parameter, and one running-statistics update. DenseNet-121's rows are cases_densenet's
+(with torchvision's checkpointed variant beside them).
+"""
+from __future__ import annotations
+
+import torch
+
+from benchmarks.harness import Case, Ops, share_parameters
+from cnnfast import models, reference_models
+
+# (label, cnnfast constructor, its plain torch.nn twin, input size, CPU batch, GPU batch)
+MODELS = (
+    ("ResNet-50", "resnet50", lambda: reference_models.resnet(50), 224, 2, 64),
+)
+_REFERENCES = {constructor: reference for _, constructor, reference, *_ in MODELS}
+
+
+def model_pair(device, dtype, constructor: str) -> Ops:
+    torch.manual_seed(0)
+    theirs = _REFERENCES[constructor]().to(device, dtype).train()
+    ours = getattr(models, constructor)().to(device, dtype).train()
+    share_parameters(ours, theirs)
+    return Ops(torch=theirs, cnnfast=ours, parameters=tuple(theirs.parameters()))
+
+
+def cases(device: str, quick: bool, variants: list[str]) -> list[Case]:
+    """Whole models are not given to torch.compile on a CPU: minutes of compilation on 2 cores each."""
+    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
+    chosen = [v for v in variants if v != "torch.compile" or device == "cuda"]
+    result = []
+    for label, constructor, _, size, cpu_batch, gpu_batch in MODELS:
+        batch = 2 if quick else (gpu_batch if device == "cuda" else cpu_batch)
+        for dtype in dtypes:
+            for variant in chosen:
+                result.append(Case(op=f"model_{constructor}", name=label, setup=f"{__name__}:model_pair",
+                                   shape=(batch, 3, size, size), dtype=dtype, backward=True, variant=variant,
+                                   ideal_bytes=0, setup_args=(constructor,)))
+    return result

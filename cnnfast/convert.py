@@ -1,0 +1,140 @@
+"""cnnfast.convert: swaps cnnfast's modules into any nn.Module tree, keeping its weights.
+
+One walk over the tree, children first, with one table of rules (RULES): each rule says which
+modules it takes and builds their cnnfast replacement from the same parameter and buffer tensors
+(shared, not copied: an optimizer built on the original parameters keeps working). State_dict keys
+do not change, so checkpoints of the original model still load.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from torch import nn
+
+from cnnfast import _layouts
+from cnnfast.nn.densenet import DenseBlock
+from cnnfast.nn.normalization import LocalResponseNorm
+from cnnfast.nn.pooling import MaxPool2d
+from cnnfast.nn.sequential import FusedSequential, fusable_runs
+
+__all__ = ["ConversionReport", "convert"]
+
+
+@dataclass
+class ConversionReport:
+    """What convert did: `swapped` lists (name, original class, cnnfast class); `left_alone` lists
+    (name, class, why) for the modules it recognised but could not swap."""
+    swapped: list = field(default_factory=list)
+    left_alone: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"cnnfast.convert: {len(self.swapped)} modules swapped, {len(self.left_alone)} left alone"]
+        lines += [f"  {name or '<model>'}: {old} -> {new}" for name, old, new in self.swapped]
+        lines += [f"  {name or '<model>'}: {cls} left alone ({why})" for name, cls, why in self.left_alone]
+        return "\n".join(lines)
+
+
+def _adopt(cls: type, module: nn.Module, children: list[str], attributes: tuple = ()) -> nn.Module:
+    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names."""
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    for name in children:
+        setattr(new, name, getattr(module, name))
+    for name in attributes:
+        setattr(new, name, getattr(module, name))
+    return new.train(module.training)
+
+
+def _lrn(m: nn.LocalResponseNorm) -> nn.Module:
+    return LocalResponseNorm(m.size, m.alpha, m.beta, m.k)
+
+
+def _max_pool(m: nn.MaxPool2d) -> nn.Module:
+    return MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
+
+
+def _sequential(m: nn.Sequential) -> nn.Module:
+    return _adopt(FusedSequential, m, [name for name, _ in m.named_children()])
+
+
+def _resnet_piece(m: nn.Module) -> nn.Module:
+    from cnnfast.models import resnet
+    cls = getattr(resnet, type(m).__name__)
+    children = [name for name, _ in m.named_children() if name != "relu"]  # the fused ops apply the ReLUs
+    attributes = ("stride",) if hasattr(m, "stride") else ()
+    if cls is resnet.ResNet:  # the top: the blocks and the pool are converted already
+        return _adopt(cls, m, children)
+    new = _adopt(cls, m, children, attributes)
+    if not hasattr(new, "downsample"):
+        new.downsample = None
+    return new
+
+
+def _dense_block(m: nn.Module) -> nn.Module:
+    layers = list(m.children())  # torchvision's _DenseLayers: their children move into cnnfast's
+    first = layers[0]
+    growth_rate = first.conv2.out_channels
+    block = DenseBlock(len(layers), first.norm1.num_features, first.conv1.out_channels // growth_rate, growth_rate,
+                       float(first.drop_rate))
+    for old, new in zip(layers, block.values()):
+        for child in ("norm1", "conv1", "norm2", "conv2"):
+            setattr(new, child, getattr(old, child))
+        new.drop_rate = float(old.drop_rate)
+    return block.train(m.training)
+
+
+class Rule(NamedTuple):
+    description: str
+    matches: Callable[[nn.Module], bool]
+    build: Callable[[nn.Module], nn.Module]
+
+
+def _plain_sequential(m: nn.Module) -> bool:
+    # A Sequential subclass with a forward of its own does more than run its children in order.
+    return isinstance(m, nn.Sequential) and not isinstance(m, FusedSequential) \
+        and type(m).forward is nn.Sequential.forward and fusable_runs(m) > 0
+
+
+RULES = (
+    Rule("LocalResponseNorm", lambda m: type(m) is nn.LocalResponseNorm, _lrn),
+    Rule("MaxPool2d (uint8 argmax)", lambda m: type(m) is nn.MaxPool2d, _max_pool),
+    Rule("Sequential with BN-ReLU(-Conv2d) or ReLU-LRN-MaxPool2d runs", _plain_sequential, _sequential),
+    Rule("torchvision ResNet block / stem",
+         lambda m: _layouts.resnet_layout(m) is not None and type(m).__module__ != "cnnfast.models.resnet",
+         _resnet_piece),
+    Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block),
+)
+
+
+def _convert(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
+    for child_name, child in list(module.named_children()):
+        new_child = _convert(child, f"{name}.{child_name}" if name else child_name, report)
+        if new_child is not child:
+            setattr(module, child_name, new_child)
+    for rule in RULES:
+        if rule.matches(module):
+            try:
+                new = rule.build(module)
+            except (ValueError, TypeError) as error:
+                report.left_alone.append((name, type(module).__name__, str(error)))
+                return module
+            report.swapped.append((name, type(module).__name__, f"cnnfast {type(new).__name__}"))
+            return new
+    return module
+
+
+def convert(model: nn.Module, inplace: bool = False):
+    """Returns (converted model, ConversionReport). Swaps, keeping the weights:
+    nn.LocalResponseNorm and nn.MaxPool2d for cnnfast's; nn.Sequential holding BatchNorm2d -> ReLU
+    -> Conv2d, BatchNorm2d -> ReLU or ReLU -> LocalResponseNorm -> MaxPool2d for a FusedSequential
+    (same children, the runs through one op each); torchvision's ResNet BasicBlock / Bottleneck /
+    ResNet for cnnfast.models.resnet's and its _DenseBlock for cnnfast.nn.DenseBlock. inplace=False
+    converts a deep copy and leaves `model` as it was."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"cnnfast.convert: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport()
+    return _convert(model, "", report), report

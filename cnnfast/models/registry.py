@@ -1,0 +1,60 @@
+"""Every cnnfast model by name, and the transfer-learning helper."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from torch import nn
+
+from cnnfast.models import densenet, preact_resnet, resnet
+
+_FAMILIES = (densenet, preact_resnet, resnet)
+
+# name -> constructor(weights=None, **kwargs); the lower-case entries of each family's __all__.
+_MODELS: dict[str, Callable[..., nn.Module]] = {
+    name: getattr(family, name) for family in _FAMILIES for name in family.__all__ if name.islower()}
+_MODELS.pop("densenet_bc")  # takes depth and growth_rate: its presets are registered instead
+
+
+def list_models() -> list[str]:
+    """The names get_model takes, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model(name: str, weights=None, **kwargs) -> nn.Module:
+    """The model `name` (see list_models()), built with `kwargs` (e.g. num_classes=10). `weights`:
+    a local checkpoint path (nothing is downloaded); a checkpoint for another num_classes loads all
+    but the classifier, which stays freshly initialised."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(str(name), _MODELS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see cnnfast.models.list_models()"
+        raise ValueError(f"cnnfast.models.get_model: unknown model {name!r}{hint}")
+    return _MODELS[name](weights=weights, **kwargs)
+
+
+def classifier_of(model: nn.Module) -> str:
+    """The name of `model`'s classifier: its `classifier_name` attribute where it has one, otherwise
+    the last nn.Linear (or 1x1 nn.Conv2d head) among its modules."""
+    name = getattr(model, "classifier_name", None)
+    if name is not None:
+        return name
+    heads = [name for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
+    if not heads:
+        raise ValueError(f"freeze_backbone: found no classifier in {type(model).__name__}; pass head=")
+    return heads[-1]
+
+
+def freeze_backbone(model: nn.Module, freeze: bool = True, head: str | None = None) -> nn.Module:
+    """Transfer learning: freeze=True makes every parameter but the classifier's (`head`, a module
+    name; found by classifier_of when None) stop requiring gradients, so that only the new head
+    trains; freeze=False makes every parameter trainable again. BatchNorm running statistics still
+    update in train mode; call .eval() on the backbone's BatchNorms to keep them too."""
+    head = classifier_of(model) if head is None else head
+    modules = dict(model.named_modules())
+    if head not in modules:
+        raise ValueError(f"freeze_backbone: model has no module named {head!r}")
+    head_parameters = {id(p) for p in modules[head].parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(not freeze or id(parameter) in head_parameters)
+    return model

@@ -1,0 +1,74 @@
+"""FusedSequential: an nn.Sequential that runs the runs of modules cnnfast has one op for through
+that op, with the same children (so the same state_dict keys) as the Sequential it stands for."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnfast.nn._batch_norm_step import sync_group
+from cnnfast.nn.conv import bn_relu_conv_modules
+from cnnfast.nn.normalization import LocalResponseNorm
+from cnnfast.nn.pooling import MaxPool2d
+from cnnfast.nn.residual import bn_add_relu_module
+from cnnfast.ops.relu_lrn_max_pool2d import relu_lrn_max_pool2d
+
+
+
+def _is_bn(module) -> bool:
+    return isinstance(module, nn.BatchNorm2d)
+
+
+def _is_pool(module) -> bool:
+    return isinstance(module, (nn.MaxPool2d, MaxPool2d)) and not module.return_indices
+
+
+def _window(modules: list[nn.Module], i: int):
+    """modules[i], modules[i + 1], modules[i + 2], None past the end."""
+    return (modules[i:i + 3] + [None, None, None])[:3]
+
+
+def _run_length(modules: list[nn.Module], i: int) -> int:
+    """How many modules from i one fused op covers (1: none)."""
+    a, b, c = _window(modules, i)
+    if _is_bn(a) and isinstance(b, nn.ReLU):
+        return 3 if isinstance(c, nn.Conv2d) and c.padding_mode == "zeros" else 2
+    if isinstance(a, nn.ReLU) and isinstance(b, (nn.LocalResponseNorm, LocalResponseNorm)) and _is_pool(c):
+        return 3
+    return 1
+
+
+def fusable_runs(sequential: nn.Sequential) -> int:
+    """The number of runs in `sequential` that FusedSequential runs as one op."""
+    modules, i, runs = list(sequential), 0, 0
+    while i < len(modules):
+        length = _run_length(modules, i)
+        runs += length > 1
+        i += length
+    return runs
+
+
+class FusedSequential(nn.Sequential):
+    """Runs its children in order, as nn.Sequential, except:
+    - BatchNorm2d -> ReLU -> Conv2d: one BN-ReLU-conv (keeps the BN's input; relu(bn(x)) recomputed);
+    - BatchNorm2d -> ReLU otherwise: one BN-ReLU (keeps the BN's input, never the ReLU's output);
+    - ReLU -> LocalResponseNorm -> MaxPool2d: one ReLU-LRN-max-pool (keeps the input and a uint8 argmax).
+    The plan is read from the children at each call, so replacing a child (fuse_for_inference
+    replacing a folded BatchNorm with nn.Identity) is followed."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        modules, i = list(self), 0
+        while i < len(modules):
+            length = _run_length(modules, i)
+            a, b, c = _window(modules, i)
+            if length == 1:
+                input = a(input)
+            elif _is_bn(a) and length == 3:
+                input = bn_relu_conv_modules(a, c, input, sync_group(a))
+            elif _is_bn(a):
+                input = bn_add_relu_module(a, input)
+            else:
+                input = relu_lrn_max_pool2d(input, b.size, b.alpha, b.beta, b.k, c.kernel_size, c.stride, c.padding,
+                                            c.dilation, c.ceil_mode)
+            i += length
+        return input
+

@@ -1,0 +1,147 @@
+"""cnnfast.convert and cnnfast.fuse_for_inference on torchvision-style models (the plain torch.nn
+architectures of cnnfast/reference_models.py): the same outputs, gradients and running statistics,
+the same state_dict keys, fewer bytes saved for backward."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import cnnfast
+from cnnfast import models, reference_models
+
+from test_resnet_models import assert_step_matches, randomise_batch_norms, saved_bytes
+
+
+def tiny_resnet(block="Bottleneck"):
+    torch.manual_seed(0)
+    model = reference_models.ResNet(getattr(reference_models, block), [1, 2, 1, 1], num_classes=5)
+    randomise_batch_norms(model)
+    return model.double()
+
+
+def tiny_densenet():
+    torch.manual_seed(0)
+    model = reference_models.DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2,
+                                      num_classes=5)
+    randomise_batch_norms(model)
+    return model.double()
+
+
+def swapped_types(report):
+    return sorted({old for _, old, _ in report.swapped})
+
+
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_converted_torchvision_resnet_matches_the_original(block):
+    original = tiny_resnet(block)
+    converted, report = cnnfast.convert(original)
+    assert swapped_types(report) == [block, "MaxPool2d", "ResNet"]
+    assert isinstance(converted, models.ResNet) and type(original) is reference_models.ResNet  # a copy
+    assert list(converted.state_dict()) == list(original.state_dict())
+    assert_step_matches(converted, original, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def test_converted_torchvision_densenet_matches_the_original():
+    original = tiny_densenet()
+    converted, report = cnnfast.convert(original)
+    assert swapped_types(report) == ["MaxPool2d", "Sequential", "_DenseBlock", "_Transition"]
+    assert isinstance(converted.features.denseblock1, cnnfast.nn.DenseBlock)
+    assert list(converted.state_dict()) == list(original.state_dict())
+    assert_step_matches(converted, original, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("build", [lambda: reference_models.resnet(50, num_classes=10),
+                                   lambda: reference_models.DenseNet(block_config=(2, 2, 2, 2), num_classes=10)],
+                         ids=["resnet50", "densenet"])
+def test_conversion_reduces_saved_bytes(build):
+    torch.manual_seed(0)
+    original = build()
+    converted, _ = cnnfast.convert(original)
+    x = torch.randn(2, 3, 64, 64)
+    assert saved_bytes(converted, x) < saved_bytes(original, x)
+
+
+def sequential():
+    # No convolution with a bias feeds a BatchNorm in training, whose output does not depend on it.
+    return nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(inplace=True), nn.Conv2d(3, 6, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(3, 2),
+                         nn.ReLU(), nn.LocalResponseNorm(3, alpha=1e-2, k=2.0), nn.MaxPool2d(3, 2, ceil_mode=True),
+                         nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten())
+
+
+def test_sequential_runs_become_one_op_each_with_the_same_numbers():
+    torch.manual_seed(0)
+    original = sequential().double()
+    randomise_batch_norms(original)
+    converted, report = cnnfast.convert(original)
+    assert type(converted) is cnnfast.nn.FusedSequential and cnnfast.nn.sequential.fusable_runs(converted) == 4
+    assert sorted(old for _, old, _ in report.swapped).count("MaxPool2d") == 2
+    assert list(converted.state_dict()) == list(original.state_dict())
+    assert_step_matches(converted, original, torch.randn(2, 3, 17, 17, dtype=torch.float64))
+    converted.eval(), original.eval()
+    x = torch.randn(2, 3, 17, 17, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), original(x), rtol=1e-10, atol=1e-10)
+
+
+def test_inplace_conversion_keeps_the_parameter_tensors():
+    original = tiny_resnet()
+    parameters = {name: p for name, p in original.named_parameters()}
+    converted, _ = cnnfast.convert(original, inplace=True)
+    assert all(p is parameters[name] for name, p in converted.named_parameters())
+
+
+def test_look_alikes_and_sequentials_with_their_own_forward_are_left_alone():
+    class BasicBlock(nn.Module):  # a timm-style block: other children than torchvision's
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()
+            self.conv2, self.bn2 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + x
+
+    class Reversed(nn.Sequential):
+        def forward(self, x):
+            for module in reversed(self):
+                x = module(x)
+            return x
+
+    model = nn.Sequential(BasicBlock(), Reversed(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 3, 1)))
+    converted, report = cnnfast.convert(model)
+    assert report.swapped == [] and type(converted[0]).__name__ == "BasicBlock" and type(converted[1]) is Reversed
+    assert "0 modules swapped" in str(report)
+
+
+def test_convert_rejects_what_is_not_a_module():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        cnnfast.convert(torch.zeros(1))
+
+
+# ---- fuse_for_inference ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [tiny_resnet, lambda: cnnfast.convert(tiny_resnet())[0], tiny_densenet,
+                                   lambda: cnnfast.convert(tiny_densenet())[0]],
+                         ids=["torch-resnet", "cnnfast-resnet", "torch-densenet", "cnnfast-densenet"])
+def test_folding_batch_norm_keeps_eval_outputs(build):
+    model = build().eval()
+    fused = cnnfast.fuse_for_inference(model)
+    folded = sum(isinstance(m, nn.Identity) for m in fused.modules())
+    # In a ResNet every convolution feeds a BatchNorm; in a DenseNet only the stem's does (the rest
+    # are pre-activation units).
+    convolutions = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    expected = convolutions if hasattr(model, "layer1") else 1
+    assert folded == expected
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-9, atol=1e-9)
+    assert not any(isinstance(m, nn.Identity) for m in model.modules())  # a copy was folded
+
+
+def test_folding_needs_eval_mode_and_leaves_pre_activation_units_alone():
+    with pytest.raises(ValueError, match="model.eval"):
+        cnnfast.fuse_for_inference(tiny_resnet().train())
+    model = models.preact_resnet18(num_classes=3).eval()
+    fused = cnnfast.fuse_for_inference(model)
+    assert not any(isinstance(m, nn.Identity) for m in fused.modules())

@@ -1,0 +1,49 @@
+"""cnnfast.models.list_models / get_model / freeze_backbone."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnfast import models
+
+
+def test_every_family_is_listed_and_buildable_by_name():
+    names = models.list_models()
+    assert names == sorted(names)
+    for expected in ("resnet50", "resnext101_32x8d", "wide_resnet50_2", "preact_resnet18", "densenet121",
+                     "densenet_bc_100_k12"):
+        assert expected in names
+    with torch.device("meta"):
+        for name in names:
+            model = models.get_model(name, num_classes=3)
+            head = dict(model.named_modules())[models.classifier_of(model)]
+            assert (head.out_features if isinstance(head, torch.nn.Linear) else head.out_channels) == 3
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ValueError, match="unknown model 'resnet05'.*did you mean resnet50"):
+        models.get_model("resnet05")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        models.get_model("resnet18", weights=tmp_path / "missing.pth")
+
+
+def test_freeze_backbone_trains_only_the_head_then_everything():
+    model = models.get_model("resnet18", num_classes=4)
+    models.freeze_backbone(model)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.conv1.weight.grad is None and model.fc.weight.grad is not None
+    models.freeze_backbone(model, freeze=False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_freeze_backbone_with_a_named_head_and_a_wrong_one():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    models.freeze_backbone(model, head="0")
+    assert model[0].weight.requires_grad and not any(p.requires_grad for p in model[2].parameters())
+    with pytest.raises(ValueError, match="no module named 'head'"):
+        models.freeze_backbone(model, head="head")

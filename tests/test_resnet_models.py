@@ -1,0 +1,164 @@
+"""cnnfast.models' ResNets against torchvision's layout (committed key fixtures) and against the
+plain torch.nn ResNet of cnnfast/reference_models.py given the same state_dict: outputs, every
+gradient and the running statistics of a training step, eval outputs, and fewer saved bytes."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnfast
+from cnnfast import models, reference_models
+from cnnfast.models.resnet import BasicBlock, Bottleneck, ResNet
+
+FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_resnet_state_dicts.json").read_text())
+NAMES = [name for name in FIXTURES if name != "source"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_shapes_and_parameter_count_are_torchvisions(name):
+    with torch.device("meta"):
+        model = getattr(models, name)()
+    lines = [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
+    expected = FIXTURES[name]
+    if "keys_and_shapes" in expected:
+        assert lines == expected["keys_and_shapes"]
+    assert len(lines) == expected["count"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+    assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
+
+
+def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN parameters and running statistics, so that every term is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t, (low, high) in ((m.weight, (0.5, 1.5)), (m.running_var, (0.5, 1.5)),
+                                       (m.bias, (-0.2, 0.2)), (m.running_mean, (-0.2, 0.2))):
+                    t.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+
+
+def tiny_pair(block, groups=1, width_per_group=64, num_classes=7):
+    """A small cnnfast ResNet and the torch.nn one with the same state_dict, in fp64."""
+    ours = ResNet(block, [1, 2, 1, 1], num_classes=num_classes, groups=groups, width_per_group=width_per_group)
+    theirs = reference_models.ResNet(getattr(reference_models, block.__name__), [1, 2, 1, 1], num_classes, groups,
+                                     width_per_group)
+    randomise_batch_norms(ours)
+    theirs.load_state_dict(ours.state_dict())
+    return ours.double(), theirs.double()
+
+
+def assert_close_to_scale(actual, expected, tol, msg=""):
+    """Elementwise within tol of the tensor's largest magnitude: fp64 sums over many terms differ
+    in their order between the fused and the plain modules, at about 1e-16 of the largest term."""
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * float(expected.detach().abs().max()), msg=msg)
+
+
+def assert_step_matches(ours, theirs, x, tol=1e-10):
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert_close_to_scale(out_ours, out_theirs, tol)
+    grad = torch.randn_like(out_ours)
+    out_ours.backward(grad)
+    out_theirs.backward(grad)
+    assert_close_to_scale(x_ours.grad, x_theirs.grad, tol)
+    named = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        assert_close_to_scale(p.grad, named[name].grad, tol, msg=name)
+    theirs_state = theirs.state_dict()
+    for name, t in ours.state_dict().items():  # running statistics, num_batches_tracked
+        assert_close_to_scale(t, theirs_state[name], tol, msg=name)
+
+
+@pytest.mark.parametrize("block,groups,width", [(BasicBlock, 1, 64), (Bottleneck, 1, 64), (Bottleneck, 4, 8)],
+                         ids=["basic", "bottleneck", "resnext"])
+def test_training_step_and_eval_match_torch_nn(block, groups, width):
+    torch.manual_seed(0)
+    ours, theirs = tiny_pair(block, groups, width)
+    assert_step_matches(ours.train(), theirs.train(), torch.randn(2, 3, 33, 30, dtype=torch.float64))
+    ours.eval(), theirs.eval()
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+
+
+def test_channels_last_and_fp32_match_torch_nn():
+    torch.manual_seed(0)
+    ours, theirs = tiny_pair(Bottleneck)
+    ours, theirs = ours.float().to(memory_format=torch.channels_last), theirs.float()
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+
+def saved_bytes(model, x):
+    """Activation bytes kept for backward by a training step of `model` (parameters excluded)."""
+    return cnnfast.saved_tensor_bytes(model.train(), x, exclude=list(model.parameters()))[1]
+
+
+def test_resnet50_saves_fewer_bytes_than_torch_nn():
+    torch.manual_seed(0)
+    ours = models.resnet50(num_classes=10)
+    theirs = reference_models.resnet(50, num_classes=10)
+    x = torch.randn(2, 3, 64, 64)
+    assert saved_bytes(ours, x) < saved_bytes(theirs, x)
+
+
+def test_zero_init_residual_zeroes_the_last_bn_of_each_block():
+    model = models.resnet18(zero_init_residual=True)
+    assert all(torch.count_nonzero(block.bn2.weight) == 0 for layer in (model.layer1, model.layer4) for block in layer)
+    model = models.resnet50(zero_init_residual=True)
+    assert torch.count_nonzero(model.layer2[0].bn3.weight) == 0 and torch.count_nonzero(model.layer2[0].bn2.weight) > 0
+
+
+def test_replace_stride_with_dilation_keeps_resolution():
+    model = models.resnet50(replace_stride_with_dilation=[False, True, True], num_classes=3).eval()
+    features = model.layer4(model.layer3(model.layer2(model.layer1(torch.randn(1, 64, 16, 16)))))
+    assert features.shape[-2:] == (8, 8)
+
+
+def test_torchvision_block_arguments_are_checked_as_torchvision():
+    with pytest.raises(ValueError, match="groups=1 and base_width=64"):
+        BasicBlock(8, 8, groups=2)
+    with pytest.raises(ValueError, match="replace_stride_with_dilation"):
+        models.resnet50(replace_stride_with_dilation=[True])
+
+
+def test_local_weights_load_strictly_and_a_new_num_classes_replaces_fc(tmp_path):
+    reference = reference_models.resnet(18)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)  # a DDP checkpoint
+    model = models.get_model("resnet18", weights=path)
+    torch.testing.assert_close(model.state_dict()["layer3.1.conv2.weight"], reference.state_dict()["layer3.1.conv2.weight"])
+    model = models.get_model("resnet18", weights=path, num_classes=5)
+    assert model.fc.out_features == 5
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
+
+
+def test_a_norm_layer_other_than_batch_norm_runs_the_plain_modules():
+    # torchvision's detection backbones pass norm_layer=FrozenBatchNorm2d, which is no BatchNorm2d.
+    class Frozen(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.rand(n) + 0.5)
+
+        def forward(self, x):
+            return x * self.scale.view(1, -1, 1, 1)
+
+    torch.manual_seed(0)
+    ours = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=4, norm_layer=Frozen).double()
+    theirs = reference_models.resnet(50, num_classes=4)
+    theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4 = (  # the same depth as ours
+        layer[:1] for layer in (theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4))
+    for name, module in ours.named_modules():
+        if isinstance(module, Frozen):
+            parent, _, child = name.rpartition(".")
+            setattr(theirs.get_submodule(parent) if parent else theirs, child, copy.deepcopy(module))
+    theirs.load_state_dict(ours.state_dict())
+    theirs.double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert_step_matches(ours, theirs, x)
