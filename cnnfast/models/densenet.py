@@ -13,6 +13,7 @@ from torch import nn
 from cnnfast.models._weights import load_weights
 from cnnfast.nn.densenet import DenseBlock, Transition
 from cnnfast.nn.pooling import MaxPool2d
+from cnnfast.nn.sequential import FusedSequential
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201", "densenet264", "densenet_bc",
            "densenet_bc_100_k12", "densenet_bc_250_k24", "densenet_bc_190_k40"]
@@ -41,7 +42,9 @@ class DenseNet(nn.Module):
                     ("relu0", nn.ReLU(inplace=True)),
                     # cnnfast's max-pool keeps a uint8 argmax for backward, not its input and int64 indices.
                     ("pool0", (MaxPool2d if memory_efficient else nn.MaxPool2d)(kernel_size=3, stride=2, padding=1))]
-        self.features = nn.Sequential(OrderedDict(stem))
+        # FusedSequential runs norm0 -> relu0 as one BN-ReLU, whose output only the max-pool reads
+        # (keeping a uint8 argmax of it): the ReLU's output is never stored.
+        self.features = (FusedSequential if memory_efficient else nn.Sequential)(OrderedDict(stem))
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
             self.features.add_module(f"denseblock{i + 1}", DenseBlock(
