@@ -6,3 +6,6 @@ from cnnfast.nn.pooling import MaxPool2d
 
 __all__ = ["BNReLUConv2d", "convert_sync_bn", "DenseBlock", "DenseLayer", "LocalResponseNorm", "MaxPool2d",
            "Transition"]
+from cnnfast.nn.dpn import DualPathBlock
+
+__all__ += ["DualPathBlock"]

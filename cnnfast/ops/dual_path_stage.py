@@ -133,8 +133,9 @@ class _DualPathStageFunction(torch.autograd.Function):
         for block, units in enumerate(blocks):
             if block == 0:
                 unit_w, unit_a, unit_b, unit_c = units
-                x_mean, x_var = (batch_stats(input, backend) if unit_w.norm.use_batch_stats or unit_a.norm.use_batch_stats
-                                 else (None, None))
+                x_mean, x_var = (None, None)
+                if unit_w.norm.use_batch_stats or unit_a.norm.use_batch_stats:  # one pass for both
+                    x_mean, x_var = batch_stats(input, backend)
                 norm_w = unit_w.norm.normalise(x_mean, x_var, _count(input), dtype)
                 norm_a = unit_a.norm.normalise(x_mean, x_var, _count(input), dtype)
                 projection = unit_w.forward(input, *norm_w, backend)
@@ -208,19 +209,19 @@ class _DualPathStageFunction(torch.autograd.Function):
         grad_input = None
         for block in reversed(range(len(blocks))):
             units = blocks[block]
-            first = 3 * (3 * block + (1 if block else 0))  # index of this block's first parameter
-            norms = saved_norms[2 * first // 3:2 * first // 3 + 2 * len(units)]
+            # Index of c1x1_a's first parameter (the first block's projection comes before it).
+            first = 9 * block + 3
+            norms = saved_norms[2 * first // 3 - 2 * (block == 0):2 * first // 3 + 6]
             incoming, a, b = kept[3 * block:3 * block + 3]
             unit_a, unit_b, unit_c = units[-3:]
             new = slice(r + (2 + block) * inc, r + (3 + block) * inc)
             grad_c = torch.cat([grad_residual, grad_buffer[:, new]], 1)
-            grad_b, *grads_c = unit_c.backward(grad_c, b, *norms[-2:], backend, True, needs[first + len(units) * 3 - 3:])
+            grad_b, *grads_c = unit_c.backward(grad_c, b, *norms[-2:], backend, True, needs[first + 6:])
             del grad_c
-            grad_a, *grads_b = unit_b.backward(grad_b, a, *norms[-4:-2], backend, True,
-                                               needs[first + len(units) * 3 - 6:])
+            grad_a, *grads_b = unit_b.backward(grad_b, a, *norms[-4:-2], backend, True, needs[first + 3:])
             del grad_b
             mean_a, invstd_a = norms[-6:-4]
-            needs_a = needs[first + len(units) * 3 - 9:]
+            needs_a = needs[first:]
             if block > 0:
                 dense = buffer[:, r:new.start]
                 grad_from_residual, *grads_r = unit_a.channels(0, r).backward(
@@ -241,6 +242,5 @@ class _DualPathStageFunction(torch.autograd.Function):
                 grad_parameters[:3] = grads_w
                 grad_input = grad_x_a + grad_x_w if need_input else None
             del grad_a
-            unit_first = first + (3 if block == 0 else 0)
-            grad_parameters[unit_first:unit_first + 9] = [*grads_a, *grads_b, *grads_c]
+            grad_parameters[first:first + 9] = [*grads_a, *grads_b, *grads_c]
         return (grad_input, None, *grad_parameters)
