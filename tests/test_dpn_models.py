@@ -200,10 +200,11 @@ def compare_steps(ours, reference, x_size, modes=("train", "train", "eval")):
 
 
 # Dropout acts on the pooled features only (timm's drop_rate): once is enough.
-@pytest.mark.parametrize("b,drop_rate", [(False, 0.0), (True, 0.3)], ids=["c1x1_c", "b-split-c1x1_c1-c1x1_c2-dropout"])
-def test_tiny_dpn_matches_plain_reference(b, drop_rate):
+@pytest.mark.parametrize("b,drop_rate,recompute_residual", [(False, 0.0, False), (True, 0.3, False), (True, 0.0, True)],
+                         ids=["c1x1_c", "b-split-c1x1_c1-c1x1_c2-dropout", "b-split-recompute-residual"])
+def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate).double())
+    ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
     reference = RefDPN(**TINY, b=b, drop_rate=drop_rate).double()
     compare_steps(ours, reference, 32)
 
@@ -224,9 +225,10 @@ def test_memory_efficient_false_is_the_same_model():
 
 
 def test_dpn68_training_step_matches_plain_reference():
-    """The real dpn68 (groups 32, 12 blocks in its third stage), one training step at 32x32."""
+    """The real dpn68 (groups 32, 12 blocks in its third stage), one training step at 40x40 (the last
+    stage at 3x3: see dpn_fixture_weights.deterministic_input), residuals replayed in backward."""
     torch.manual_seed(0)
-    ours = randomised(models.dpn68(num_classes=4).double())
+    ours = randomised(models.dpn68(num_classes=4, recompute_residual=True).double())
     reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
                        num_init_features=10).double()
     compare_steps(ours, reference, 40, ("train",))
@@ -252,14 +254,19 @@ def test_stage_without_input_gradient_and_frozen_parameters():
             assert p.grad is None and theirs[name].grad is None
 
 
-def test_stage_keeps_less_for_backward_than_plain():
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+def test_stages_keep_less_for_backward_than_plain():
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
     saved = {}
-    ours = models.dpn68().double()
     reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10).double()
-    for name, model in (("cnnfast", ours), ("plain", reference)):
+    for name, model in (("plain", reference), ("cnnfast", models.dpn68().double()),
+                        ("recompute_residual", models.dpn68(recompute_residual=True).double())):
         _, saved[name] = cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))
     assert saved["cnnfast"] < 0.5 * saved["plain"], saved
+    # Replayed, no block's incoming residual is kept: (depth - 1) residuals of bw channels per stage,
+    # at 10x10, 5x5, 3x3 and 2x2 (40x40 input), batch 2, 8 bytes.
+    residuals = sum((depth - 1) * bw * side * side for depth, bw, side in zip((3, 4, 12, 3), (64, 128, 256, 512),
+                                                                               (10, 5, 3, 2)))
+    assert saved["cnnfast"] - saved["recompute_residual"] == residuals * 2 * 8, saved
 
 
 def test_nothing_is_kept_without_autograd():

@@ -38,6 +38,8 @@ class DPN(nn.Module):
     r = k_r * (64, ...)[i] / 64, and its dense path grows by inc_sec[i] per block. With
     memory_efficient=True (default) a stage runs in one shared buffer (cnnfast.nn.dpn.dual_path_stage);
     False runs timm's block-by-block forward in torch.nn ops. The same numbers either way.
+    recompute_residual=True keeps no residual path for backward (replayed there, stage by stage):
+    the least memory, for one more projection and c1x1_c per block in backward.
 
     timm 1.0.x builds the final BatchNorm's activation from fc_act_layer='elu', but its norm layer
     factory keeps the ReLU already bound to the norm layer: conv5_bn_ac applies ReLU, as here.
@@ -45,7 +47,8 @@ class DPN(nn.Module):
 
     def __init__(self, k_sec=(3, 4, 20, 3), inc_sec=(16, 32, 24, 128), k_r: int = 96, groups: int = 32,
                  num_classes: int = 1000, in_chans: int = 3, small: bool = False, num_init_features: int = 64,
-                 b: bool = False, drop_rate: float = 0.0, memory_efficient: bool = True):
+                 b: bool = False, drop_rate: float = 0.0, memory_efficient: bool = True,
+                 recompute_residual: bool = False):
         super().__init__()
         if len(k_sec) != len(inc_sec) or not 1 <= len(k_sec) <= 4 or min(k_sec) < 1:
             raise ValueError(f"DPN: k_sec and inc_sec must give 1 to 4 stages of at least one block each, got "
@@ -54,6 +57,7 @@ class DPN(nn.Module):
             raise ValueError(f"DPN: drop_rate must be in [0, 1), got {drop_rate}")
         self.num_classes = num_classes
         self.drop_rate = float(drop_rate)
+        self.recompute_residual = recompute_residual
         bw_factor = 1 if small else 4
         blocks = OrderedDict()
         blocks["conv1_1"] = ConvBnAct(in_chans, num_init_features, 3 if small else 7, 2)
@@ -80,7 +84,7 @@ class DPN(nn.Module):
         features = self.features
         x = features.conv1_pool(features.conv1_1(x))
         for names in self.stages:
-            x = dual_path_stage([features.get_submodule(name) for name in names], x)
+            x = dual_path_stage([features.get_submodule(name) for name in names], x, self.recompute_residual)
         return features.conv5_bn_ac(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

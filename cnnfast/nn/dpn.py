@@ -103,11 +103,12 @@ class DualPathBlock(nn.Module):
         return self.c1x1_c.conv.weight
 
 
-def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor) -> torch.Tensor:
+def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_residual: bool = False) -> torch.Tensor:
     """A stage of DualPathBlocks (a 'proj' or 'down' block, then 'normal' ones) on `input`: the same
     result as running the blocks one after the other. Memory-efficient blocks run in one shared
-    buffer (cnnfast/ops/dual_path_stage.py); with the 'reference' backend, statistics shared across
-    ranks (nn.SyncBatchNorm) or memory_efficient=False, block by block."""
+    buffer (cnnfast/ops/dual_path_stage.py; recompute_residual=True keeps no residual for backward
+    and replays them there); with the 'reference' backend, statistics shared across ranks
+    (nn.SyncBatchNorm) or memory_efficient=False, block by block."""
     if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
     if input.dim() != 4:
@@ -130,5 +131,6 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor) -> torch.T
             weight, _ = autocast_conv_parameters(weight, None, input.device.type)
             parameters += [unit.bn.weight, unit.bn.bias, weight]
     first = blocks[0]
-    config = DualPathStageConfig(first.num_1x1_c, first.inc, first.groups, first.key_stride, tuple(norms), backend)
+    config = DualPathStageConfig(first.num_1x1_c, first.inc, first.groups, first.key_stride, tuple(norms), backend,
+                                 recompute_residual)
     return dual_path_stage_op(input, config, parameters)

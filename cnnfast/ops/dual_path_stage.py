@@ -16,9 +16,10 @@ keeps, per block, that concatenation and its BN-ReLU output for backward. Here:
   of the first block share those of the stage's input;
 - every unit is the bn_relu_conv2d op's kernels (relu(bn(.)) a temporary), and the backward walks
   the blocks in reverse with one gradient buffer of the stage's shape, running the op's backward
-  (cnnfast::_bn_relu_conv2d_backward) per unit. It keeps the stage input, the buffer, each block's
-  incoming residual (the residual is summed in place of being concatenated, so later values do not
-  contain earlier ones), the outputs of c1x1_a and c3x3_b, and per-channel statistics;
+  (cnnfast::_bn_relu_conv2d_backward) per unit. It keeps the stage input, the buffer, the outputs
+  of c1x1_a and c3x3_b, per-channel statistics and each block's incoming residual (the residual is
+  summed, not concatenated, so later values do not contain earlier ones) unless recompute_residual
+  is set: then the residuals are replayed in backward, one stage at a time, for the least memory;
 - running statistics are updated once per forward.
 """
 from __future__ import annotations
@@ -42,6 +43,9 @@ class DualPathStageConfig(NamedTuple):
     stride: int  # of the first block's projection and 3x3 convolution: 1 ('proj') or 2 ('down')
     norms: tuple[tuple[BatchNormArgs, ...], ...]  # per block: (w, a, b, c) for the first, (a, b, c) after
     backend: str  # 'cpp' or 'triton'
+    # True: the residuals are not kept but replayed in backward from the stage input and the kept
+    # c3x3_b outputs (the projection and every c1x1_c run again: the same values, bit for bit).
+    recompute_residual: bool = False
     keep_for_backward: bool = True  # False without autograd: nothing is kept
 
 
@@ -120,6 +124,20 @@ def _count(x: torch.Tensor) -> int:
     return x.shape[0] * x.shape[2] * x.shape[3]
 
 
+def _replay_residuals(input, blocks, saved_norms, bottlenecks, config: DualPathStageConfig) -> list:
+    """Each block's incoming residual (None for the first), computed as the forward computed it."""
+    r, backend = config.residual_channels, config.backend
+    residuals = [None]
+    residual = blocks[0][0].forward(input, *saved_norms[0:2], backend)[:, :r]  # the projection's
+    norm_index = 6  # of c1x1_c's (mean, invstd) in the first block; each later block has three units
+    for block in range(len(blocks) - 1):
+        c = blocks[block][-1].forward(bottlenecks[block], *saved_norms[norm_index:norm_index + 2], backend)
+        residual = residual + c[:, :r]
+        residuals.append(residual)
+        norm_index += 6
+    return residuals
+
+
 class _DualPathStageFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, config: DualPathStageConfig, *parameters):
@@ -180,7 +198,7 @@ class _DualPathStageFunction(torch.autograd.Function):
                 dense_means[written], dense_vars[written] = batch_stats(
                     buffer[:, r + written.start:r + written.stop], backend)
             if config.keep_for_backward:
-                kept += [incoming, a, b]
+                kept += [None if config.recompute_residual else incoming, a, b]
         buffer[:, :r].copy_(residual)
         ctx.config = config
         ctx.set_materialize_grads(False)
@@ -207,12 +225,16 @@ class _DualPathStageFunction(torch.autograd.Function):
         grad_residual = grad_buffer[:, :r]
         grad_parameters = [None] * len(parameters)
         grad_input = None
+        incomings = list(kept[0::3])
+        if config.recompute_residual:
+            incomings = _replay_residuals(input, blocks, saved_norms, kept[2::3], config)
         for block in reversed(range(len(blocks))):
             units = blocks[block]
             # Index of c1x1_a's first parameter (the first block's projection comes before it).
             first = 9 * block + 3
             norms = saved_norms[2 * first // 3 - 2 * (block == 0):2 * first // 3 + 6]
-            incoming, a, b = kept[3 * block:3 * block + 3]
+            _, a, b = kept[3 * block:3 * block + 3]
+            incoming = incomings.pop()
             unit_a, unit_b, unit_c = units[-3:]
             new = slice(r + (2 + block) * inc, r + (3 + block) * inc)
             grad_c = torch.cat([grad_residual, grad_buffer[:, new]], 1)
