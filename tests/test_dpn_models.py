@@ -19,6 +19,7 @@ from cnnfast import models
 from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
+from helpers import assert_low_precision_close
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
@@ -232,6 +233,40 @@ def test_dpn68_training_step_matches_plain_reference():
     reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
                        num_init_features=10).double()
     compare_steps(ours, reference, 40, ("train",))
+
+
+def test_channels_last_matches_plain_reference():
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY).double()).to(memory_format=torch.channels_last)
+    reference = RefDPN(**TINY).double().to(memory_format=torch.channels_last)
+    compare_steps(ours, reference, 32, ("train",))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bfloat16_autocast_within_twice_plain_error(mode):
+    """Under CPU autocast (bf16 convolutions), against the plain DPN in fp64: output and input
+    gradient errors at most twice those of the plain DPN under the same autocast."""
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY)).train(mode == "train")
+    reference = RefDPN(**TINY).train(mode == "train")
+    reference.load_state_dict(ours.state_dict())
+    exact = RefDPN(**TINY).double().train(mode == "train")
+    exact.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x_exact = x.clone().requires_grad_()
+    y_exact = exact(x_exact)
+    y_exact.square().sum().backward()
+    results = []
+    for model in (ours, reference):
+        xi = x.float().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(xi)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad))
+    (y, dx), (y_ref, dx_ref) = results
+    assert y.dtype == y_ref.dtype
+    assert_low_precision_close(y, y_ref, y_exact.detach())
+    assert_low_precision_close(dx, dx_ref, x_exact.grad)
 
 
 def test_stage_without_input_gradient_and_frozen_parameters():
