@@ -1,7 +1,7 @@
 """cnnfast.models' DPNs: timm's keys, shapes and parameter counts (committed fixtures made with
-timm 1.0.31 itself by tools/make_timm_dpn_fixture.py), timm's outputs on deterministic weights, the shared-buffer stages against a
-plain torch.nn DPN written here from timm's structure (outputs, every gradient, running statistics),
-what they keep for backward, and loading local weights."""
+timm 1.0.31 itself by tools/make_timm_dpn_fixture.py), timm's outputs on deterministic weights,
+the shared-buffer stages against a plain torch.nn DPN written here from timm's structure (outputs,
+every gradient, running statistics), what they keep for backward, and loading local weights."""
 from __future__ import annotations
 
 import hashlib
