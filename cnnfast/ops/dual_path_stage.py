@@ -33,7 +33,6 @@ from cnnfast.ops.batch_norm import acc_dtype, batch_stats, refuse_double_backwar
 from cnnfast.ops.dense_block import BatchNormArgs
 
 _ONE = [1, 1]
-_ZERO = [0, 0]
 
 
 class DualPathStageConfig(NamedTuple):
