@@ -6,9 +6,9 @@ from typing import Callable
 
 from torch import nn
 
-from cnnfast.models import densenet, preact_resnet, resnet
+from cnnfast.models import densenet, dpn, preact_resnet, resnet
 
-_FAMILIES = (densenet, preact_resnet, resnet)
+_FAMILIES = (densenet, dpn, preact_resnet, resnet)
 
 # name -> constructor(weights=None, **kwargs); the lower-case entries of each family's __all__.
 _MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -7,3 +7,6 @@ from cnnfast.nn.sequential import FusedSequential
 
 __all__ = ["BNReLUConv2d", "convert_sync_bn", "DenseBlock", "DenseLayer", "FusedSequential", "LocalResponseNorm", "MaxPool2d",
            "Transition"]
+from cnnfast.nn.dpn import DualPathBlock
+
+__all__ += ["DualPathBlock"]

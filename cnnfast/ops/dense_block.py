@@ -29,12 +29,18 @@ _ONE = [1, 1]
 
 
 class BatchNormArgs(NamedTuple):
-    """One BatchNorm2d of a layer this step: cnnfast/nn/_batch_norm_step.py's BatchNormStep and eps."""
+    """One BatchNorm2d of a layer this step: cnnfast/nn/_batch_norm_step.py's BatchNormStep and eps
+    (shared with the DPN stage, cnnfast/ops/dual_path_stage.py)."""
     running_mean: torch.Tensor | None
     running_var: torch.Tensor | None
     use_batch_stats: bool
     momentum: float
     eps: float
+
+    def normalise(self, mean, var, count: int, dtype):
+        """(mean, invstd) this BatchNorm normalises with: cnnfast.ops.batch_norm.normalisation with its arguments."""
+        return normalisation(mean, var, self.running_mean, self.running_var, self.use_batch_stats, self.momentum,
+                             self.eps, count, dtype)
 
 
 class DenseBlockConfig(NamedTuple):
@@ -57,11 +63,6 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
     return _DenseBlockFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)
-
-
-def _normalisation(mean, var, norm: BatchNormArgs, count: int, dtype):
-    return normalisation(mean, var, norm.running_mean, norm.running_var, norm.use_batch_stats, norm.momentum,
-                         norm.eps, count, dtype)
 
 
 def _dropout(x: torch.Tensor, p: float):
@@ -100,12 +101,12 @@ class _DenseBlockFunction(torch.autograd.Function):
             bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
             c_in = c0 + layer * k
             features = buffer[:, :c_in]
-            mean1, invstd1 = _normalisation(means[:c_in], variances[:c_in], norm1, count, dtype)
+            mean1, invstd1 = norm1.normalise(means[:c_in], variances[:c_in], count, dtype)
             bottleneck = torch.ops.cnnfast.bn_relu_conv2d(features, mean1, invstd1, bn1_weight, bn1_bias, conv1, None,
                                                           _ONE, [0, 0], _ONE, 1, norm1.use_batch_stats,
                                                           config.backend, "")
             mean2, var2 = batch_stats(bottleneck, config.backend) if norm2.use_batch_stats else (None, None)
-            mean2, invstd2 = _normalisation(mean2, var2, norm2, count, dtype)
+            mean2, invstd2 = norm2.normalise(mean2, var2, count, dtype)
             new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
                                                    _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
             if config.training and config.drop_rate > 0:

@@ -1,0 +1,136 @@
+"""Dual Path Networks' building blocks (Chen et al. 2017) with timm's parameter names: BnAct,
+DualPathBlock and the stage runner `dual_path_stage` (memory-efficient: one shared buffer per
+stage, cnnfast/ops/dual_path_stage.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnfast._backend import resolve
+from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.nn.conv import BNReLUConv2d
+from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
+from cnnfast.ops.dense_block import BatchNormArgs
+from cnnfast.ops.dual_path_stage import DualPathStageConfig, dual_path_stage as dual_path_stage_op
+
+# timm's DPN BatchNorms all use eps=1e-3 (the MXNet original's).
+BN_EPS = 1e-3
+
+
+class BnAct(nn.Module):
+    """relu(bn(x)): timm's BnAct, whose BatchNormAct2d keeps its keys under `bn`."""
+
+    def __init__(self, in_chs: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(x))
+
+
+def _bn_act_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int, groups: int = 1) -> BNReLUConv2d:
+    """timm's BnActConv2d (children `bn`, `conv`; padding as timm's create_conv2d: (k - 1) // 2)."""
+    return BNReLUConv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, eps=BN_EPS)
+
+
+def _plain(unit: BNReLUConv2d, x: torch.Tensor) -> torch.Tensor:
+    return unit.conv(F.relu(unit.bn(x)))
+
+
+class DualPathBlock(nn.Module):
+    """timm's DualPathBlock (timm 1.0.x: one tensor in, one out): x = cat([residual, dense]) ->
+    cat([residual + out1, dense, out2]), with the projection c1x1_w_s1 / c1x1_w_s2 in a stage's
+    first block ('proj' / 'down'), c1x1_a, the grouped c3x3_b, and c1x1_c (or, with b=True, BnAct
+    c1x1_c feeding the two convolutions c1x1_c1 and c1x1_c2).
+
+    Called on its own, the block runs unit by unit, BN-ReLU-conv fused (memory_efficient=True) or
+    as torch.nn does: a DPN runs its stages through `dual_path_stage`, one shared buffer each."""
+
+    def __init__(self, in_chs: int, num_1x1_a: int, num_3x3_b: int, num_1x1_c: int, inc: int, groups: int,
+                 block_type: str = "normal", b: bool = False, memory_efficient: bool = True):
+        super().__init__()
+        if block_type not in ("proj", "down", "normal"):
+            raise ValueError(f"DualPathBlock: block_type must be 'proj', 'down' or 'normal', got {block_type!r}")
+        self.num_1x1_c = num_1x1_c
+        self.inc = inc
+        self.groups = groups
+        self.b = b
+        self.key_stride = 2 if block_type == "down" else 1
+        self.has_proj = block_type != "normal"
+        self.memory_efficient = memory_efficient
+        # timm's two names for the projection (stride 1 / 2) are kept: its checkpoints use them.
+        self.c1x1_w_s1 = self.c1x1_w_s2 = None
+        if self.has_proj:
+            projection = _bn_act_conv(in_chs, num_1x1_c + 2 * inc, 1, self.key_stride)
+            if self.key_stride == 2:
+                self.c1x1_w_s2 = projection
+            else:
+                self.c1x1_w_s1 = projection
+        self.c1x1_a = _bn_act_conv(in_chs, num_1x1_a, 1, 1)
+        self.c3x3_b = _bn_act_conv(num_1x1_a, num_3x3_b, 3, self.key_stride, groups)
+        self.c1x1_c1 = self.c1x1_c2 = None
+        if b:
+            self.c1x1_c = BnAct(num_3x3_b)
+            self.c1x1_c1 = nn.Conv2d(num_3x3_b, num_1x1_c, kernel_size=1, bias=False)
+            self.c1x1_c2 = nn.Conv2d(num_3x3_b, inc, kernel_size=1, bias=False)
+        else:
+            self.c1x1_c = _bn_act_conv(num_3x3_b, num_1x1_c + inc, 1, 1)
+
+    @property
+    def projection(self) -> BNReLUConv2d | None:
+        return self.c1x1_w_s1 if self.c1x1_w_s1 is not None else self.c1x1_w_s2
+
+    def _unit(self, unit: BNReLUConv2d, x: torch.Tensor) -> torch.Tensor:
+        return unit(x) if self.memory_efficient else _plain(unit, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_s = self._unit(self.projection, x) if self.has_proj else x
+        out = self._unit(self.c3x3_b, self._unit(self.c1x1_a, x))
+        if self.b:
+            out = self.c1x1_c(out)
+            out1, out2 = self.c1x1_c1(out), self.c1x1_c2(out)
+        else:
+            out = self._unit(self.c1x1_c, out)
+            out1, out2 = out[:, :self.num_1x1_c], out[:, self.num_1x1_c:]
+        return torch.cat([x_s[:, :self.num_1x1_c] + out1, x_s[:, self.num_1x1_c:], out2], dim=1)
+
+    def c1x1_c_weight(self) -> torch.Tensor:
+        """c1x1_c's convolution weight; with b=True c1x1_c1's and c1x1_c2's stacked (one BN-ReLU
+        feeds both, so they are one convolution to out1 and out2)."""
+        if self.b:
+            return torch.cat([self.c1x1_c1.weight, self.c1x1_c2.weight])
+        return self.c1x1_c.conv.weight
+
+
+def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_residual: bool = False) -> torch.Tensor:
+    """A stage of DualPathBlocks (a 'proj' or 'down' block, then 'normal' ones) on `input`: the same
+    result as running the blocks one after the other. Memory-efficient blocks run in one shared
+    buffer (cnnfast/ops/dual_path_stage.py; recompute_residual=True keeps no residual for backward
+    and replays them there); with the 'reference' backend, statistics shared across ranks
+    (nn.SyncBatchNorm) or memory_efficient=False, block by block."""
+    if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
+        raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
+    if input.dim() != 4:
+        raise ValueError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
+    in_channels = blocks[0].c1x1_a.bn.num_features
+    if input.shape[1] != in_channels:
+        raise ValueError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")
+    backend = resolve("bn_relu_conv2d", input.device) if blocks[0].memory_efficient else "reference"
+    synchronised = any(isinstance(m, nn.SyncBatchNorm) and m.training for block in blocks for m in block.modules())
+    if backend == "reference" or synchronised or not all(block.memory_efficient for block in blocks):
+        for block in blocks:
+            input = block(input)
+        return input
+    norms, parameters = [], []
+    for block in blocks:
+        units = ([block.projection] if block.has_proj else []) + [block.c1x1_a, block.c3x3_b, block.c1x1_c]
+        weights = [unit.conv.weight for unit in units[:-1]] + [block.c1x1_c_weight()]
+        norms.append(tuple(BatchNormArgs(*batch_norm_step(unit.bn), unit.bn.eps) for unit in units))
+        for unit, weight in zip(units, weights):
+            weight, _ = autocast_conv_parameters(weight, None, input.device.type)
+            parameters += [unit.bn.weight, unit.bn.bias, weight]
+    first = blocks[0]
+    config = DualPathStageConfig(first.num_1x1_c, first.inc, first.groups, first.key_stride, tuple(norms), backend,
+                                 recompute_residual)
+    return dual_path_stage_op(input, config, parameters)

@@ -1,0 +1,355 @@
+"""cnnfast.models' DPNs: timm's keys, shapes and parameter counts (committed fixtures made with
+timm 1.0.31 itself by tools/make_timm_dpn_fixture.py), timm's outputs on deterministic weights,
+the shared-buffer stages against a plain torch.nn DPN written here from timm's structure (outputs,
+every gradient, running statistics), what they keep for backward, and loading local weights."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnnfast
+from cnnfast import models
+from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
+
+from dpn_fixture_weights import deterministic_input, deterministic_state
+from helpers import assert_low_precision_close
+
+FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
+NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
+
+
+# ---- a plain torch.nn DPN, timm 1.0.x's structure (timm/models/dpn.py) ----------------------------
+
+def _padding(kernel_size, stride):  # timm's create_conv2d: ((stride - 1) + (kernel_size - 1)) // 2
+    return ((stride - 1) + (kernel_size - 1)) // 2
+
+
+class RefBnActConv2d(nn.Module):
+    def __init__(self, in_chs, out_chs, kernel_size, stride, groups=1):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, _padding(kernel_size, stride), groups=groups,
+                              bias=False)
+
+    def forward(self, x):
+        return self.conv(F.relu(self.bn(x)))
+
+
+class RefConvBnAct(nn.Module):
+    def __init__(self, out_chs, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv2d(3, out_chs, kernel_size, 2, _padding(kernel_size, 2), bias=False)
+        self.bn = nn.BatchNorm2d(out_chs, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class RefBnAct(nn.Module):
+    def __init__(self, in_chs):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(x))
+
+
+class RefDualPathBlock(nn.Module):
+    def __init__(self, in_chs, num_1x1_a, num_3x3_b, num_1x1_c, inc, groups, block_type, b):
+        super().__init__()
+        self.num_1x1_c, self.b = num_1x1_c, b
+        key_stride = 2 if block_type == "down" else 1
+        self.proj = None if block_type == "normal" else "c1x1_w_s2" if key_stride == 2 else "c1x1_w_s1"
+        if self.proj is not None:
+            setattr(self, self.proj, RefBnActConv2d(in_chs, num_1x1_c + 2 * inc, 1, key_stride))
+        self.c1x1_a = RefBnActConv2d(in_chs, num_1x1_a, 1, 1)
+        self.c3x3_b = RefBnActConv2d(num_1x1_a, num_3x3_b, 3, key_stride, groups)
+        if b:
+            self.c1x1_c = RefBnAct(num_3x3_b)
+            self.c1x1_c1 = nn.Conv2d(num_3x3_b, num_1x1_c, 1, bias=False)
+            self.c1x1_c2 = nn.Conv2d(num_3x3_b, inc, 1, bias=False)
+        else:
+            self.c1x1_c = RefBnActConv2d(num_3x3_b, num_1x1_c + inc, 1, 1)
+
+    def forward(self, x):
+        x_s = getattr(self, self.proj)(x) if self.proj is not None else x
+        x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
+        if self.b:
+            out1, out2 = self.c1x1_c1(x), self.c1x1_c2(x)
+        else:
+            out1, out2 = x[:, :self.num_1x1_c], x[:, self.num_1x1_c:]
+        return torch.cat([x_s[:, :self.num_1x1_c] + out1, x_s[:, self.num_1x1_c:], out2], dim=1)
+
+
+class RefDPN(nn.Module):
+    def __init__(self, k_sec, inc_sec, k_r, groups, num_classes=1000, small=False, num_init_features=64, b=False,
+                 drop_rate=0.0):
+        super().__init__()
+        self.drop_rate = drop_rate
+        blocks = OrderedDict()
+        blocks["conv1_1"] = RefConvBnAct(num_init_features, 3 if small else 7)
+        blocks["conv1_pool"] = nn.MaxPool2d(3, 2, 1)
+        in_chs = num_init_features
+        for i, (bw_base, depth, inc) in enumerate(zip((64, 128, 256, 512), k_sec, inc_sec)):
+            bw, r = bw_base * (1 if small else 4), k_r * bw_base // 64
+            blocks[f"conv{i + 2}_1"] = RefDualPathBlock(in_chs, r, r, bw, inc, groups, "proj" if i == 0 else "down", b)
+            in_chs = bw + 3 * inc
+            for j in range(2, depth + 1):
+                blocks[f"conv{i + 2}_{j}"] = RefDualPathBlock(in_chs, r, r, bw, inc, groups, "normal", b)
+                in_chs += inc
+        blocks["conv5_bn_ac"] = RefBnAct(in_chs)
+        self.features = nn.Sequential(blocks)
+        self.classifier = nn.Conv2d(in_chs, num_classes, 1)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        x = F.dropout(x, self.drop_rate, self.training)
+        return torch.flatten(self.classifier(x), 1)
+
+
+# A small DPN with every block type: 'proj', 'down', 'normal', and a stage of one block.
+TINY = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)
+
+
+def randomised(model):
+    """Non-trivial BatchNorm parameters and running statistics."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if ".bn." in name and name.endswith(("weight", "running_var")):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif ".bn." in name and name.endswith(("bias", "running_mean")):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
+    return model
+
+
+def key_lines(model):
+    return [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
+
+
+# ---- timm's keys, shapes, parameter counts and outputs ------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_shapes_and_parameter_counts_are_timms(name):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = getattr(models, name)()
+    lines = key_lines(model)
+    expected = FIXTURES[name]
+    if "keys_and_shapes" in expected:
+        assert lines == expected["keys_and_shapes"]
+    assert len(lines) == expected["count"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+    assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
+
+
+def test_reference_here_has_timms_keys():
+    """The plain DPN of this file is timm's structure: the same keys as timm's dpn68b."""
+    with torch.device("meta"):
+        reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10, b=True)
+    assert key_lines(reference) == FIXTURES["dpn68b"]["keys_and_shapes"]
+
+
+@pytest.mark.parametrize("name", ["dpn68", "dpn68b"])
+def test_outputs_are_timms(name):
+    """timm's own outputs (fixture), on weights and input built from formulas (no random generator):
+    eval, then train mode (batch statistics)."""
+    model = getattr(models, name)(num_classes=10).double()
+    model.load_state_dict(deterministic_state(model.state_dict()), strict=True)
+    expected = FIXTURES["outputs"][name]
+    x = deterministic_input()
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        with torch.no_grad():
+            y = model(x)
+        torch.testing.assert_close(y, torch.tensor(expected[mode], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+# ---- the shared-buffer stages against the plain DPN ----------------------------------------------
+
+def compare_steps(ours, reference, x_size, modes=("train", "train", "eval")):
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    generator = torch.Generator().manual_seed(0)
+    for step, mode in enumerate(modes):
+        x = torch.randn(2, 3, x_size, x_size, generator=generator, dtype=torch.float64)
+        results = []
+        for model in (ours, reference):
+            model.train(mode == "train")
+            model.zero_grad()
+            xi = x.clone().requires_grad_()
+            torch.manual_seed(step)  # the same dropout masks
+            y = model(xi)
+            (y.square().sum() + y[:, 0].sum()).backward()
+            results.append((y, xi.grad))
+        (y, dx), (y_ref, dx_ref) = results
+        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-10)
+        theirs = dict(reference.named_parameters())
+        for name, p in ours.named_parameters():
+            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-10,
+                                       msg=lambda m: f"{mode} step {step}, {name}: {m}")
+        their_buffers = dict(reference.named_buffers())
+        for name, b in ours.named_buffers():
+            torch.testing.assert_close(b, their_buffers[name], rtol=1e-9, atol=1e-10,
+                                       msg=lambda m: f"{mode} step {step}, {name}: {m}")
+
+
+# Dropout acts on the pooled features only (timm's drop_rate): once is enough.
+@pytest.mark.parametrize("b,drop_rate,recompute_residual", [(False, 0.0, False), (True, 0.3, False), (True, 0.0, True)],
+                         ids=["c1x1_c", "b-split-c1x1_c1-c1x1_c2-dropout", "b-split-recompute-residual"])
+def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
+    reference = RefDPN(**TINY, b=b, drop_rate=drop_rate).double()
+    compare_steps(ours, reference, 32)
+
+
+def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
+    """7x7 stem, odd spatial sizes through the strided projections and 3x3 convolutions."""
+    config = {**TINY, "small": False}
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**config).double())
+    compare_steps(ours, RefDPN(**config).double(), 45, ("train", "eval"))
+
+
+def test_memory_efficient_false_is_the_same_model():
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY, b=True).double())
+    plain = models.DPN(**TINY, b=True, memory_efficient=False).double()
+    compare_steps(ours, plain, 32, ("train",))
+
+
+def test_dpn68_training_step_matches_plain_reference():
+    """The real dpn68 (groups 32, 12 blocks in its third stage), one training step at 40x40 (the last
+    stage at 3x3: see dpn_fixture_weights.deterministic_input), residuals replayed in backward."""
+    torch.manual_seed(0)
+    ours = randomised(models.dpn68(num_classes=4, recompute_residual=True).double())
+    reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
+                       num_init_features=10).double()
+    compare_steps(ours, reference, 40, ("train",))
+
+
+def test_channels_last_matches_plain_reference():
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY).double()).to(memory_format=torch.channels_last)
+    reference = RefDPN(**TINY).double().to(memory_format=torch.channels_last)
+    compare_steps(ours, reference, 32, ("train",))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bfloat16_autocast_within_twice_plain_error(mode):
+    """Under CPU autocast (bf16 convolutions), against the plain DPN in fp64: output and input
+    gradient errors at most twice those of the plain DPN under the same autocast."""
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY)).train(mode == "train")
+    reference = RefDPN(**TINY).train(mode == "train")
+    reference.load_state_dict(ours.state_dict())
+    exact = RefDPN(**TINY).double().train(mode == "train")
+    exact.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x_exact = x.clone().requires_grad_()
+    y_exact = exact(x_exact)
+    y_exact.square().sum().backward()
+    results = []
+    for model in (ours, reference):
+        xi = x.float().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(xi)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad))
+    (y, dx), (y_ref, dx_ref) = results
+    assert y.dtype == y_ref.dtype
+    assert_low_precision_close(y, y_ref, y_exact.detach())
+    assert_low_precision_close(dx, dx_ref, x_exact.grad)
+
+
+def test_stage_without_input_gradient_and_frozen_parameters():
+    """A stage whose input needs no gradient, some parameters frozen: the others' gradients as plain."""
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY).double())
+    reference = RefDPN(**TINY).double()
+    reference.load_state_dict(ours.state_dict())
+    for model in (ours, reference):
+        model.features.conv2_2.c1x1_a.requires_grad_(False)
+        model.features.conv1_1.requires_grad_(False)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for model in (ours, reference):
+        model(x).square().sum().backward()
+    theirs = dict(reference.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-10)
+        else:
+            assert p.grad is None and theirs[name].grad is None
+
+
+def test_stages_keep_less_for_backward_than_plain():
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    saved = {}
+    reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10).double()
+    for name, model in (("plain", reference), ("cnnfast", models.dpn68().double()),
+                        ("recompute_residual", models.dpn68(recompute_residual=True).double())):
+        _, saved[name] = cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))
+    assert saved["cnnfast"] < 0.5 * saved["plain"], saved
+    # Replayed, no block's incoming residual is kept: (depth - 1) residuals of bw channels per stage,
+    # at 10x10, 5x5, 3x3 and 2x2 (40x40 input), batch 2, 8 bytes.
+    residuals = sum((depth - 1) * bw * side * side for depth, bw, side in zip((3, 4, 12, 3), (64, 128, 256, 512),
+                                                                               (10, 5, 3, 2)))
+    assert saved["cnnfast"] - saved["recompute_residual"] == residuals * 2 * 8, saved
+
+
+def test_nothing_is_kept_without_autograd():
+    model = models.DPN(**TINY).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        _, saved = cnnfast.saved_tensor_bytes(model, x)
+    assert saved == 0
+
+
+def test_stage_errors_name_the_problem():
+    blocks = [DualPathBlock(16, 8, 8, 16, 4, 4, "proj"), DualPathBlock(28, 8, 8, 16, 4, 4, "normal")]
+    with pytest.raises(ValueError, match="expected input with 16 channels, got 3"):
+        dual_path_stage(blocks, torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="one 'proj' or 'down' block followed by 'normal' ones"):
+        dual_path_stage(blocks[1:], torch.randn(2, 28, 8, 8))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        dual_path_stage(blocks, torch.randn(1, 16, 1, 1))
+    with pytest.raises(ValueError, match="block_type must be"):
+        DualPathBlock(16, 8, 8, 16, 4, 4, "dense")
+    with pytest.raises(ValueError, match="k_sec and inc_sec"):
+        models.DPN(k_sec=(1, 2), inc_sec=(4,))
+
+
+def test_num_classes_zero_returns_pooled_features():
+    model = models.DPN(**{**TINY, "num_classes": 0}).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+def test_weights_argument_loads_strictly_and_other_num_classes_replaces_the_classifier(tmp_path):
+    small = dict(k_sec=(1, 2, 1, 1), k_r=32, groups=4)  # dpn68b's structure, narrower and shallower
+    source = randomised(models.dpn68b(**small))
+    path = tmp_path / "dpn68b.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    same = models.dpn68b(weights=path, **small)
+    for name, tensor in source.state_dict().items():
+        torch.testing.assert_close(same.state_dict()[name], tensor, rtol=0, atol=0)
+    source.eval(), same.eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(same(x), source(x), rtol=0, atol=0)
+    other = models.dpn68b(num_classes=3, weights=path, **small)
+    assert other.classifier.out_channels == 3
+    for name, tensor in source.state_dict().items():
+        if not name.startswith("classifier."):
+            torch.testing.assert_close(other.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        models.dpn68(weights=path, **small)  # dpn68b's c1x1_c1 / c1x1_c2 are not dpn68's c1x1_c.conv
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        models.dpn68(weights=tmp_path / "absent.pth")
