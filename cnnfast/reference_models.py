@@ -3,7 +3,10 @@ cnnfast.models in the tests and the eager baselines of the benchmarks (torchvisi
 installed). Only torch.nn modules and their forward, no cnnfast op."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -170,3 +173,95 @@ class DenseNet(nn.Module):
     def forward(self, x):
         out = nn.functional.relu(self.features(x), inplace=True)
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(out, (1, 1)), 1))
+
+
+# ---- timm 1.0.x's DPN (timm/models/dpn.py) ------------------------------------------------------
+
+
+def _timm_padding(kernel_size, stride):  # timm's create_conv2d: ((stride - 1) + (kernel_size - 1)) // 2
+    return ((stride - 1) + (kernel_size - 1)) // 2
+
+
+class BnActConv2d(nn.Module):
+    def __init__(self, in_chs, out_chs, kernel_size, stride, groups=1):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, _timm_padding(kernel_size, stride),
+                              groups=groups, bias=False)
+
+    def forward(self, x):
+        return self.conv(F.relu(self.bn(x)))
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, out_chs, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv2d(3, out_chs, kernel_size, 2, _timm_padding(kernel_size, 2), bias=False)
+        self.bn = nn.BatchNorm2d(out_chs, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+class BnAct(nn.Module):
+    def __init__(self, in_chs):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(x))
+
+
+class DualPathBlock(nn.Module):
+    def __init__(self, in_chs, num_1x1_a, num_3x3_b, num_1x1_c, inc, groups, block_type, b):
+        super().__init__()
+        self.num_1x1_c, self.b = num_1x1_c, b
+        key_stride = 2 if block_type == "down" else 1
+        self.proj = None if block_type == "normal" else "c1x1_w_s2" if key_stride == 2 else "c1x1_w_s1"
+        if self.proj is not None:
+            setattr(self, self.proj, BnActConv2d(in_chs, num_1x1_c + 2 * inc, 1, key_stride))
+        self.c1x1_a = BnActConv2d(in_chs, num_1x1_a, 1, 1)
+        self.c3x3_b = BnActConv2d(num_1x1_a, num_3x3_b, 3, key_stride, groups)
+        if b:
+            self.c1x1_c = BnAct(num_3x3_b)
+            self.c1x1_c1 = nn.Conv2d(num_3x3_b, num_1x1_c, 1, bias=False)
+            self.c1x1_c2 = nn.Conv2d(num_3x3_b, inc, 1, bias=False)
+        else:
+            self.c1x1_c = BnActConv2d(num_3x3_b, num_1x1_c + inc, 1, 1)
+
+    def forward(self, x):
+        x_s = getattr(self, self.proj)(x) if self.proj is not None else x
+        x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
+        if self.b:
+            out1, out2 = self.c1x1_c1(x), self.c1x1_c2(x)
+        else:
+            out1, out2 = x[:, :self.num_1x1_c], x[:, self.num_1x1_c:]
+        return torch.cat([x_s[:, :self.num_1x1_c] + out1, x_s[:, self.num_1x1_c:], out2], dim=1)
+
+
+class DPN(nn.Module):
+    """timm.models.dpn.DPN (timm 1.0.x), its keys; the dual-path state as one concatenated tensor."""
+
+    def __init__(self, k_sec, inc_sec, k_r, groups, num_classes=1000, small=False, num_init_features=64, b=False,
+                 drop_rate=0.0):
+        super().__init__()
+        self.drop_rate = drop_rate
+        blocks = OrderedDict()
+        blocks["conv1_1"] = ConvBnAct(num_init_features, 3 if small else 7)
+        blocks["conv1_pool"] = nn.MaxPool2d(3, 2, 1)
+        in_chs = num_init_features
+        for i, (bw_base, depth, inc) in enumerate(zip((64, 128, 256, 512), k_sec, inc_sec)):
+            bw, r = bw_base * (1 if small else 4), k_r * bw_base // 64
+            blocks[f"conv{i + 2}_1"] = DualPathBlock(in_chs, r, r, bw, inc, groups, "proj" if i == 0 else "down", b)
+            in_chs = bw + 3 * inc
+            for j in range(2, depth + 1):
+                blocks[f"conv{i + 2}_{j}"] = DualPathBlock(in_chs, r, r, bw, inc, groups, "normal", b)
+                in_chs += inc
+        blocks["conv5_bn_ac"] = BnAct(in_chs)
+        self.features = nn.Sequential(blocks)
+        self.classifier = nn.Conv2d(in_chs, num_classes, 1)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        x = F.dropout(x, self.drop_rate, self.training)
+        return torch.flatten(self.classifier(x), 1)

@@ -1,21 +1,18 @@
 """cnnfast.models' DPNs: timm's keys, shapes and parameter counts (committed fixtures made with
 timm 1.0.31 itself by tools/make_timm_dpn_fixture.py), timm's outputs on deterministic weights,
-the shared-buffer stages against a plain torch.nn DPN written here from timm's structure (outputs,
+the shared-buffer stages against the plain torch.nn DPN of cnnfast/reference_models.py (outputs,
 every gradient, running statistics), what they keep for backward, and loading local weights."""
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import cnnfast
-from cnnfast import models
+from cnnfast import models, reference_models
 from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
@@ -23,95 +20,6 @@ from helpers import assert_low_precision_close
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
-
-
-# ---- a plain torch.nn DPN, timm 1.0.x's structure (timm/models/dpn.py) ----------------------------
-
-def _padding(kernel_size, stride):  # timm's create_conv2d: ((stride - 1) + (kernel_size - 1)) // 2
-    return ((stride - 1) + (kernel_size - 1)) // 2
-
-
-class RefBnActConv2d(nn.Module):
-    def __init__(self, in_chs, out_chs, kernel_size, stride, groups=1):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, _padding(kernel_size, stride), groups=groups,
-                              bias=False)
-
-    def forward(self, x):
-        return self.conv(F.relu(self.bn(x)))
-
-
-class RefConvBnAct(nn.Module):
-    def __init__(self, out_chs, kernel_size):
-        super().__init__()
-        self.conv = nn.Conv2d(3, out_chs, kernel_size, 2, _padding(kernel_size, 2), bias=False)
-        self.bn = nn.BatchNorm2d(out_chs, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-class RefBnAct(nn.Module):
-    def __init__(self, in_chs):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(in_chs, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(x))
-
-
-class RefDualPathBlock(nn.Module):
-    def __init__(self, in_chs, num_1x1_a, num_3x3_b, num_1x1_c, inc, groups, block_type, b):
-        super().__init__()
-        self.num_1x1_c, self.b = num_1x1_c, b
-        key_stride = 2 if block_type == "down" else 1
-        self.proj = None if block_type == "normal" else "c1x1_w_s2" if key_stride == 2 else "c1x1_w_s1"
-        if self.proj is not None:
-            setattr(self, self.proj, RefBnActConv2d(in_chs, num_1x1_c + 2 * inc, 1, key_stride))
-        self.c1x1_a = RefBnActConv2d(in_chs, num_1x1_a, 1, 1)
-        self.c3x3_b = RefBnActConv2d(num_1x1_a, num_3x3_b, 3, key_stride, groups)
-        if b:
-            self.c1x1_c = RefBnAct(num_3x3_b)
-            self.c1x1_c1 = nn.Conv2d(num_3x3_b, num_1x1_c, 1, bias=False)
-            self.c1x1_c2 = nn.Conv2d(num_3x3_b, inc, 1, bias=False)
-        else:
-            self.c1x1_c = RefBnActConv2d(num_3x3_b, num_1x1_c + inc, 1, 1)
-
-    def forward(self, x):
-        x_s = getattr(self, self.proj)(x) if self.proj is not None else x
-        x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
-        if self.b:
-            out1, out2 = self.c1x1_c1(x), self.c1x1_c2(x)
-        else:
-            out1, out2 = x[:, :self.num_1x1_c], x[:, self.num_1x1_c:]
-        return torch.cat([x_s[:, :self.num_1x1_c] + out1, x_s[:, self.num_1x1_c:], out2], dim=1)
-
-
-class RefDPN(nn.Module):
-    def __init__(self, k_sec, inc_sec, k_r, groups, num_classes=1000, small=False, num_init_features=64, b=False,
-                 drop_rate=0.0):
-        super().__init__()
-        self.drop_rate = drop_rate
-        blocks = OrderedDict()
-        blocks["conv1_1"] = RefConvBnAct(num_init_features, 3 if small else 7)
-        blocks["conv1_pool"] = nn.MaxPool2d(3, 2, 1)
-        in_chs = num_init_features
-        for i, (bw_base, depth, inc) in enumerate(zip((64, 128, 256, 512), k_sec, inc_sec)):
-            bw, r = bw_base * (1 if small else 4), k_r * bw_base // 64
-            blocks[f"conv{i + 2}_1"] = RefDualPathBlock(in_chs, r, r, bw, inc, groups, "proj" if i == 0 else "down", b)
-            in_chs = bw + 3 * inc
-            for j in range(2, depth + 1):
-                blocks[f"conv{i + 2}_{j}"] = RefDualPathBlock(in_chs, r, r, bw, inc, groups, "normal", b)
-                in_chs += inc
-        blocks["conv5_bn_ac"] = RefBnAct(in_chs)
-        self.features = nn.Sequential(blocks)
-        self.classifier = nn.Conv2d(in_chs, num_classes, 1)
-
-    def forward(self, x):
-        x = F.adaptive_avg_pool2d(self.features(x), 1)
-        x = F.dropout(x, self.drop_rate, self.training)
-        return torch.flatten(self.classifier(x), 1)
 
 
 # A small DPN with every block type: 'proj', 'down', 'normal', and a stage of one block.
@@ -152,7 +60,7 @@ def test_state_dict_keys_shapes_and_parameter_counts_are_timms(name):
 def test_reference_here_has_timms_keys():
     """The plain DPN of this file is timm's structure: the same keys as timm's dpn68b."""
     with torch.device("meta"):
-        reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10, b=True)
+        reference = reference_models.DPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10, b=True)
     assert key_lines(reference) == FIXTURES["dpn68b"]["keys_and_shapes"]
 
 
@@ -206,7 +114,7 @@ def compare_steps(ours, reference, x_size, modes=("train", "train", "eval")):
 def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
     torch.manual_seed(0)
     ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
-    reference = RefDPN(**TINY, b=b, drop_rate=drop_rate).double()
+    reference = reference_models.DPN(**TINY, b=b, drop_rate=drop_rate).double()
     compare_steps(ours, reference, 32)
 
 
@@ -215,7 +123,7 @@ def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
     config = {**TINY, "small": False}
     torch.manual_seed(0)
     ours = randomised(models.DPN(**config).double())
-    compare_steps(ours, RefDPN(**config).double(), 45, ("train", "eval"))
+    compare_steps(ours, reference_models.DPN(**config).double(), 45, ("train", "eval"))
 
 
 def test_memory_efficient_false_is_the_same_model():
@@ -230,7 +138,7 @@ def test_dpn68_training_step_matches_plain_reference():
     stage at 3x3: see dpn_fixture_weights.deterministic_input), residuals replayed in backward."""
     torch.manual_seed(0)
     ours = randomised(models.dpn68(num_classes=4, recompute_residual=True).double())
-    reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
+    reference = reference_models.DPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
                        num_init_features=10).double()
     compare_steps(ours, reference, 40, ("train",))
 
@@ -238,7 +146,7 @@ def test_dpn68_training_step_matches_plain_reference():
 def test_channels_last_matches_plain_reference():
     torch.manual_seed(0)
     ours = randomised(models.DPN(**TINY).double()).to(memory_format=torch.channels_last)
-    reference = RefDPN(**TINY).double().to(memory_format=torch.channels_last)
+    reference = reference_models.DPN(**TINY).double().to(memory_format=torch.channels_last)
     compare_steps(ours, reference, 32, ("train",))
 
 
@@ -248,9 +156,9 @@ def test_bfloat16_autocast_within_twice_plain_error(mode):
     gradient errors at most twice those of the plain DPN under the same autocast."""
     torch.manual_seed(0)
     ours = randomised(models.DPN(**TINY)).train(mode == "train")
-    reference = RefDPN(**TINY).train(mode == "train")
+    reference = reference_models.DPN(**TINY).train(mode == "train")
     reference.load_state_dict(ours.state_dict())
-    exact = RefDPN(**TINY).double().train(mode == "train")
+    exact = reference_models.DPN(**TINY).double().train(mode == "train")
     exact.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     x_exact = x.clone().requires_grad_()
@@ -273,7 +181,7 @@ def test_stage_without_input_gradient_and_frozen_parameters():
     """A stage whose input needs no gradient, some parameters frozen: the others' gradients as plain."""
     torch.manual_seed(0)
     ours = randomised(models.DPN(**TINY).double())
-    reference = RefDPN(**TINY).double()
+    reference = reference_models.DPN(**TINY).double()
     reference.load_state_dict(ours.state_dict())
     for model in (ours, reference):
         model.features.conv2_2.c1x1_a.requires_grad_(False)
@@ -292,7 +200,7 @@ def test_stage_without_input_gradient_and_frozen_parameters():
 def test_stages_keep_less_for_backward_than_plain():
     x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
     saved = {}
-    reference = RefDPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10).double()
+    reference = reference_models.DPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10).double()
     for name, model in (("plain", reference), ("cnnfast", models.dpn68().double()),
                         ("recompute_residual", models.dpn68(recompute_residual=True).double())):
         _, saved[name] = cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))
