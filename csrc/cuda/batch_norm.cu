@@ -85,9 +85,10 @@ void check_bn_tensors(const char* op, const at::Tensor& input, const at::Tensor*
   if (residual.has_value()) check_cuda(*residual, "residual", op, "input", input.device());
 }
 
-at::Tensor bn_add_relu_apply_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
-                                  const std::optional<at::Tensor>& residual) {
-  check_bn_tensors("cnnfast.bn_add_relu", input, nullptr, residual);
+// `op` names the op in error messages: BN-ReLU's ops are these with no residual.
+at::Tensor bn_add_relu_apply(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                             const at::Tensor& shift, const std::optional<at::Tensor>& residual) {
+  check_bn_tensors(op, input, nullptr, residual);
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, nullptr, true, residual);
   const at::Tensor scale_c = per_channel(scale, input, "scale");
@@ -104,15 +105,20 @@ at::Tensor bn_add_relu_apply_cuda(const at::Tensor& input, const at::Tensor& sca
   return call.result;
 }
 
-at::Tensor bn_relu_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
-  return bn_add_relu_apply_cuda(input, scale, shift, std::nullopt);
+at::Tensor bn_add_relu_apply_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
+                                  const std::optional<at::Tensor>& residual) {
+  return bn_add_relu_apply("cnnfast._bn_add_relu_apply", input, scale, shift, residual);
 }
 
-std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce_cuda(const at::Tensor& grad_output,
-                                                                    const at::Tensor& input, const at::Tensor& mean,
-                                                                    const at::Tensor& scale, const at::Tensor& shift,
-                                                                    const std::optional<at::Tensor>& residual) {
-  check_bn_tensors("cnnfast._bn_add_relu_backward_reduce", input, &grad_output, residual);
+at::Tensor bn_relu_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
+  return bn_add_relu_apply("cnnfast.bn_relu", input, scale, shift, std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce(const char* op, const at::Tensor& grad_output,
+                                                               const at::Tensor& input, const at::Tensor& mean,
+                                                               const at::Tensor& scale, const at::Tensor& shift,
+                                                               const std::optional<at::Tensor>& residual) {
+  check_bn_tensors(op, input, &grad_output, residual);
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, &grad_output, false, residual);
   const at::Tensor mean_c = per_channel(mean, input, "mean");
@@ -138,15 +144,25 @@ std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce_cuda(const at::Te
 std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                                                 const at::Tensor& mean, const at::Tensor& scale,
                                                                 const at::Tensor& shift) {
-  return bn_add_relu_backward_reduce_cuda(grad_output, input, mean, scale, shift, std::nullopt);
+  return bn_add_relu_backward_reduce("cnnfast._bn_relu_backward_reduce", grad_output, input, mean, scale, shift,
+                                     std::nullopt);
 }
 
-std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                                             const at::Tensor& scale, const at::Tensor& shift,
-                                                             const at::Tensor& coef_x, const at::Tensor& coef_c,
-                                                             const std::optional<at::Tensor>& residual,
-                                                             bool residual_grad) {
-  check_bn_tensors("cnnfast._bn_add_relu_backward", input, &grad_output, residual);
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce_cuda(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& mean,
+                                                                    const at::Tensor& scale, const at::Tensor& shift,
+                                                                    const std::optional<at::Tensor>& residual) {
+  return bn_add_relu_backward_reduce("cnnfast._bn_add_relu_backward_reduce", grad_output, input, mean, scale, shift,
+                                     residual);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward(const char* op, const at::Tensor& grad_output,
+                                                        const at::Tensor& input, const at::Tensor& scale,
+                                                        const at::Tensor& shift, const at::Tensor& coef_x,
+                                                        const at::Tensor& coef_c,
+                                                        const std::optional<at::Tensor>& residual,
+                                                        bool residual_grad) {
+  check_bn_tensors(op, input, &grad_output, residual);
   const c10::cuda::CUDAGuard guard(input.device());
   const BnReluCall call = prepare_bn_relu(input, &grad_output, true, residual, residual_grad);
   const at::Tensor scale_c = per_channel(scale, input, "scale");
@@ -170,7 +186,17 @@ std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_cuda(const at::Tensor& g
 
 at::Tensor bn_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
                                  const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
-  return std::get<0>(bn_add_relu_backward_cuda(grad_output, input, scale, shift, coef_x, coef_c, std::nullopt, false));
+  return std::get<0>(bn_add_relu_backward("cnnfast._bn_relu_backward", grad_output, input, scale, shift, coef_x,
+                                          coef_c, std::nullopt, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                                             const at::Tensor& scale, const at::Tensor& shift,
+                                                             const at::Tensor& coef_x, const at::Tensor& coef_c,
+                                                             const std::optional<at::Tensor>& residual,
+                                                             bool residual_grad) {
+  return bn_add_relu_backward("cnnfast._bn_add_relu_backward", grad_output, input, scale, shift, coef_x, coef_c,
+                              residual, residual_grad);
 }
 
 }  // namespace
