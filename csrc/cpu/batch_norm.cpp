@@ -321,25 +321,53 @@ void bn_relu_run(const Run& run, const RunPointers<scalar_t>& base, const elem_t
   });
 }
 
-// dx = dz * scale + x * coef_x + coef_c, and with a residual (where asked) its gradient dz.
+// dz and dx = dz * scale + x * coef_x + coef_c of one element (v: scale, shift, coef_x, coef_c).
 template <bool kResidual, typename scalar_t, typename elem_t>
+inline std::array<elem_t, 2> grad_values(scalar_t x, scalar_t grad, const scalar_t* r, const std::array<elem_t, 4>& v) {
+  const elem_t xv = static_cast<elem_t>(x);
+  const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad), z_value<kResidual>(xv, v[0], v[1], r));
+  return {dz, dz * v[0] + xv * v[2] + v[3]};
+}
+
+// One row (every channel of one position, unit strides) as a loop over __restrict__ parameters:
+// with five tensors and four per-channel arrays the compiler would otherwise have too many
+// possible overlaps to check at run time, and leave the loop scalar (several times slower).
+template <bool kResidual, bool kResidualGrad, typename scalar_t, typename elem_t>
+void bn_relu_grad_row(int64_t count, const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
+                      const scalar_t* __restrict__ r, scalar_t* __restrict__ dx, scalar_t* __restrict__ dr,
+                      const elem_t* __restrict__ scale, const elem_t* __restrict__ shift,
+                      const elem_t* __restrict__ coef_x, const elem_t* __restrict__ coef_c) {
+  for (int64_t c = 0; c < count; ++c) {
+    const auto [dz, dxv] = grad_values<kResidual>(x[c], grad[c], r + c,
+                                                  std::array<elem_t, 4>{scale[c], shift[c], coef_x[c], coef_c[c]});
+    dx[c] = static_cast<scalar_t>(dxv);
+    if constexpr (kResidualGrad) dr[c] = static_cast<scalar_t>(dz);
+  }
+}
+
+// dx = dz * scale + x * coef_x + coef_c, and with kResidualGrad the residual's gradient dz (a
+// compile-time switch, as kResidual).
+template <bool kResidual, bool kResidualGrad, typename scalar_t, typename elem_t>
 void bn_relu_grad_run(const Run& run, const RunPointers<scalar_t>& base, const elem_t* __restrict__ scale,
                       const elem_t* __restrict__ shift, const elem_t* __restrict__ coef_x,
                       const elem_t* __restrict__ coef_c) {
   const RunPointers<scalar_t> p = run_pointers(run, base);
+  if (run.channel < 0) {
+    bn_relu_grad_row<kResidual, kResidualGrad>(run.count, p.x, p.grad, p.residual, p.out, p.grad_residual, scale,
+                                               shift, coef_x, coef_c);
+    return;
+  }
   const scalar_t* __restrict__ x = p.x;
   const scalar_t* __restrict__ grad = p.grad;
   const scalar_t* __restrict__ r = p.residual;
   scalar_t* __restrict__ dx = p.out;
   scalar_t* __restrict__ dr = p.grad_residual;
-  const bool residual_grad = kResidual && dr != nullptr;
   const auto load = [&](int64_t c) { return std::array<elem_t, 4>{scale[c], shift[c], coef_x[c], coef_c[c]}; };
   for_each_element(run, load, [&](int64_t ix, int64_t id, int64_t ig, int64_t ir, int64_t idr,
-                                  std::array<elem_t, 4> v) {
-    const elem_t xv = static_cast<elem_t>(x[ix]);
-    const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad[ig]), z_value<kResidual>(xv, v[0], v[1], r + ir));
-    dx[id] = static_cast<scalar_t>(dz * v[0] + xv * v[2] + v[3]);
-    if (residual_grad) dr[idr] = static_cast<scalar_t>(dz);
+                                  const std::array<elem_t, 4>& v) {
+    const auto [dz, dxv] = grad_values<kResidual>(x[ix], grad[ig], r + ir, v);
+    dx[id] = static_cast<scalar_t>(dxv);
+    if constexpr (kResidualGrad) dr[idr] = static_cast<scalar_t>(dz);
   });
 }
 
@@ -415,10 +443,12 @@ std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_kernel(
                                      optional_data<scalar_t>(call.residual),
                                      optional_mutable_data<scalar_t>(call.grad_residual)};
     RunGeometries geometries(call, true);
-    if (call.has_residual()) {
-      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<true>(run, base, sc, sh, cx, cc); });
+    if (call.grad_residual.defined()) {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<true, true>(run, base, sc, sh, cx, cc); });
+    } else if (call.has_residual()) {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<true, false>(run, base, sc, sh, cx, cc); });
     } else {
-      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<false>(run, base, sc, sh, cx, cc); });
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<false, false>(run, base, sc, sh, cx, cc); });
     }
   });
   return {call.result, call.grad_residual};
