@@ -480,3 +480,18 @@ def test_functional_matches_torch_functional():
     torch.testing.assert_close(y, y_ref)
     for a, b in zip(ours_stats, theirs_stats):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_batch(backend, device):
+    ours, theirs = make_pair(3, dtype=torch.float32, device=device)
+    x, identity = torch.randn(0, 3, 4, 4, device=device), torch.randn(0, 3, 4, 4, device=device)
+    grad = torch.randn(0, 3, 4, 4, device=device)
+    with cnnfast.backend(backend):
+        y, dx, di = step(ours, x, identity, grad)
+    y_ref, dx_ref, di_ref = step(theirs, x, identity, grad)
+    assert y.shape == y_ref.shape and dx.shape == dx_ref.shape and di.shape == di_ref.shape
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs.bn, name))
+    for a, b in ((ours.weight, theirs.bn.weight), (ours.bias, theirs.bn.bias)):
+        torch.testing.assert_close(a.grad, b.grad)  # zeros, not NaN
