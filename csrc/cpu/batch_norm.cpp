@@ -491,7 +491,8 @@ GradSums<acc_t> reduce_run_strided(const scalar_t* __restrict__ x, int64_t xs, c
     const scalar_t* __restrict__ rb = kResidual ? r + base * rs : r;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t xv = static_cast<acc_t>(xb[i * xs]);
-      const acc_t d = relu_masked_grad(static_cast<acc_t>(gb[i * gs]), z_value<kResidual>(xv, scale, shift, rb + i * rs));
+      const acc_t z = z_value<kResidual>(xv, scale, shift, rb + i * rs);
+      const acc_t d = relu_masked_grad(static_cast<acc_t>(gb[i * gs]), z);
       dz[i] = d;
       dz_xmu[i] = d * (xv - mean);
     }
@@ -559,7 +560,8 @@ void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* g
       const scalar_t* rr = kResidual ? res.data + rg.offset(n, 0, s) : nullptr;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t xv = static_cast<acc_t>(xr[c]);
-        const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), z_value<kResidual>(xv, scale[c], shift[c], rr + c));
+        const acc_t z = z_value<kResidual>(xv, scale[c], shift[c], rr + c);
+        const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), z);
         block_dz[c] += dz;
         block_dz_xmu[c] += dz * (xv - mean[c]);
       }

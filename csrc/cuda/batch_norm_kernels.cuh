@@ -440,8 +440,9 @@ __global__ void __launch_bounds__(kBnThreads)
 template <bool kResidual, typename scalar_t>
 __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_kernel(
     const scalar_t* __restrict__ grad, ChannelGeometry gg, const scalar_t* __restrict__ x, ChannelGeometry xg,
-    BnResidual<scalar_t> residual, const acc_type<scalar_t>* __restrict__ scale, const acc_type<scalar_t>* __restrict__ shift,
-    const acc_type<scalar_t>* __restrict__ coef_x, const acc_type<scalar_t>* __restrict__ coef_c,
+    BnResidual<scalar_t> residual, const acc_type<scalar_t>* __restrict__ scale,
+    const acc_type<scalar_t>* __restrict__ shift, const acc_type<scalar_t>* __restrict__ coef_x,
+    const acc_type<scalar_t>* __restrict__ coef_c,
     scalar_t* __restrict__ dx, ChannelGeometry dxg, int64_t tiles, int64_t chunk) {
   using acc_t = acc_type<scalar_t>;
   const int64_t r_count = xg.per_channel();
