@@ -26,6 +26,7 @@ AUTO_CUDA_CHOICE = {
     "max_pool2d": "cuda",
     "bn_relu": "cuda",
     "bn_relu_conv2d": "cuda",
+    "bn_add_relu": "cuda",
 }
 
 

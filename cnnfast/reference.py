@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_norm_stats", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d", "bn_relu_input_grad",
+__all__ = ["batch_norm_stats", "bn_add_relu", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d", "bn_relu_input_grad",
            "local_response_norm", "max_pool2d", "relu_lrn_max_pool"]
 
 
@@ -84,3 +84,11 @@ def bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight,
     """conv2d(relu(batch_norm(input))) as torch.nn runs it (keeping both intermediates)."""
     normalized = F.batch_norm(input, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
     return F.conv2d(F.relu(normalized), weight, bias, stride, padding, dilation, groups)
+
+
+def bn_add_relu(input, identity, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                eps=1e-5):
+    """relu(batch_norm(input) + identity) as torch.nn's ResNet block runs it (identity None: nothing
+    added), keeping what eager torch keeps."""
+    out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return F.relu(out if identity is None else out + identity)

@@ -55,6 +55,29 @@ TORCH_LIBRARY(cnnfast, m) {
       "_bn_relu_backward_triton(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, "
       "Tensor coef_x, Tensor coef_c) -> Tensor");
 
+  // BN-add-ReLU, ResNet's block tail: relu(input * scale + shift + residual), the BN-ReLU kernels
+  // with an optional residual (none: exactly bn_relu's). The backward's mask depends on the
+  // residual; _bn_add_relu_backward also gives the residual's gradient (dz) when residual_grad.
+  m.def("_bn_add_relu_apply(Tensor input, Tensor scale, Tensor shift, Tensor? residual) -> Tensor");
+  m.def(
+      "_bn_add_relu_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, Tensor scale, Tensor shift, "
+      "Tensor? residual) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  m.def(
+      "_bn_add_relu_backward(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, Tensor coef_x, "
+      "Tensor coef_c, Tensor? residual, bool residual_grad) -> (Tensor grad_input, Tensor grad_residual)");
+  m.def("_bn_add_relu_apply_triton(Tensor input, Tensor scale, Tensor shift, Tensor? residual) -> Tensor");
+  m.def(
+      "_bn_add_relu_backward_reduce_triton(Tensor grad_output, Tensor input, Tensor mean, Tensor scale, "
+      "Tensor shift, Tensor? residual) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  m.def(
+      "_bn_add_relu_backward_triton(Tensor grad_output, Tensor input, Tensor scale, Tensor shift, Tensor coef_x, "
+      "Tensor coef_c, Tensor? residual, bool residual_grad) -> (Tensor grad_input, Tensor grad_residual)");
+  // relu(batch_norm(input) + identity) keeping only input, identity and the per-channel mean/invstd
+  // for backward (never the output). mean/invstd as bn_relu_conv2d's; `backend`: "cpp" or "triton".
+  m.def(
+      "bn_add_relu(Tensor input, Tensor? identity, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+      "bool training, str backend) -> Tensor");
+
   // conv2d(relu(batch_norm(input))) keeping only the input (and per-channel statistics) for
   // backward. mean/invstd are the batch statistics in training and the running ones in eval; the
   // kernels are cnnfast's (`backend`: "cpp" or "triton") around aten's convolution. sync_group

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 #include "common/batch_norm.h"
@@ -240,13 +241,36 @@ struct BnReluCall {
   at::Tensor x, grad_output;   // readable through channel_geometry; grad_output may be undefined
   at::Tensor result;           // elementwise ops: a new tensor in output_memory_format(input)
   ChannelGeometry x_geometry, grad_geometry, result_geometry;
+  // BN-add-ReLU: the residual added before the ReLU (undefined: none), and the backward's gradient
+  // of it (undefined unless asked for; a new tensor in output_memory_format(input), as `result`).
+  at::Tensor residual, grad_residual;
+  ChannelGeometry residual_geometry, grad_residual_geometry;
+
+  bool has_residual() const { return residual.defined(); }
 };
 
-inline BnReluCall prepare_bn_relu(const at::Tensor& input, const at::Tensor* grad_output, bool elementwise) {
+inline BnReluCall prepare_bn_relu(const at::Tensor& input, const at::Tensor* grad_output, bool elementwise,
+                                  const std::optional<at::Tensor>& residual = std::nullopt,
+                                  bool residual_grad = false) {
   check_floating(input, "input");
   BnReluCall call;
   call.x = channel_viewable(input);
   call.x_geometry = channel_geometry(call.x);
+  call.residual_geometry = call.grad_residual_geometry = call.x_geometry;  // placeholders until given
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == input.sizes(), "cnnfast.bn_add_relu: residual has shape ", residual->sizes(),
+                " but input has ", input.sizes());
+    TORCH_CHECK(residual->scalar_type() == input.scalar_type(), "cnnfast.bn_add_relu: residual is ",
+                residual->scalar_type(), " but input is ", input.scalar_type());
+    TORCH_CHECK(residual->device() == input.device(), "cnnfast.bn_add_relu: residual is on ", residual->device(),
+                " but input is on ", input.device());
+    call.residual = channel_viewable(*residual);
+    call.residual_geometry = channel_geometry(call.residual);
+    if (residual_grad) {
+      call.grad_residual = at::empty(input.sizes(), input.options().memory_format(output_memory_format(input)));
+      call.grad_residual_geometry = channel_geometry(call.grad_residual);
+    }
+  }
   if (grad_output != nullptr) {
     TORCH_CHECK(grad_output->sizes() == input.sizes(), "cnnfast.bn_relu backward: grad_output has shape ",
                 grad_output->sizes(), " but input has ", input.sizes());

@@ -105,6 +105,10 @@ def _run_every_triton_op() -> None:
                 x = leaf(2, 8, 5, 6)
                 F.bn_relu(x, torch.rand(8, dtype=dtype).requires_grad_(),
                           torch.randn(8, dtype=dtype).requires_grad_()).sum().backward()
+                # BN-add-ReLU: the same kernels with the residual, and its gradient, switched on.
+                for identity in (leaf(2, 8, 5, 6), None):
+                    F.bn_add_relu(leaf(2, 8, 5, 6), identity, None, None, torch.rand(8, requires_grad=True),
+                                  torch.randn(8, requires_grad=True), training=True).sum().backward()
                 for kernel_size in (1, 3):
                     weight = torch.randn(4, 8, kernel_size, kernel_size, dtype=dtype, requires_grad=True)
                     for bias in (None, torch.randn(4, dtype=dtype, requires_grad=True)):

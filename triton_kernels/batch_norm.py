@@ -1,5 +1,7 @@
 """BatchNorm -> ReLU in Triton: batch statistics, the fused apply and its backward (the math of
-csrc/common/batch_norm.h).
+csrc/common/batch_norm.h), with an optional residual added before the ReLU (BN-add-ReLU, ResNet's
+block tail: z = x * scale + shift + r, d r = dz; HAS_RESIDUAL is a constexpr, so BN-ReLU pays
+nothing for it).
 
 Per channel c, over the M = N * H * W values of x:
     mean_c, var_c  the mean and the biased variance (the BN statistics)
@@ -192,15 +194,24 @@ def _stats_final_kernel(count_ptr, part_ptr, mean_ptr, var_ptr, C, chunks,
 
 
 @triton.jit
-def _bn_relu_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, C, S, s_blocks,
-                    x_sn, x_sc, x_ss, o_sn, o_sc, o_ss,
+def _add_residual(z, r_ptr, n, c, s, mask, r_sn, r_sc, r_ss, ACC: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    # BN-add-ReLU: z + residual (after BN's affine, as torch.nn's block adds); BN-ReLU: z.
+    if HAS_RESIDUAL:
+        z = z + tl.load(r_ptr + _offsets(n, c, s, r_sn, r_sc, r_ss), mask=mask, other=0.0).to(ACC)
+    return z
+
+
+@triton.jit
+def _bn_relu_kernel(x_ptr, r_ptr, scale_ptr, shift_ptr, out_ptr, C, S, s_blocks,
+                    x_sn, x_sc, x_ss, r_sn, r_sc, r_ss, o_sn, o_sc, o_ss,
                     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-                    ROUND_BF16: tl.constexpr):
+                    ROUND_BF16: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     c, cmask = _channels(C, BLOCK_C)
     n, s, smask, _ = _tile(tl.program_id(0), S, s_blocks, BLOCK_S)
     mask = cmask[:, None] & smask[None, :]
     x = tl.load(x_ptr + _offsets(n, c, s, x_sn, x_sc, x_ss), mask=mask, other=0.0).to(ACC)
     z = _affine(x, _load_channel(scale_ptr, c, cmask, ACC), _load_channel(shift_ptr, c, cmask, ACC))
+    z = _add_residual(z, r_ptr, n, c, s, mask, r_sn, r_sc, r_ss, ACC, HAS_RESIDUAL)
     # relu_value: z < 0 ? 0 : z, so a NaN stays NaN.
     r = tl.where(z < 0, 0.0, z)
     out = _to_storage(r, out_ptr.dtype.element_ty, ROUND_BF16)
@@ -208,10 +219,11 @@ def _bn_relu_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, C, S, s_blocks,
 
 
 @triton.jit
-def _backward_reduce_kernel(grad_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, part_ptr,
+def _backward_reduce_kernel(grad_ptr, x_ptr, r_ptr, mean_ptr, scale_ptr, shift_ptr, part_ptr,
                             C, S, tiles, s_blocks, chunks,
-                            g_sn, g_sc, g_ss, x_sn, x_sc, x_ss,
-                            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+                            g_sn, g_sc, g_ss, x_sn, x_sc, x_ss, r_sn, r_sc, r_ss,
+                            ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr):
     # Program (chunk, channel block): sums of dz and dz * (x - mean) over the chunk's tiles,
     # per-tile sums in ACC added in fp64, to row `chunk` of the [2, chunks, C] fp64 partials.
     chunk = tl.program_id(0).to(tl.int64)
@@ -227,8 +239,9 @@ def _backward_reduce_kernel(grad_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, par
         mask = cmask[:, None] & smask[None, :]
         x = tl.load(x_ptr + _offsets(n, c, s, x_sn, x_sc, x_ss), mask=mask, other=0.0).to(ACC)
         g = tl.load(grad_ptr + _offsets(n, c, s, g_sn, g_sc, g_ss), mask=mask, other=0.0).to(ACC)
+        z = _add_residual(_affine(x, scale, shift), r_ptr, n, c, s, mask, r_sn, r_sc, r_ss, ACC, HAS_RESIDUAL)
         # relu_masked_grad; masked-off lanes add +0 (even with a non-finite mean).
-        dz = tl.where(mask & (_affine(x, scale, shift) > 0), g, 0.0)
+        dz = tl.where(mask & (z > 0), g, 0.0)
         dz_xmu = tl.where(mask, dz * (x - mean), 0.0)
         sum_dz += tl.sum(dz, axis=1).to(tl.float64)
         sum_dz_xmu += tl.sum(dz_xmu, axis=1).to(tl.float64)
@@ -238,21 +251,29 @@ def _backward_reduce_kernel(grad_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, par
 
 
 @triton.jit
-def _bn_relu_backward_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, coef_x_ptr, coef_c_ptr, out_ptr,
-                             C, S, s_blocks,
-                             g_sn, g_sc, g_ss, x_sn, x_sc, x_ss, o_sn, o_sc, o_ss,
+def _bn_relu_backward_kernel(grad_ptr, x_ptr, r_ptr, scale_ptr, shift_ptr, coef_x_ptr, coef_c_ptr, out_ptr,
+                             dr_ptr, C, S, s_blocks,
+                             g_sn, g_sc, g_ss, x_sn, x_sc, x_ss, r_sn, r_sc, r_ss, o_sn, o_sc, o_ss,
+                             dr_sn, dr_sc, dr_ss,
                              ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-                             ROUND_BF16: tl.constexpr):
+                             ROUND_BF16: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                             RESIDUAL_GRAD: tl.constexpr):
+    # dx, and with RESIDUAL_GRAD the residual's gradient dz (BN-add-ReLU's identity path).
     c, cmask = _channels(C, BLOCK_C)
     n, s, smask, _ = _tile(tl.program_id(0), S, s_blocks, BLOCK_S)
     mask = cmask[:, None] & smask[None, :]
     x = tl.load(x_ptr + _offsets(n, c, s, x_sn, x_sc, x_ss), mask=mask, other=0.0).to(ACC)
     g = tl.load(grad_ptr + _offsets(n, c, s, g_sn, g_sc, g_ss), mask=mask, other=0.0).to(ACC)
     scale = _load_channel(scale_ptr, c, cmask, ACC)
-    dz = tl.where(_affine(x, scale, _load_channel(shift_ptr, c, cmask, ACC)) > 0, g, 0.0)
+    z = _add_residual(_affine(x, scale, _load_channel(shift_ptr, c, cmask, ACC)), r_ptr, n, c, s, mask,
+                      r_sn, r_sc, r_ss, ACC, HAS_RESIDUAL)
+    dz = tl.where(z > 0, g, 0.0)
     dx = dz * scale + x * _load_channel(coef_x_ptr, c, cmask, ACC) + _load_channel(coef_c_ptr, c, cmask, ACC)
     out = _to_storage(dx, out_ptr.dtype.element_ty, ROUND_BF16)
     tl.store(out_ptr + _offsets(n, c, s, o_sn, o_sc, o_ss), out, mask=mask)
+    if RESIDUAL_GRAD:
+        tl.store(dr_ptr + _offsets(n, c, s, dr_sn, dr_sc, dr_ss), _to_storage(dz, dr_ptr.dtype.element_ty, ROUND_BF16),
+                 mask=mask)
 
 
 # ---- launchers ----------------------------------------------------------------------------
@@ -336,46 +357,55 @@ def batch_norm_stats(x: torch.Tensor):
     return mean, var
 
 
-def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = max(x * scale[c] + shift[c], 0), computed in the accumulation type; out is
-    preallocated with x's shape and dtype, in any strides whose H and W merge."""
+def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """out = max(x * scale[c] + shift[c] (+ residual), 0), computed in the accumulation type; out is
+    preallocated with x's shape and dtype, in any strides whose H and W merge (residual too)."""
     if x.numel() == 0:
         return out
-    plan = _Plan(x, out)
+    # Without a residual, x stands in for it (never read: HAS_RESIDUAL is a constexpr).
+    r = x if residual is None else residual
+    plan = _Plan(x, r, out)
     _bn_relu_kernel[(plan.tiles, plan.c_blocks)](
-        x, scale, shift, out, plan.c, plan.s, plan.s_blocks, *plan.strides,
-        ROUND_BF16=_INTERPRETED, **plan.constants)
+        x, r, scale, shift, out, plan.c, plan.s, plan.s_blocks, *plan.strides,
+        ROUND_BF16=_INTERPRETED, HAS_RESIDUAL=residual is not None, **plan.constants)
     return out
 
 
 def bn_relu_backward_reduce(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
-                            shift: torch.Tensor):
-    """(sum_dz, sum_dz_xmu) per channel: dz = grad where x * scale + shift > 0 else 0, summed,
-    and summed times (x - mean). New 1-d tensors in the accumulation type."""
+                            shift: torch.Tensor, residual: torch.Tensor | None = None):
+    """(sum_dz, sum_dz_xmu) per channel: dz = grad where x * scale + shift (+ residual) > 0 else 0,
+    summed, and summed times (x - mean). New 1-d tensors in the accumulation type."""
     acc = _acc_torch(x.dtype)
     if x.numel() == 0:
         zeros = torch.zeros(x.shape[1], dtype=acc, device=x.device)
         return zeros, zeros.clone()
-    plan = _Plan(x, grad)
+    r = x if residual is None else residual
+    plan = _Plan(x, grad, r)
     partials = torch.empty((2, plan.chunks, plan.c), dtype=torch.float64, device=x.device)
-    # Strides in the kernel's argument order: grad's, then x's.
-    x_strides, g_strides = plan.strides[:3], plan.strides[3:]
+    # Strides in the kernel's argument order: grad's, x's, then the residual's.
+    x_strides, g_strides, r_strides = plan.strides[:3], plan.strides[3:6], plan.strides[6:]
     _backward_reduce_kernel[(plan.chunks, plan.c_blocks)](
-        grad, x, mean, scale, shift, partials, plan.c, plan.s, plan.tiles, plan.s_blocks, plan.chunks,
-        *g_strides, *x_strides, **plan.constants)
+        grad, x, r, mean, scale, shift, partials, plan.c, plan.s, plan.tiles, plan.s_blocks, plan.chunks,
+        *g_strides, *x_strides, *r_strides, HAS_RESIDUAL=residual is not None, **plan.constants)
     # Each channel's partials added in one fixed order (torch's reductions are deterministic).
     return partials[0].sum(dim=0).to(acc), partials[1].sum(dim=0).to(acc)
 
 
 def bn_relu_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                     coef_x: torch.Tensor, coef_c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = (grad where x * scale + shift > 0 else 0) * scale + x * coef_x + coef_c per channel, in
-    the accumulation type, rounded to x's dtype; grad, x and out in any strides whose H and W merge."""
+                     coef_x: torch.Tensor, coef_c: torch.Tensor, out: torch.Tensor,
+                     residual: torch.Tensor | None = None, grad_residual: torch.Tensor | None = None) -> torch.Tensor:
+    """out = dz * scale + x * coef_x + coef_c per channel, dz = grad where x * scale + shift
+    (+ residual) > 0 else 0, in the accumulation type, rounded to x's dtype; grad_residual (given
+    only with a residual) receives dz. Every tensor in any strides whose H and W merge."""
     if x.numel() == 0:
         return out
-    plan = _Plan(x, grad, out)
-    x_strides, g_strides, o_strides = plan.strides[:3], plan.strides[3:6], plan.strides[6:]
+    r = x if residual is None else residual
+    dr = out if grad_residual is None else grad_residual
+    plan = _Plan(x, grad, r, out, dr)
+    x_strides, g_strides, r_strides, o_strides, dr_strides = (plan.strides[i:i + 3] for i in range(0, 15, 3))
     _bn_relu_backward_kernel[(plan.tiles, plan.c_blocks)](
-        grad, x, scale, shift, coef_x, coef_c, out, plan.c, plan.s, plan.s_blocks,
-        *g_strides, *x_strides, *o_strides, ROUND_BF16=_INTERPRETED, **plan.constants)
+        grad, x, r, scale, shift, coef_x, coef_c, out, dr, plan.c, plan.s, plan.s_blocks,
+        *g_strides, *x_strides, *r_strides, *o_strides, *dr_strides, ROUND_BF16=_INTERPRETED,
+        HAS_RESIDUAL=residual is not None, RESIDUAL_GRAD=grad_residual is not None, **plan.constants)
     return out

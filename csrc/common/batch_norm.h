@@ -10,6 +10,10 @@
 // coef_c = -scale * sum_dz / M - coef_x * mean (BN's dependence through the batch statistics),
 // and in eval coef_x = coef_c = 0. The per-channel coefficients are computed by the caller, so one
 // elementwise kernel serves training, eval and a plain affine ReLU.
+//
+// BN-add-ReLU (ResNet's block tail) is the same with an optional residual r added before the ReLU:
+//   z = x * scale + shift + r,  out = max(z, 0),  d r = dz
+// and everything else as above (the mask now depends on r too, so the backward reads it again).
 #pragma once
 
 #include "host_device.h"
@@ -68,6 +72,13 @@ CNNFAST_HOST_DEVICE acc_t bn_affine(acc_t x, acc_t scale, acc_t shift) {
 #else
   return x * scale + shift;
 #endif
+}
+
+// z = x * scale + shift + residual: BN's output, then the residual connection's add, in the order
+// torch.nn's block computes them. The forward and the backward's mask both go through here.
+template <typename acc_t>
+CNNFAST_HOST_DEVICE acc_t bn_add_affine(acc_t x, acc_t scale, acc_t shift, acc_t residual) {
+  return bn_affine(x, scale, shift) + residual;
 }
 
 // relu(z) as torch computes it: a NaN stays NaN.

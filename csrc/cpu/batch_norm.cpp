@@ -1,4 +1,5 @@
-// CPU kernels of the BN-ReLU ops (the math: csrc/common/batch_norm.h).
+// CPU kernels of the BN-ReLU and BN-add-ReLU ops (the math: csrc/common/batch_norm.h). BN-ReLU is
+// BN-add-ReLU without a residual: one kernel each, the residual a compile-time branch.
 //
 // A tensor is walked one of two ways, whichever keeps the innermost loop on adjacent elements:
 //  - planes: for each (n, c) the spatial run s = 0..S-1 (contiguous NCHW and its channel slices);
@@ -7,8 +8,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -188,24 +191,41 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_kernel(const at::Tensor& inp
 
 // ---- elementwise: forward apply and the input gradient -------------------------------------
 
+// Tensors an elementwise body walks together, in this order: x, the result, grad_output, the
+// residual and its gradient. Those an op lacks take x's geometry as a placeholder (never read),
+// so that the walk and the unit-stride test stay the same for every op.
+enum RunTensor { kRunX, kRunOut, kRunGrad, kRunResidual, kRunGradResidual, kRunTensors };
+
 // A run of elements for an elementwise body: a plane (one channel, stepping by each tensor's
 // spatial stride) or a row (every channel of one position, unit channel strides). All
 // geometries share sizes; the body takes its unit-stride loop when every stride is 1.
 struct Run {
-  int64_t x, y, g;  // offsets of the run's first element in each tensor
-  int64_t x_stride, y_stride, g_stride;
+  int64_t offset[kRunTensors];  // of the run's first element in each tensor
+  int64_t stride[kRunTensors];
   int64_t channel;  // plane walk: the channel; row walk: -1 (the channel is the run index)
   int64_t count;
+
+  bool unit() const {
+    for (int64_t s : stride) {
+      if (s != 1) return false;
+    }
+    return true;
+  }
 };
 
 template <typename Body>
-void for_each_run(const ChannelGeometry& xg, const ChannelGeometry& yg, const ChannelGeometry& gg,
-                  const Body& body) {
-  if (rows_walk({&xg, &yg, &gg})) {
+void for_each_run(const ChannelGeometry* (&geometries)[kRunTensors], const Body& body) {
+  const ChannelGeometry& xg = *geometries[kRunX];
+  if (rows_walk({geometries[0], geometries[1], geometries[2], geometries[3], geometries[4]})) {
     at::parallel_for(0, xg.batch * xg.spatial, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / xg.spatial, s = r % xg.spatial;
-        body(Run{xg.offset(n, 0, s), yg.offset(n, 0, s), gg.offset(n, 0, s), 1, 1, 1, -1, xg.channels});
+        Run run{{}, {}, -1, xg.channels};
+        for (int t = 0; t < kRunTensors; ++t) {
+          run.offset[t] = geometries[t]->offset(n, 0, s);
+          run.stride[t] = 1;
+        }
+        body(run);
       }
     });
     return;
@@ -213,8 +233,12 @@ void for_each_run(const ChannelGeometry& xg, const ChannelGeometry& yg, const Ch
   at::parallel_for(0, xg.batch * xg.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / xg.channels, c = p % xg.channels;
-      body(Run{xg.offset(n, c, 0), yg.offset(n, c, 0), gg.offset(n, c, 0), xg.spatial_stride, yg.spatial_stride,
-               gg.spatial_stride, c, xg.spatial});
+      Run run{{}, {}, c, xg.spatial};
+      for (int t = 0; t < kRunTensors; ++t) {
+        run.offset[t] = geometries[t]->offset(n, c, 0);
+        run.stride[t] = geometries[t]->spatial_stride;
+      }
+      body(run);
     }
   });
 }
@@ -234,82 +258,176 @@ std::vector<elem_t> channel_values(const at::Tensor& t, const at::Tensor& input,
   return out;
 }
 
-template <typename scalar_t, typename elem_t>
-inline scalar_t bn_relu_element(scalar_t x, elem_t scale, elem_t shift) {
-  return static_cast<scalar_t>(relu_value(bn_affine(static_cast<elem_t>(x), scale, shift)));
+// z of one element: x * scale + shift, plus the residual's element (at `r`) with kResidual.
+template <bool kResidual, typename acc_t, typename scalar_t>
+inline acc_t z_value(acc_t x, acc_t scale, acc_t shift, const scalar_t* r) {
+  if constexpr (kResidual) {
+    return bn_add_affine(x, scale, shift, static_cast<acc_t>(*r));
+  } else {
+    return bn_affine(x, scale, shift);
+  }
 }
 
-template <typename scalar_t, typename elem_t>
-inline scalar_t bn_relu_grad_element(scalar_t x, scalar_t grad, elem_t scale, elem_t shift, elem_t coef_x,
-                                     elem_t coef_c) {
-  const elem_t xv = static_cast<elem_t>(x);
-  const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad), bn_affine(xv, scale, shift));
-  return static_cast<scalar_t>(dz * scale + xv * coef_x + coef_c);
-}
+// The tensors of an elementwise op, each at its run's first element (nullptr where absent).
+template <typename scalar_t>
+struct RunPointers {
+  const scalar_t* x;
+  scalar_t* out;
+  const scalar_t* grad;
+  const scalar_t* residual;
+  scalar_t* grad_residual;
+};
 
-// One run: a plane takes its channel's values into registers; a row reads them per channel.
-template <typename scalar_t, typename elem_t>
-void bn_relu_run(const Run& run, const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
-                 const elem_t* __restrict__ scale, const elem_t* __restrict__ shift) {
-  const scalar_t* __restrict__ xr = x + run.x;
-  scalar_t* __restrict__ yr = y + run.y;
+// Calls element(i_x, i_out, i_grad, i_residual, i_grad_residual, v) for each element of the run:
+// the indices of the element in each tensor, and v = load(channel), its channel's values (loaded
+// once per plane, so that they stay in registers). Written once for unit strides (so that the
+// loop vectorises) and once for any stride.
+template <typename Load, typename Element>
+inline void for_each_element(const Run& run, const Load& load, const Element& element) {
   if (run.channel < 0) {
-    for (int64_t c = 0; c < run.count; ++c) yr[c] = bn_relu_element(xr[c], scale[c], shift[c]);
+    for (int64_t c = 0; c < run.count; ++c) element(c, c, c, c, c, load(c));
     return;
   }
-  const elem_t sc = scale[run.channel], sh = shift[run.channel];
-  if (run.x_stride == 1 && run.y_stride == 1) {
-    for (int64_t i = 0; i < run.count; ++i) yr[i] = bn_relu_element(xr[i], sc, sh);
+  const auto v = load(run.channel);
+  if (run.unit()) {
+    for (int64_t i = 0; i < run.count; ++i) element(i, i, i, i, i, v);
   } else {
-    for (int64_t i = 0; i < run.count; ++i) yr[i * run.y_stride] = bn_relu_element(xr[i * run.x_stride], sc, sh);
-  }
-}
-
-template <typename scalar_t, typename elem_t>
-void bn_relu_grad_run(const Run& run, const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
-                      scalar_t* __restrict__ dx, const elem_t* __restrict__ scale, const elem_t* __restrict__ shift,
-                      const elem_t* __restrict__ coef_x, const elem_t* __restrict__ coef_c) {
-  const scalar_t* __restrict__ xr = x + run.x;
-  const scalar_t* __restrict__ gr = grad + run.g;
-  scalar_t* __restrict__ dr = dx + run.y;
-  if (run.channel < 0) {
-    for (int64_t c = 0; c < run.count; ++c) {
-      dr[c] = bn_relu_grad_element(xr[c], gr[c], scale[c], shift[c], coef_x[c], coef_c[c]);
-    }
-    return;
-  }
-  const int64_t c = run.channel;
-  const elem_t sc = scale[c], sh = shift[c], cx = coef_x[c], cc = coef_c[c];
-  if (run.x_stride == 1 && run.y_stride == 1 && run.g_stride == 1) {
-    for (int64_t i = 0; i < run.count; ++i) dr[i] = bn_relu_grad_element(xr[i], gr[i], sc, sh, cx, cc);
-  } else {
+    const int64_t* s = run.stride;
     for (int64_t i = 0; i < run.count; ++i) {
-      dr[i * run.y_stride] = bn_relu_grad_element(xr[i * run.x_stride], gr[i * run.g_stride], sc, sh, cx, cc);
+      element(i * s[kRunX], i * s[kRunOut], i * s[kRunGrad], i * s[kRunResidual], i * s[kRunGradResidual], v);
     }
   }
 }
 
-at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
-  const BnReluCall call = prepare_bn_relu(input, nullptr, true);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cpu", [&] {
+template <typename scalar_t>
+RunPointers<scalar_t> run_pointers(const Run& run, const RunPointers<scalar_t>& base) {
+  const int64_t* o = run.offset;
+  auto at = [](auto* p, int64_t offset) { return p == nullptr ? p : p + offset; };
+  return {at(base.x, o[kRunX]), at(base.out, o[kRunOut]), at(base.grad, o[kRunGrad]),
+          at(base.residual, o[kRunResidual]), at(base.grad_residual, o[kRunGradResidual])};
+}
+
+// out = relu(x * scale + shift [+ residual]).
+template <bool kResidual, typename scalar_t, typename elem_t>
+void bn_relu_run(const Run& run, const RunPointers<scalar_t>& base, const elem_t* __restrict__ scale,
+                 const elem_t* __restrict__ shift) {
+  const RunPointers<scalar_t> p = run_pointers(run, base);
+  const scalar_t* __restrict__ x = p.x;
+  const scalar_t* __restrict__ r = p.residual;
+  scalar_t* __restrict__ y = p.out;
+  const auto load = [&](int64_t c) { return std::array<elem_t, 2>{scale[c], shift[c]}; };
+  for_each_element(run, load, [&](int64_t ix, int64_t iy, int64_t, int64_t ir, int64_t, std::array<elem_t, 2> v) {
+    y[iy] = static_cast<scalar_t>(relu_value(z_value<kResidual>(static_cast<elem_t>(x[ix]), v[0], v[1], r + ir)));
+  });
+}
+
+// dz and dx = dz * scale + x * coef_x + coef_c of one element (v: scale, shift, coef_x, coef_c).
+template <bool kResidual, typename scalar_t, typename elem_t>
+inline std::array<elem_t, 2> grad_values(scalar_t x, scalar_t grad, const scalar_t* r, const std::array<elem_t, 4>& v) {
+  const elem_t xv = static_cast<elem_t>(x);
+  const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad), z_value<kResidual>(xv, v[0], v[1], r));
+  return {dz, dz * v[0] + xv * v[2] + v[3]};
+}
+
+// One row (every channel of one position, unit strides) as a loop over __restrict__ parameters:
+// with five tensors and four per-channel arrays the compiler would otherwise have too many
+// possible overlaps to check at run time, and leave the loop scalar (several times slower).
+template <bool kResidual, bool kResidualGrad, typename scalar_t, typename elem_t>
+void bn_relu_grad_row(int64_t count, const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad,
+                      const scalar_t* __restrict__ r, scalar_t* __restrict__ dx, scalar_t* __restrict__ dr,
+                      const elem_t* __restrict__ scale, const elem_t* __restrict__ shift,
+                      const elem_t* __restrict__ coef_x, const elem_t* __restrict__ coef_c) {
+  for (int64_t c = 0; c < count; ++c) {
+    const auto [dz, dxv] = grad_values<kResidual>(x[c], grad[c], r + c,
+                                                  std::array<elem_t, 4>{scale[c], shift[c], coef_x[c], coef_c[c]});
+    dx[c] = static_cast<scalar_t>(dxv);
+    if constexpr (kResidualGrad) dr[c] = static_cast<scalar_t>(dz);
+  }
+}
+
+// dx = dz * scale + x * coef_x + coef_c, and with kResidualGrad the residual's gradient dz (a
+// compile-time switch, as kResidual).
+template <bool kResidual, bool kResidualGrad, typename scalar_t, typename elem_t>
+void bn_relu_grad_run(const Run& run, const RunPointers<scalar_t>& base, const elem_t* __restrict__ scale,
+                      const elem_t* __restrict__ shift, const elem_t* __restrict__ coef_x,
+                      const elem_t* __restrict__ coef_c) {
+  const RunPointers<scalar_t> p = run_pointers(run, base);
+  if (run.channel < 0) {
+    bn_relu_grad_row<kResidual, kResidualGrad>(run.count, p.x, p.grad, p.residual, p.out, p.grad_residual, scale,
+                                               shift, coef_x, coef_c);
+    return;
+  }
+  const scalar_t* __restrict__ x = p.x;
+  const scalar_t* __restrict__ grad = p.grad;
+  const scalar_t* __restrict__ r = p.residual;
+  scalar_t* __restrict__ dx = p.out;
+  scalar_t* __restrict__ dr = p.grad_residual;
+  const auto load = [&](int64_t c) { return std::array<elem_t, 4>{scale[c], shift[c], coef_x[c], coef_c[c]}; };
+  for_each_element(run, load, [&](int64_t ix, int64_t id, int64_t ig, int64_t ir, int64_t idr,
+                                  const std::array<elem_t, 4>& v) {
+    const auto [dz, dxv] = grad_values<kResidual>(x[ix], grad[ig], r + ir, v);
+    dx[id] = static_cast<scalar_t>(dxv);
+    if constexpr (kResidualGrad) dr[idr] = static_cast<scalar_t>(dz);
+  });
+}
+
+// The geometries of an elementwise call, in RunTensor order.
+struct RunGeometries {
+  const ChannelGeometry* list[kRunTensors];
+
+  explicit RunGeometries(const BnReluCall& call, bool has_grad) {
+    list[kRunX] = &call.x_geometry;
+    list[kRunOut] = &call.result_geometry;
+    list[kRunGrad] = has_grad ? &call.grad_geometry : &call.x_geometry;
+    list[kRunResidual] = &call.residual_geometry;
+    list[kRunGradResidual] = &call.grad_residual_geometry;
+  }
+};
+
+template <typename scalar_t>
+const scalar_t* optional_data(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+template <typename scalar_t>
+scalar_t* optional_mutable_data(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+}
+
+// relu(input * scale + shift [+ residual]): bn_relu, and the forward of BN-add-ReLU.
+at::Tensor bn_add_relu_apply_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
+                                    const std::optional<at::Tensor>& residual) {
+  const BnReluCall call = prepare_bn_relu(input, nullptr, true, residual);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_cpu", [&] {
     using elem_t = acc_type<scalar_t>;
     const std::vector<elem_t> scale_v = channel_values<elem_t>(scale, input, "scale");
     const std::vector<elem_t> shift_v = channel_values<elem_t>(shift, input, "shift");
     if (input.numel() == 0) return;
     const elem_t* sc = scale_v.data();
     const elem_t* sh = shift_v.data();
-    const scalar_t* x = call.x.const_data_ptr<scalar_t>();
-    scalar_t* y = call.result.mutable_data_ptr<scalar_t>();
-    for_each_run(call.x_geometry, call.result_geometry, call.x_geometry,
-                 [&](const Run& run) { bn_relu_run(run, x, y, sc, sh); });
+    const RunPointers<scalar_t> base{call.x.const_data_ptr<scalar_t>(), call.result.mutable_data_ptr<scalar_t>(),
+                                     nullptr, optional_data<scalar_t>(call.residual), nullptr};
+    RunGeometries geometries(call, false);
+    if (call.has_residual()) {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_run<true>(run, base, sc, sh); });
+    } else {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_run<false>(run, base, sc, sh); });
+    }
   });
   return call.result;
 }
 
-at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
-                                   const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
-  const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cpu", [&] {
+at::Tensor bn_relu_kernel(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
+  return bn_add_relu_apply_kernel(input, scale, shift, std::nullopt);
+}
+
+// (dx, d residual): d residual is undefined unless a residual is given and residual_grad is set.
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_kernel(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
+    const at::Tensor& coef_x, const at::Tensor& coef_c, const std::optional<at::Tensor>& residual,
+    bool residual_grad) {
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, true, residual, residual_grad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_backward_cpu", [&] {
     using elem_t = acc_type<scalar_t>;
     const std::vector<elem_t> scale_v = channel_values<elem_t>(scale, input, "scale");
     const std::vector<elem_t> shift_v = channel_values<elem_t>(shift, input, "shift");
@@ -320,13 +438,26 @@ at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tens
     const elem_t* sh = shift_v.data();
     const elem_t* cx = coef_x_v.data();
     const elem_t* cc = coef_c_v.data();
-    const scalar_t* x = call.x.const_data_ptr<scalar_t>();
-    const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
-    scalar_t* dx = call.result.mutable_data_ptr<scalar_t>();
-    for_each_run(call.x_geometry, call.result_geometry, call.grad_geometry,
-                 [&](const Run& run) { bn_relu_grad_run(run, x, grad, dx, sc, sh, cx, cc); });
+    const RunPointers<scalar_t> base{call.x.const_data_ptr<scalar_t>(), call.result.mutable_data_ptr<scalar_t>(),
+                                     call.grad_output.const_data_ptr<scalar_t>(),
+                                     optional_data<scalar_t>(call.residual),
+                                     optional_mutable_data<scalar_t>(call.grad_residual)};
+    RunGeometries geometries(call, true);
+    if (call.grad_residual.defined()) {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<true, true>(run, base, sc, sh, cx, cc); });
+    } else if (call.has_residual()) {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<true, false>(run, base, sc, sh, cx, cc); });
+    } else {
+      for_each_run(geometries.list, [&](const Run& run) { bn_relu_grad_run<false, false>(run, base, sc, sh, cx, cc); });
+    }
   });
-  return call.result;
+  return {call.result, call.grad_residual};
+}
+
+at::Tensor bn_relu_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
+                                   const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
+  return std::get<0>(bn_add_relu_backward_kernel(grad_output, input, scale, shift, coef_x, coef_c, std::nullopt,
+                                                 false));
 }
 
 // ---- backward reductions: the ReLU mask and BN's two sums in one pass ----------------------
@@ -336,12 +467,20 @@ struct GradSums {
   acc_t dz, dz_xmu;
 };
 
+// Where a reduction reads the residual: its data (nullptr: none) and geometry.
+template <typename scalar_t>
+struct ResidualView {
+  const scalar_t* data;
+  const ChannelGeometry* geometry;
+};
+
 // Sums of dz and dz * (x - mean) over one run of one channel. In two stages per chunk: the masked
 // values into a buffer (a loop without a reduction, which vectorises), then their lane sums.
-template <int64_t kUnit, typename scalar_t, typename acc_t>
+template <bool kResidual, int64_t kUnit, typename scalar_t, typename acc_t>
 GradSums<acc_t> reduce_run_strided(const scalar_t* __restrict__ x, int64_t xs, const scalar_t* __restrict__ grad,
-                                   int64_t gs, int64_t count, acc_t mean, acc_t scale, acc_t shift) {
-  if (kUnit) xs = gs = 1;  // constant strides: the vectorisable loop
+                                   int64_t gs, const scalar_t* __restrict__ r, int64_t rs, int64_t count, acc_t mean,
+                                   acc_t scale, acc_t shift) {
+  if (kUnit) xs = gs = rs = 1;  // constant strides: the vectorisable loop
   constexpr int64_t kChunk = 256;
   acc_t dz[kChunk], dz_xmu[kChunk];
   GradSums<acc_t> sums{0, 0};
@@ -349,9 +488,11 @@ GradSums<acc_t> reduce_run_strided(const scalar_t* __restrict__ x, int64_t xs, c
     const int64_t n = std::min(kChunk, count - base);
     const scalar_t* __restrict__ xb = x + base * xs;
     const scalar_t* __restrict__ gb = grad + base * gs;
+    const scalar_t* __restrict__ rb = kResidual ? r + base * rs : r;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t xv = static_cast<acc_t>(xb[i * xs]);
-      const acc_t d = relu_masked_grad(static_cast<acc_t>(gb[i * gs]), bn_affine(xv, scale, shift));
+      const acc_t z = z_value<kResidual>(xv, scale, shift, rb + i * rs);
+      const acc_t d = relu_masked_grad(static_cast<acc_t>(gb[i * gs]), z);
       dz[i] = d;
       dz_xmu[i] = d * (xv - mean);
     }
@@ -361,24 +502,29 @@ GradSums<acc_t> reduce_run_strided(const scalar_t* __restrict__ x, int64_t xs, c
   return sums;
 }
 
-template <typename scalar_t, typename acc_t>
-GradSums<acc_t> reduce_run(const scalar_t* x, int64_t xs, const scalar_t* grad, int64_t gs, int64_t count, acc_t mean,
-                           acc_t scale, acc_t shift) {
-  if (xs == 1 && gs == 1) return reduce_run_strided<1>(x, xs, grad, gs, count, mean, scale, shift);
-  return reduce_run_strided<0>(x, xs, grad, gs, count, mean, scale, shift);
+template <bool kResidual, typename scalar_t, typename acc_t>
+GradSums<acc_t> reduce_run(const scalar_t* x, int64_t xs, const scalar_t* grad, int64_t gs, const scalar_t* r,
+                           int64_t rs, int64_t count, acc_t mean, acc_t scale, acc_t shift) {
+  if (xs == 1 && gs == 1 && (!kResidual || rs == 1)) {
+    return reduce_run_strided<kResidual, 1>(x, xs, grad, gs, r, rs, count, mean, scale, shift);
+  }
+  return reduce_run_strided<kResidual, 0>(x, xs, grad, gs, r, rs, count, mean, scale, shift);
 }
 
-template <typename scalar_t, typename acc_t>
+template <bool kResidual, typename scalar_t, typename acc_t>
 void reduce_planes(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* grad, const ChannelGeometry& gg,
-                   const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz, double* sum_dz_xmu) {
+                   const ResidualView<scalar_t>& res, const acc_t* mean, const acc_t* scale, const acc_t* shift,
+                   double* sum_dz, double* sum_dz_xmu) {
+  const ChannelGeometry& rg = *res.geometry;
   at::parallel_for(0, xg.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double total_dz = 0, total_dz_xmu = 0;
       for (int64_t n = 0; n < xg.batch; ++n) {
         for (int64_t s = 0; s < xg.spatial; s += kBlock) {
-          const auto part = reduce_run(x + xg.offset(n, c, s), xg.spatial_stride, grad + gg.offset(n, c, s),
-                                       gg.spatial_stride, std::min(kBlock, xg.spatial - s), mean[c], scale[c],
-                                       shift[c]);
+          const scalar_t* r = kResidual ? res.data + rg.offset(n, c, s) : nullptr;
+          const auto part = reduce_run<kResidual>(x + xg.offset(n, c, s), xg.spatial_stride,
+                                                  grad + gg.offset(n, c, s), gg.spatial_stride, r, rg.spatial_stride,
+                                                  std::min(kBlock, xg.spatial - s), mean[c], scale[c], shift[c]);
           total_dz += part.dz;
           total_dz_xmu += part.dz_xmu;
         }
@@ -389,9 +535,11 @@ void reduce_planes(const scalar_t* x, const ChannelGeometry& xg, const scalar_t*
   });
 }
 
-template <typename scalar_t, typename acc_t>
+template <bool kResidual, typename scalar_t, typename acc_t>
 void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* grad, const ChannelGeometry& gg,
-                 const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz, double* sum_dz_xmu) {
+                 const ResidualView<scalar_t>& res, const acc_t* mean, const acc_t* scale, const acc_t* shift,
+                 double* sum_dz, double* sum_dz_xmu) {
+  const ChannelGeometry& rg = *res.geometry;
   const int64_t C = xg.channels;
   const int64_t rows = xg.batch * xg.spatial;
   const int64_t chunks = row_chunks(rows);
@@ -409,9 +557,11 @@ void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* g
       const int64_t n = r / xg.spatial, s = r % xg.spatial;
       const scalar_t* xr = x + xg.offset(n, 0, s);
       const scalar_t* gr = grad + gg.offset(n, 0, s);
+      const scalar_t* rr = kResidual ? res.data + rg.offset(n, 0, s) : nullptr;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t xv = static_cast<acc_t>(xr[c]);
-        const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), bn_affine(xv, scale[c], shift[c]));
+        const acc_t z = z_value<kResidual>(xv, scale[c], shift[c], rr + c);
+        const acc_t dz = relu_masked_grad(static_cast<acc_t>(gr[c]), z);
         block_dz[c] += dz;
         block_dz_xmu[c] += dz * (xv - mean[c]);
       }
@@ -434,27 +584,43 @@ void reduce_rows(const scalar_t* x, const ChannelGeometry& xg, const scalar_t* g
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_kernel(const at::Tensor& grad_output,
-                                                                  const at::Tensor& input, const at::Tensor& mean,
-                                                                  const at::Tensor& scale, const at::Tensor& shift) {
-  const BnReluCall call = prepare_bn_relu(input, &grad_output, false);
+template <bool kResidual, typename scalar_t, typename acc_t>
+void reduce_sums(const BnReluCall& call, const acc_t* mean, const acc_t* scale, const acc_t* shift, double* sum_dz,
+                 double* sum_dz_xmu) {
+  const scalar_t* x = call.x.const_data_ptr<scalar_t>();
+  const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
+  const ResidualView<scalar_t> res{optional_data<scalar_t>(call.residual), &call.residual_geometry};
+  const auto run = rows_walk({&call.x_geometry, &call.grad_geometry, &call.residual_geometry})
+                       ? reduce_rows<kResidual, scalar_t, acc_t>
+                       : reduce_planes<kResidual, scalar_t, acc_t>;
+  run(x, call.x_geometry, grad, call.grad_geometry, res, mean, scale, shift, sum_dz, sum_dz_xmu);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce_kernel(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& scale,
+    const at::Tensor& shift, const std::optional<at::Tensor>& residual) {
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, false, residual);
   const at::Tensor mean_c = per_channel(mean, input, "mean");
   const at::Tensor scale_c = per_channel(scale, input, "scale");
   const at::Tensor shift_c = per_channel(shift, input, "shift");
   const int64_t C = input.size(1);
   std::vector<double> sum_dz(C, 0.0), sum_dz_xmu(C, 0.0);
   if (input.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_reduce_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_backward_reduce_cpu",
+                                    [&] {
       using acc_t = cpu_acc_type<scalar_t>;
-      const scalar_t* x = call.x.const_data_ptr<scalar_t>();
-      const scalar_t* grad = call.grad_output.const_data_ptr<scalar_t>();
-      const auto run = rows_walk({&call.x_geometry, &call.grad_geometry}) ? reduce_rows<scalar_t, acc_t>
-                                                                           : reduce_planes<scalar_t, acc_t>;
-      run(x, call.x_geometry, grad, call.grad_geometry, mean_c.const_data_ptr<acc_t>(),
-          scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(), sum_dz.data(), sum_dz_xmu.data());
+      const auto sums = call.has_residual() ? reduce_sums<true, scalar_t, acc_t> : reduce_sums<false, scalar_t, acc_t>;
+      sums(call, mean_c.const_data_ptr<acc_t>(), scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
+           sum_dz.data(), sum_dz_xmu.data());
     });
   }
   return {per_channel_result(sum_dz, input), per_channel_result(sum_dz_xmu, input)};
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_kernel(const at::Tensor& grad_output,
+                                                                  const at::Tensor& input, const at::Tensor& mean,
+                                                                  const at::Tensor& scale, const at::Tensor& shift) {
+  return bn_add_relu_backward_reduce_kernel(grad_output, input, mean, scale, shift, std::nullopt);
 }
 
 }  // namespace
@@ -464,6 +630,9 @@ TORCH_LIBRARY_IMPL(cnnfast, CPU, m) {
   m.impl("bn_relu", &bn_relu_kernel);
   m.impl("_bn_relu_backward_reduce", &bn_relu_backward_reduce_kernel);
   m.impl("_bn_relu_backward", &bn_relu_backward_kernel);
+  m.impl("_bn_add_relu_apply", &bn_add_relu_apply_kernel);
+  m.impl("_bn_add_relu_backward_reduce", &bn_add_relu_backward_reduce_kernel);
+  m.impl("_bn_add_relu_backward", &bn_add_relu_backward_kernel);
 }
 
 }  // namespace cnnfast

@@ -1,4 +1,4 @@
-// CUDA bindings of the BN-ReLU ops (the kernels: batch_norm_kernels.cuh; the math:
+// CUDA bindings of the BN-ReLU and BN-add-ReLU ops (the kernels: batch_norm_kernels.cuh; the math:
 // csrc/common/batch_norm.h). Tensors are prepared as for the CPU kernels (prepare_bn_relu and
 // per_channel in csrc/op_helpers.h, which also checks each per-channel tensor's length and that it is
 // on the input's device); per-channel tensors are fp32 (fp64 for fp64 inputs).
@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <limits>
+#include <optional>
 
 #include "../op_helpers.h"
 #include "binding_helpers.cuh"
@@ -66,74 +67,136 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& input
   return {mean, var};
 }
 
-at::Tensor bn_relu_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
-  const char* op = "cnnfast.bn_relu";
+template <typename scalar_t>
+const typename CudaScalar<scalar_t>::type* optional_cuda_data(const at::Tensor& t) {
+  return t.defined() ? cuda_data<scalar_t>(t) : nullptr;
+}
+
+template <typename scalar_t>
+typename CudaScalar<scalar_t>::type* optional_cuda_mutable_data(const at::Tensor& t) {
+  return t.defined() ? cuda_mutable_data<scalar_t>(t) : nullptr;
+}
+
+// The device checks of the BN-ReLU / BN-add-ReLU ops' full-size tensors.
+void check_bn_tensors(const char* op, const at::Tensor& input, const at::Tensor* grad_output,
+                      const std::optional<at::Tensor>& residual) {
   check_cuda(input, "input", op, "input", input.device());
+  if (grad_output != nullptr) check_cuda(*grad_output, "grad_output", op, "input", input.device());
+  if (residual.has_value()) check_cuda(*residual, "residual", op, "input", input.device());
+}
+
+// `op` names the op in error messages: BN-ReLU's ops are these with no residual.
+at::Tensor bn_add_relu_apply(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                             const at::Tensor& shift, const std::optional<at::Tensor>& residual) {
+  check_bn_tensors(op, input, nullptr, residual);
   const c10::cuda::CUDAGuard guard(input.device());
-  const BnReluCall call = prepare_bn_relu(input, nullptr, true);
+  const BnReluCall call = prepare_bn_relu(input, nullptr, true, residual);
   const at::Tensor scale_c = per_channel(scale, input, "scale");
   const at::Tensor shift_c = per_channel(shift, input, "shift");
   if (input.numel() == 0) return call.result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_cuda", [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
-    C10_CUDA_CHECK(launch_bn_relu<cuda_t>(cuda_data<scalar_t>(call.x), call.x_geometry,
-                                          scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
-                                          cuda_mutable_data<scalar_t>(call.result), call.result_geometry,
-                                          at::cuda::getCurrentCUDAStream()));
+    C10_CUDA_CHECK(launch_bn_add_relu<cuda_t>(
+        cuda_data<scalar_t>(call.x), call.x_geometry, optional_cuda_data<scalar_t>(call.residual),
+        call.residual_geometry, scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
+        cuda_mutable_data<scalar_t>(call.result), call.result_geometry, at::cuda::getCurrentCUDAStream()));
   });
   return call.result;
 }
 
-std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                                                const at::Tensor& mean, const at::Tensor& scale,
-                                                                const at::Tensor& shift) {
-  const char* op = "cnnfast._bn_relu_backward_reduce";
-  check_cuda(input, "input", op, "input", input.device());
-  check_cuda(grad_output, "grad_output", op, "input", input.device());
+at::Tensor bn_add_relu_apply_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift,
+                                  const std::optional<at::Tensor>& residual) {
+  return bn_add_relu_apply("cnnfast._bn_add_relu_apply", input, scale, shift, residual);
+}
+
+at::Tensor bn_relu_cuda(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& shift) {
+  return bn_add_relu_apply("cnnfast.bn_relu", input, scale, shift, std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce(const char* op, const at::Tensor& grad_output,
+                                                               const at::Tensor& input, const at::Tensor& mean,
+                                                               const at::Tensor& scale, const at::Tensor& shift,
+                                                               const std::optional<at::Tensor>& residual) {
+  check_bn_tensors(op, input, &grad_output, residual);
   const c10::cuda::CUDAGuard guard(input.device());
-  const BnReluCall call = prepare_bn_relu(input, &grad_output, false);
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, false, residual);
   const at::Tensor mean_c = per_channel(mean, input, "mean");
   const at::Tensor scale_c = per_channel(scale, input, "scale");
   const at::Tensor shift_c = per_channel(shift, input, "shift");
   at::Tensor sum_dz = per_channel_result(input), sum_dz_xmu = per_channel_result(input);
   if (input.numel() == 0) return {sum_dz.zero_(), sum_dz_xmu.zero_()};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_reduce_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_backward_reduce_cuda",
+                                  [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
     const at::Tensor workspace =
         workspace_tensor<acc_t>(bn_relu_backward_reduce_workspace_elements<acc_t>(call.x_geometry), input);
-    C10_CUDA_CHECK(launch_bn_relu_backward_reduce<cuda_t>(
+    C10_CUDA_CHECK(launch_bn_add_relu_backward_reduce<cuda_t>(
         cuda_data<scalar_t>(call.grad_output), call.grad_geometry, cuda_data<scalar_t>(call.x), call.x_geometry,
-        mean_c.const_data_ptr<acc_t>(), scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(),
-        sum_dz.mutable_data_ptr<acc_t>(), sum_dz_xmu.mutable_data_ptr<acc_t>(), workspace_data<acc_t>(workspace),
-        at::cuda::getCurrentCUDAStream()));
+        optional_cuda_data<scalar_t>(call.residual), call.residual_geometry, mean_c.const_data_ptr<acc_t>(),
+        scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(), sum_dz.mutable_data_ptr<acc_t>(),
+        sum_dz_xmu.mutable_data_ptr<acc_t>(), workspace_data<acc_t>(workspace), at::cuda::getCurrentCUDAStream()));
   });
   return {sum_dz, sum_dz_xmu};
 }
 
-at::Tensor bn_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
-                                 const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
-  const char* op = "cnnfast._bn_relu_backward";
-  check_cuda(input, "input", op, "input", input.device());
-  check_cuda(grad_output, "grad_output", op, "input", input.device());
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_reduce_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                                                const at::Tensor& mean, const at::Tensor& scale,
+                                                                const at::Tensor& shift) {
+  return bn_add_relu_backward_reduce("cnnfast._bn_relu_backward_reduce", grad_output, input, mean, scale, shift,
+                                     std::nullopt);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_reduce_cuda(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& mean,
+                                                                    const at::Tensor& scale, const at::Tensor& shift,
+                                                                    const std::optional<at::Tensor>& residual) {
+  return bn_add_relu_backward_reduce("cnnfast._bn_add_relu_backward_reduce", grad_output, input, mean, scale, shift,
+                                     residual);
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward(const char* op, const at::Tensor& grad_output,
+                                                        const at::Tensor& input, const at::Tensor& scale,
+                                                        const at::Tensor& shift, const at::Tensor& coef_x,
+                                                        const at::Tensor& coef_c,
+                                                        const std::optional<at::Tensor>& residual,
+                                                        bool residual_grad) {
+  check_bn_tensors(op, input, &grad_output, residual);
   const c10::cuda::CUDAGuard guard(input.device());
-  const BnReluCall call = prepare_bn_relu(input, &grad_output, true);
+  const BnReluCall call = prepare_bn_relu(input, &grad_output, true, residual, residual_grad);
   const at::Tensor scale_c = per_channel(scale, input, "scale");
   const at::Tensor shift_c = per_channel(shift, input, "shift");
   const at::Tensor coef_x_c = per_channel(coef_x, input, "coef_x");
   const at::Tensor coef_c_c = per_channel(coef_c, input, "coef_c");
-  if (input.numel() == 0) return call.result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_relu_backward_cuda", [&] {
+  if (input.numel() == 0) return {call.result, call.grad_residual};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "bn_add_relu_backward_cuda", [&] {
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
-    C10_CUDA_CHECK(launch_bn_relu_backward<cuda_t>(
+    C10_CUDA_CHECK(launch_bn_add_relu_backward<cuda_t>(
         cuda_data<scalar_t>(call.grad_output), call.grad_geometry, cuda_data<scalar_t>(call.x), call.x_geometry,
-        scale_c.const_data_ptr<acc_t>(), shift_c.const_data_ptr<acc_t>(), coef_x_c.const_data_ptr<acc_t>(),
-        coef_c_c.const_data_ptr<acc_t>(), cuda_mutable_data<scalar_t>(call.result), call.result_geometry,
+        optional_cuda_data<scalar_t>(call.residual), call.residual_geometry, scale_c.const_data_ptr<acc_t>(),
+        shift_c.const_data_ptr<acc_t>(), coef_x_c.const_data_ptr<acc_t>(), coef_c_c.const_data_ptr<acc_t>(),
+        cuda_mutable_data<scalar_t>(call.result), call.result_geometry,
+        optional_cuda_mutable_data<scalar_t>(call.grad_residual), call.grad_residual_geometry,
         at::cuda::getCurrentCUDAStream()));
   });
-  return call.result;
+  return {call.result, call.grad_residual};
+}
+
+at::Tensor bn_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& scale,
+                                 const at::Tensor& shift, const at::Tensor& coef_x, const at::Tensor& coef_c) {
+  return std::get<0>(bn_add_relu_backward("cnnfast._bn_relu_backward", grad_output, input, scale, shift, coef_x,
+                                          coef_c, std::nullopt, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_add_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                                             const at::Tensor& scale, const at::Tensor& shift,
+                                                             const at::Tensor& coef_x, const at::Tensor& coef_c,
+                                                             const std::optional<at::Tensor>& residual,
+                                                             bool residual_grad) {
+  return bn_add_relu_backward("cnnfast._bn_add_relu_backward", grad_output, input, scale, shift, coef_x, coef_c,
+                              residual, residual_grad);
 }
 
 }  // namespace
@@ -143,6 +206,9 @@ TORCH_LIBRARY_IMPL(cnnfast, CUDA, m) {
   m.impl("bn_relu", &bn_relu_cuda);
   m.impl("_bn_relu_backward_reduce", &bn_relu_backward_reduce_cuda);
   m.impl("_bn_relu_backward", &bn_relu_backward_cuda);
+  m.impl("_bn_add_relu_apply", &bn_add_relu_apply_cuda);
+  m.impl("_bn_add_relu_backward_reduce", &bn_add_relu_backward_reduce_cuda);
+  m.impl("_bn_add_relu_backward", &bn_add_relu_backward_cuda);
 }
 
 }  // namespace cnnfast

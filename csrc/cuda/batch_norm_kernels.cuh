@@ -1,4 +1,5 @@
-// CUDA kernels of the BN-ReLU ops (the math: csrc/common/batch_norm.h). Torch-free, so that
+// CUDA kernels of the BN-ReLU and BN-add-ReLU ops (the math: csrc/common/batch_norm.h); BN-ReLU is
+// BN-add-ReLU without a residual (a template flag of each kernel). Torch-free, so that
 // tools/check_cuda_kernels.py compiles every instantiation with plain nvcc.
 //
 // Every kernel walks a [N, C, S] tensor (ChannelGeometry) the same way. A block has
@@ -146,6 +147,26 @@ __device__ __forceinline__ void bn_next_chunk(BnRowCursor& cursor, int64_t end, 
     chunk.s[i] = cursor.s;
     chunk.valid[i] = cursor.r < end;
     cursor.advance();
+  }
+}
+
+// BN-add-ReLU's residual (read where the mask is computed) and its gradient (written by the
+// backward): nullptr where absent, then the geometry is never read.
+template <typename scalar_t>
+struct BnResidual {
+  const scalar_t* data;
+  ChannelGeometry geometry;
+  scalar_t* grad;  // the backward's d residual, or nullptr when not asked for
+  ChannelGeometry grad_geometry;
+};
+
+// z of the chunk's element i: x * scale + shift, plus the residual's element with kResidual.
+template <bool kResidual, typename acc_t>
+__device__ __forceinline__ acc_t bn_z(acc_t x, acc_t scale, acc_t shift, const acc_t (&r)[kBnChunk], int i) {
+  if constexpr (kResidual) {
+    return bn_add_affine(x, scale, shift, r[i]);
+  } else {
+    return bn_affine(x, scale, shift);
   }
 }
 
@@ -309,13 +330,13 @@ __global__ void __launch_bounds__(kBnThreads)
   }
 }
 
-template <typename scalar_t>
+template <bool kResidual, typename scalar_t>
 __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_reduce_kernel(
     const scalar_t* __restrict__ grad, ChannelGeometry gg, const scalar_t* __restrict__ x, ChannelGeometry xg,
-    const acc_type<scalar_t>* __restrict__ mean, const acc_type<scalar_t>* __restrict__ scale,
-    const acc_type<scalar_t>* __restrict__ shift, acc_type<scalar_t>* __restrict__ sum_dz,
-    acc_type<scalar_t>* __restrict__ sum_dz_xmu, acc_type<scalar_t>* __restrict__ partial, int64_t tiles,
-    int64_t chunk) {
+    BnResidual<scalar_t> residual, const acc_type<scalar_t>* __restrict__ mean,
+    const acc_type<scalar_t>* __restrict__ scale, const acc_type<scalar_t>* __restrict__ shift,
+    acc_type<scalar_t>* __restrict__ sum_dz, acc_type<scalar_t>* __restrict__ sum_dz_xmu,
+    acc_type<scalar_t>* __restrict__ partial, int64_t tiles, int64_t chunk) {
   using acc_t = acc_type<scalar_t>;
   __shared__ BnGradSums<acc_t> shared[kBnThreads];
   const int64_t r_count = xg.per_channel();
@@ -327,16 +348,18 @@ __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_reduce_kernel(
       const acc_t mu = mean[c], sc = scale[c], sh = shift[c];
       const scalar_t* gc = grad + c * gg.channel_stride;
       const scalar_t* xc = x + c * xg.channel_stride;
+      const scalar_t* rc = kResidual ? residual.data + c * residual.geometry.channel_stride : nullptr;
       for (BnRowCursor cursor(begin + threadIdx.y, blockDim.y, xg.spatial); cursor.r < end;) {
         BnChunk p;
         bn_next_chunk(cursor, end, p);
-        acc_t gv[kBnChunk], xv[kBnChunk];
+        acc_t gv[kBnChunk], xv[kBnChunk], rv[kBnChunk];
         bn_load_chunk(gc, gg, p, gv);
         bn_load_chunk(xc, xg, p, xv);
+        if constexpr (kResidual) bn_load_chunk(rc, residual.geometry, p, rv);
 #pragma unroll
         for (int i = 0; i < kBnChunk; ++i) {
           if (p.valid[i]) {
-            const acc_t dz = relu_masked_grad(gv[i], bn_affine(xv[i], sc, sh));
+            const acc_t dz = relu_masked_grad(gv[i], bn_z<kResidual>(xv[i], sc, sh, rv, i));
             sums.dz += dz;
             sums.dz_xmu += dz * (xv[i] - mu);
           }
@@ -383,11 +406,11 @@ cudaError_t launch_bn_finalize(const acc_t* partial, int64_t splits, int64_t cha
   return cudaGetLastError();
 }
 
-template <typename scalar_t>
+template <bool kResidual, typename scalar_t>
 __global__ void __launch_bounds__(kBnThreads)
-    bn_relu_kernel(const scalar_t* __restrict__ x, ChannelGeometry xg, const acc_type<scalar_t>* __restrict__ scale,
-                   const acc_type<scalar_t>* __restrict__ shift, scalar_t* __restrict__ y, ChannelGeometry yg,
-                   int64_t tiles, int64_t chunk) {
+    bn_relu_kernel(const scalar_t* __restrict__ x, ChannelGeometry xg, BnResidual<scalar_t> residual,
+                   const acc_type<scalar_t>* __restrict__ scale, const acc_type<scalar_t>* __restrict__ shift,
+                   scalar_t* __restrict__ y, ChannelGeometry yg, int64_t tiles, int64_t chunk) {
   using acc_t = acc_type<scalar_t>;
   const int64_t r_count = xg.per_channel();
   const int64_t begin = bn_range_begin(chunk), end = bn_range_end(chunk, r_count);
@@ -396,27 +419,30 @@ __global__ void __launch_bounds__(kBnThreads)
     if (c >= xg.channels) continue;  // no barrier in this kernel
     const acc_t sc = scale[c], sh = shift[c];
     const scalar_t* xc = x + c * xg.channel_stride;
+    const scalar_t* rc = kResidual ? residual.data + c * residual.geometry.channel_stride : nullptr;
     scalar_t* yc = y + c * yg.channel_stride;
     for (BnRowCursor cursor(begin + threadIdx.y, blockDim.y, xg.spatial); cursor.r < end;) {
       BnChunk p;
       bn_next_chunk(cursor, end, p);
-      acc_t xv[kBnChunk];
+      acc_t xv[kBnChunk], rv[kBnChunk];
       bn_load_chunk(xc, xg, p, xv);
+      if constexpr (kResidual) bn_load_chunk(rc, residual.geometry, p, rv);
 #pragma unroll
       for (int i = 0; i < kBnChunk; ++i) {
         if (p.valid[i]) {
-          yc[p.offset(i, yg)] = static_cast<scalar_t>(relu_value(bn_affine(xv[i], sc, sh)));
+          yc[p.offset(i, yg)] = static_cast<scalar_t>(relu_value(bn_z<kResidual>(xv[i], sc, sh, rv, i)));
         }
       }
     }
   }
 }
 
-template <typename scalar_t>
+template <bool kResidual, typename scalar_t>
 __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_kernel(
     const scalar_t* __restrict__ grad, ChannelGeometry gg, const scalar_t* __restrict__ x, ChannelGeometry xg,
-    const acc_type<scalar_t>* __restrict__ scale, const acc_type<scalar_t>* __restrict__ shift,
-    const acc_type<scalar_t>* __restrict__ coef_x, const acc_type<scalar_t>* __restrict__ coef_c,
+    BnResidual<scalar_t> residual, const acc_type<scalar_t>* __restrict__ scale,
+    const acc_type<scalar_t>* __restrict__ shift, const acc_type<scalar_t>* __restrict__ coef_x,
+    const acc_type<scalar_t>* __restrict__ coef_c,
     scalar_t* __restrict__ dx, ChannelGeometry dxg, int64_t tiles, int64_t chunk) {
   using acc_t = acc_type<scalar_t>;
   const int64_t r_count = xg.per_channel();
@@ -428,17 +454,22 @@ __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_kernel(
     const scalar_t* gc = grad + c * gg.channel_stride;
     const scalar_t* xc = x + c * xg.channel_stride;
     scalar_t* dxc = dx + c * dxg.channel_stride;
+    const scalar_t* rc = kResidual ? residual.data + c * residual.geometry.channel_stride : nullptr;
+    scalar_t* drc = kResidual && residual.grad != nullptr ? residual.grad + c * residual.grad_geometry.channel_stride
+                                                          : nullptr;
     for (BnRowCursor cursor(begin + threadIdx.y, blockDim.y, xg.spatial); cursor.r < end;) {
       BnChunk p;
       bn_next_chunk(cursor, end, p);
-      acc_t gv[kBnChunk], xv[kBnChunk];
+      acc_t gv[kBnChunk], xv[kBnChunk], rv[kBnChunk];
       bn_load_chunk(gc, gg, p, gv);
       bn_load_chunk(xc, xg, p, xv);
+      if constexpr (kResidual) bn_load_chunk(rc, residual.geometry, p, rv);
 #pragma unroll
       for (int i = 0; i < kBnChunk; ++i) {
         if (p.valid[i]) {
-          const acc_t dz = relu_masked_grad(gv[i], bn_affine(xv[i], sc, sh));
+          const acc_t dz = relu_masked_grad(gv[i], bn_z<kResidual>(xv[i], sc, sh, rv, i));
           dxc[p.offset(i, dxg)] = static_cast<scalar_t>(dz * sc + xv[i] * cx + cc);
+          if (kResidual && drc != nullptr) drc[p.offset(i, residual.grad_geometry)] = static_cast<scalar_t>(dz);
         }
       }
     }
@@ -480,37 +511,102 @@ cudaError_t launch_batch_norm_stats(const scalar_t* x, ChannelGeometry g, acc_ty
   return detail::launch_bn_finalize<Moments<acc_t>, acc_t>(workspace, w.splits, g.channels, mean, var, stream);
 }
 
+// y = relu(x * scale[c] + shift[c] + residual); x, residual and y of the same [N, C, S] shape, any
+// strides; residual == nullptr: none (BN-ReLU).
+template <typename scalar_t>
+cudaError_t launch_bn_add_relu(const scalar_t* x, ChannelGeometry xg, const scalar_t* residual, ChannelGeometry rg,
+                               const acc_type<scalar_t>* scale, const acc_type<scalar_t>* shift, scalar_t* y,
+                               ChannelGeometry yg, cudaStream_t stream) {
+  if (!detail::bn_same_shape(xg, yg) || (residual != nullptr && !detail::bn_same_shape(xg, rg))) {
+    return cudaErrorInvalidValue;
+  }
+  if (detail::bn_empty(xg)) return cudaSuccess;
+  const detail::BnWalk w = detail::bn_walk(xg, false);
+  const detail::BnResidual<scalar_t> r{residual, rg, nullptr, rg};
+  if (residual != nullptr) {
+    detail::bn_relu_kernel<true, scalar_t>
+        <<<w.grid(), w.block(), 0, stream>>>(x, xg, r, scale, shift, y, yg, w.tiles, w.chunk);
+  } else {
+    detail::bn_relu_kernel<false, scalar_t>
+        <<<w.grid(), w.block(), 0, stream>>>(x, xg, r, scale, shift, y, yg, w.tiles, w.chunk);
+  }
+  return cudaGetLastError();
+}
+
 // y = relu(x * scale[c] + shift[c]); x and y of the same [N, C, S] shape, any strides.
 template <typename scalar_t>
 cudaError_t launch_bn_relu(const scalar_t* x, ChannelGeometry xg, const acc_type<scalar_t>* scale,
                            const acc_type<scalar_t>* shift, scalar_t* y, ChannelGeometry yg, cudaStream_t stream) {
-  if (!detail::bn_same_shape(xg, yg)) return cudaErrorInvalidValue;
-  if (detail::bn_empty(xg)) return cudaSuccess;
-  const detail::BnWalk w = detail::bn_walk(xg, false);
-  detail::bn_relu_kernel<scalar_t><<<w.grid(), w.block(), 0, stream>>>(x, xg, scale, shift, y, yg, w.tiles, w.chunk);
-  return cudaGetLastError();
+  return launch_bn_add_relu<scalar_t>(x, xg, nullptr, xg, scale, shift, y, yg, stream);
 }
 
-// With dz = relu_masked_grad(grad, x * scale[c] + shift[c]): sum_dz[c] = sum of dz,
-// sum_dz_xmu[c] = sum of dz * (x - mean[c]). workspace:
+// With dz = relu_masked_grad(grad, x * scale[c] + shift[c] [+ residual]): sum_dz[c] = sum of dz,
+// sum_dz_xmu[c] = sum of dz * (x - mean[c]); residual == nullptr: none. workspace:
 // bn_relu_backward_reduce_workspace_elements<acc_t>(xg) accumulators, or nullptr when that is 0.
+template <typename scalar_t>
+cudaError_t launch_bn_add_relu_backward_reduce(const scalar_t* grad, ChannelGeometry gg, const scalar_t* x,
+                                               ChannelGeometry xg, const scalar_t* residual, ChannelGeometry rg,
+                                               const acc_type<scalar_t>* mean, const acc_type<scalar_t>* scale,
+                                               const acc_type<scalar_t>* shift, acc_type<scalar_t>* sum_dz,
+                                               acc_type<scalar_t>* sum_dz_xmu, acc_type<scalar_t>* workspace,
+                                               cudaStream_t stream) {
+  using acc_t = acc_type<scalar_t>;
+  if (!detail::bn_same_shape(gg, xg) || (residual != nullptr && !detail::bn_same_shape(xg, rg))) {
+    return cudaErrorInvalidValue;
+  }
+  if (detail::bn_empty(xg)) return cudaSuccess;
+  const detail::BnWalk w = detail::bn_walk(xg, true);
+  if (w.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const detail::BnResidual<scalar_t> r{residual, rg, nullptr, rg};
+  if (residual != nullptr) {
+    detail::bn_relu_backward_reduce_kernel<true, scalar_t><<<w.grid(), w.block(), 0, stream>>>(
+        grad, gg, x, xg, r, mean, scale, shift, sum_dz, sum_dz_xmu, workspace, w.tiles, w.chunk);
+  } else {
+    detail::bn_relu_backward_reduce_kernel<false, scalar_t><<<w.grid(), w.block(), 0, stream>>>(
+        grad, gg, x, xg, r, mean, scale, shift, sum_dz, sum_dz_xmu, workspace, w.tiles, w.chunk);
+  }
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess || w.splits == 1) return error;
+  return detail::launch_bn_finalize<detail::BnGradSums<acc_t>, acc_t>(workspace, w.splits, xg.channels, sum_dz,
+                                                                       sum_dz_xmu, stream);
+}
+
 template <typename scalar_t>
 cudaError_t launch_bn_relu_backward_reduce(const scalar_t* grad, ChannelGeometry gg, const scalar_t* x,
                                            ChannelGeometry xg, const acc_type<scalar_t>* mean,
                                            const acc_type<scalar_t>* scale, const acc_type<scalar_t>* shift,
                                            acc_type<scalar_t>* sum_dz, acc_type<scalar_t>* sum_dz_xmu,
                                            acc_type<scalar_t>* workspace, cudaStream_t stream) {
-  using acc_t = acc_type<scalar_t>;
-  if (!detail::bn_same_shape(gg, xg)) return cudaErrorInvalidValue;
+  return launch_bn_add_relu_backward_reduce<scalar_t>(grad, gg, x, xg, nullptr, xg, mean, scale, shift, sum_dz,
+                                                      sum_dz_xmu, workspace, stream);
+}
+
+// dz = relu_masked_grad(grad, x * scale[c] + shift[c] [+ residual]),
+// dx = dz * scale[c] + x * coef_x[c] + coef_c[c], and d residual = dz where grad_residual is given.
+// residual == nullptr: none (then grad_residual must be nullptr too).
+template <typename scalar_t>
+cudaError_t launch_bn_add_relu_backward(const scalar_t* grad, ChannelGeometry gg, const scalar_t* x,
+                                        ChannelGeometry xg, const scalar_t* residual, ChannelGeometry rg,
+                                        const acc_type<scalar_t>* scale, const acc_type<scalar_t>* shift,
+                                        const acc_type<scalar_t>* coef_x, const acc_type<scalar_t>* coef_c,
+                                        scalar_t* dx, ChannelGeometry dxg, scalar_t* grad_residual,
+                                        ChannelGeometry drg, cudaStream_t stream) {
+  if (!detail::bn_same_shape(gg, xg) || !detail::bn_same_shape(xg, dxg) ||
+      (residual != nullptr && !detail::bn_same_shape(xg, rg)) ||
+      (grad_residual != nullptr && (residual == nullptr || !detail::bn_same_shape(xg, drg)))) {
+    return cudaErrorInvalidValue;
+  }
   if (detail::bn_empty(xg)) return cudaSuccess;
-  const detail::BnWalk w = detail::bn_walk(xg, true);
-  if (w.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
-  detail::bn_relu_backward_reduce_kernel<scalar_t><<<w.grid(), w.block(), 0, stream>>>(
-      grad, gg, x, xg, mean, scale, shift, sum_dz, sum_dz_xmu, workspace, w.tiles, w.chunk);
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess || w.splits == 1) return error;
-  return detail::launch_bn_finalize<detail::BnGradSums<acc_t>, acc_t>(workspace, w.splits, xg.channels, sum_dz,
-                                                                       sum_dz_xmu, stream);
+  const detail::BnWalk w = detail::bn_walk(xg, false);
+  const detail::BnResidual<scalar_t> r{residual, rg, grad_residual, drg};
+  if (residual != nullptr) {
+    detail::bn_relu_backward_kernel<true, scalar_t><<<w.grid(), w.block(), 0, stream>>>(
+        grad, gg, x, xg, r, scale, shift, coef_x, coef_c, dx, dxg, w.tiles, w.chunk);
+  } else {
+    detail::bn_relu_backward_kernel<false, scalar_t><<<w.grid(), w.block(), 0, stream>>>(
+        grad, gg, x, xg, r, scale, shift, coef_x, coef_c, dx, dxg, w.tiles, w.chunk);
+  }
+  return cudaGetLastError();
 }
 
 // dx = relu_masked_grad(grad, x * scale[c] + shift[c]) * scale[c] + x * coef_x[c] + coef_c[c].
@@ -519,12 +615,8 @@ cudaError_t launch_bn_relu_backward(const scalar_t* grad, ChannelGeometry gg, co
                                     const acc_type<scalar_t>* scale, const acc_type<scalar_t>* shift,
                                     const acc_type<scalar_t>* coef_x, const acc_type<scalar_t>* coef_c,
                                     scalar_t* dx, ChannelGeometry dxg, cudaStream_t stream) {
-  if (!detail::bn_same_shape(gg, xg) || !detail::bn_same_shape(xg, dxg)) return cudaErrorInvalidValue;
-  if (detail::bn_empty(xg)) return cudaSuccess;
-  const detail::BnWalk w = detail::bn_walk(xg, false);
-  detail::bn_relu_backward_kernel<scalar_t><<<w.grid(), w.block(), 0, stream>>>(
-      grad, gg, x, xg, scale, shift, coef_x, coef_c, dx, dxg, w.tiles, w.chunk);
-  return cudaGetLastError();
+  return launch_bn_add_relu_backward<scalar_t>(grad, gg, x, xg, nullptr, xg, scale, shift, coef_x, coef_c, dx, dxg,
+                                               nullptr, dxg, stream);
 }
 
 }  // namespace cnnfast
@@ -549,4 +641,18 @@ cudaError_t launch_bn_relu_backward(const scalar_t* grad, ChannelGeometry gg, co
       const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, cnnfast::ChannelGeometry,                \
       const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*,                              \
       const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*, scalar_t*,                   \
-      cnnfast::ChannelGeometry, cudaStream_t)
+      cnnfast::ChannelGeometry, cudaStream_t);                                                             \
+  template cudaError_t cnnfast::launch_bn_add_relu<scalar_t>(                                              \
+      const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, cnnfast::ChannelGeometry,                \
+      const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*, scalar_t*,                   \
+      cnnfast::ChannelGeometry, cudaStream_t);                                                             \
+  template cudaError_t cnnfast::launch_bn_add_relu_backward_reduce<scalar_t>(                              \
+      const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, \
+      cnnfast::ChannelGeometry, const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*,    \
+      const cnnfast::acc_type<scalar_t>*, cnnfast::acc_type<scalar_t>*, cnnfast::acc_type<scalar_t>*,      \
+      cnnfast::acc_type<scalar_t>*, cudaStream_t);                                                         \
+  template cudaError_t cnnfast::launch_bn_add_relu_backward<scalar_t>(                                     \
+      const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, cnnfast::ChannelGeometry, const scalar_t*, \
+      cnnfast::ChannelGeometry, const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*,    \
+      const cnnfast::acc_type<scalar_t>*, const cnnfast::acc_type<scalar_t>*, scalar_t*,                   \
+      cnnfast::ChannelGeometry, scalar_t*, cnnfast::ChannelGeometry, cudaStream_t)

@@ -1,0 +1,60 @@
+"""BNAddReLU: a ResNet block's tail, relu(bn(x) + identity), keeping only its inputs for backward."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.ops import sync_batch_norm
+from cnnfast.ops.bn_add_relu import bn_add_relu, check_identity
+
+
+class BNAddReLU(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose forward(input, identity=None) returns relu(bn(input) + identity), the
+    tail of torchvision's BasicBlock and Bottleneck (identity None: relu(bn(input)), the stem).
+
+    A subclass of nn.BatchNorm2d, so its parameters, buffers and state_dict keys are BatchNorm2d's
+    (a torchvision block's `bn2` / `bn3` loads into it) and code that looks for BatchNorm layers
+    finds it. Training and eval follow nn.BatchNorm2d exactly. Kept for backward: input, identity
+    and per-channel statistics; never the output.
+    """
+
+    def forward(self, input: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
+        return bn_add_relu_module(self, input, identity)
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d) -> "BNAddReLU":
+        """A BNAddReLU sharing `bn`'s parameters and buffers (not copies), in `bn`'s mode."""
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise TypeError(f"BNAddReLU.from_batch_norm: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        for name in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+            setattr(module, name, getattr(bn, name))
+        # In bn's order (the state_dict's), absent ones (affine=False, no running stats) as None.
+        for name, parameter in bn._parameters.items():
+            module.register_parameter(name, parameter)
+        for name, buffer in bn._buffers.items():
+            module.register_buffer(name, buffer, persistent=name not in bn._non_persistent_buffers_set)
+        module.train(bn.training)
+        return module
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", then + identity and ReLU (output recomputed, never kept)"
+
+
+def bn_add_relu_module(bn: nn.modules.batchnorm._BatchNorm, input: torch.Tensor,
+                       identity: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(bn(input) + identity) through the bn_add_relu op with any BatchNorm2d's parameters and
+    buffers, and nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py)."""
+    # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
+    if input.dim() != 4:
+        raise ValueError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
+    check_identity(input, identity, "BNAddReLU")
+    if sync_batch_norm.group_name(sync_group(bn)):
+        raise NotImplementedError("BNAddReLU: batch statistics synchronised across ranks (nn.SyncBatchNorm in "
+                                  "training) are not supported; run the block's BatchNorm as nn.SyncBatchNorm "
+                                  "followed by + identity and ReLU")
+    step = batch_norm_step(bn)
+    return bn_add_relu(input, identity, step.running_mean, step.running_var, bn.weight, bn.bias,
+                       step.use_batch_stats, step.momentum, bn.eps)
