@@ -402,13 +402,24 @@ def test_module_function_runs_any_batch_norm():
     assert int(bn.num_batches_tracked) == 2
 
 
-def test_refuses_sync_group_of_several_ranks(monkeypatch):
+def test_statistics_shared_across_ranks_run_the_sync_batch_norm_itself(monkeypatch):
+    # The op has no all-reduce: a SyncBatchNorm synchronising in training runs its own forward,
+    # then + identity and ReLU. torch's SyncBatchNorm runs on GPUs only, so here its forward is
+    # BatchNorm2d's (the statistics of a one-rank group) and the routing is what is checked.
     from cnnfast.nn import residual
+    calls = []
+
+    def forward(self, input):
+        calls.append(input.shape)
+        return nn.BatchNorm2d.forward(self, input)
+
     monkeypatch.setattr(residual.sync_batch_norm, "group_name", lambda group: "" if group is None else "two_ranks")
+    monkeypatch.setattr(nn.SyncBatchNorm, "forward", forward)
     bn = nn.SyncBatchNorm(3, process_group=object())
-    with pytest.raises(NotImplementedError, match="synchronised across ranks"):
-        bn_add_relu_module(bn, torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4))
-    assert int(bn.num_batches_tracked) == 0
+    reference_bn = nn.BatchNorm2d(3)
+    x, identity = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(bn_add_relu_module(bn, x, identity), torch.relu(reference_bn(x) + identity))
+    assert calls == [x.shape] and int(bn.num_batches_tracked) == 1
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])

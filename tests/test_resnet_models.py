@@ -16,6 +16,8 @@ import cnnfast
 from cnnfast import models, reference_models
 from cnnfast.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from helpers import assert_low_precision_close
+
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_resnet_state_dicts.json").read_text())
 NAMES = [name for name in FIXTURES if name != "source"]
 
@@ -87,12 +89,16 @@ def test_training_step_and_eval_match_torch_nn(block, groups, width):
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
 
 
-def test_channels_last_and_fp32_match_torch_nn():
+def test_channels_last_fp32_error_within_twice_torch_nns():
+    # 64x64 and batch 4: the last stage's BatchNorms see 16 values per channel. At 32x32 and batch
+    # 2 they see 2, and fp32 rounding is amplified a thousandfold (torch's own error is 1e-3 there).
     torch.manual_seed(0)
     ours, theirs = tiny_pair(Bottleneck)
-    ours, theirs = ours.float().to(memory_format=torch.channels_last), theirs.float()
-    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
-    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    exact = theirs(x)  # fp64, training mode: batch statistics
+    ours, theirs = (m.float().to(memory_format=torch.channels_last) for m in (ours, theirs))
+    x = x.float().to(memory_format=torch.channels_last)
+    assert_low_precision_close(ours(x), theirs(x), exact)
 
 
 def saved_bytes(model, x):

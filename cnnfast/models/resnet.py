@@ -3,7 +3,8 @@ with torchvision's constructor arguments, state_dict keys and numbers, on cnnfas
 
 - bn1 -> relu -> conv2 (and bn2 -> relu -> conv3) run as one BN-ReLU-conv that keeps only its input:
   the normalised and rectified tensors are recomputed in backward, never stored;
-- the block tail relu(bn(x) + identity) runs as one BN-add-ReLU that keeps only its inputs;
+- the block tail relu(bn(x) + identity) runs as one BN-add-ReLU that keeps only its inputs (in the
+  blocks without a projection; see `_tail`);
 - the stem's BN -> ReLU -> max-pool keeps the convolution's output and a uint8 argmax, nothing else.
 
 The modules are torchvision's (nn.Conv2d, nn.BatchNorm2d, nn.Linear under the same names), so its
@@ -40,6 +41,17 @@ def _norm_relu_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.
     return bn_relu_conv_modules(norm, conv, x, sync_group(norm))
 
 
+def _tail(norm: nn.Module, out: torch.Tensor, x: torch.Tensor, downsample: nn.Module | None) -> torch.Tensor:
+    """relu(norm(out) + identity). BN-add-ReLU keeps its inputs, out and the identity: without a
+    projection the identity is the block's input, which conv1 keeps anyway, so the ReLU's output
+    is never stored. With one, the identity is the projection's BatchNorm output, which nothing
+    else keeps, while the ReLU's output is the next block's input, kept there anyway: so that tail
+    runs as torch's BN, add and ReLU (the ReLU keeping its output), which stores less."""
+    if downsample is None:
+        return bn_add_relu_module(norm, out, x)
+    return torch.relu(norm(out) + downsample(x))
+
+
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock: conv1 -> bn1 -> relu -> conv2 -> bn2, + identity, relu."""
     expansion: int = 1
@@ -61,9 +73,7 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _norm_relu_conv(self.bn1, self.conv2, self.conv1(x))
-        identity = x if self.downsample is None else self.downsample(x)
-        return bn_add_relu_module(self.bn2, out, identity)
+        return _tail(self.bn2, _norm_relu_conv(self.bn1, self.conv2, self.conv1(x)), x, self.downsample)
 
 
 class Bottleneck(nn.Module):
@@ -88,9 +98,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _norm_relu_conv(self.bn1, self.conv2, self.conv1(x))
-        out = _norm_relu_conv(self.bn2, self.conv3, out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return bn_add_relu_module(self.bn3, out, identity)
+        return _tail(self.bn3, _norm_relu_conv(self.bn2, self.conv3, out), x, self.downsample)
 
 
 class ResNet(nn.Module):

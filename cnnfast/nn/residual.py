@@ -43,18 +43,21 @@ class BNAddReLU(nn.BatchNorm2d):
         return super().extra_repr() + ", then + identity and ReLU (output recomputed, never kept)"
 
 
-def bn_add_relu_module(bn: nn.modules.batchnorm._BatchNorm, input: torch.Tensor,
-                       identity: torch.Tensor | None = None) -> torch.Tensor:
+def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
     """relu(bn(input) + identity) through the bn_add_relu op with any BatchNorm2d's parameters and
-    buffers, and nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py)."""
+    buffers, and nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py).
+
+    Run as the plain modules instead: a `bn` that is no BatchNorm layer (an nn.Identity left by
+    cnnfast.fuse_for_inference, a FrozenBatchNorm2d, a GroupNorm), and an nn.SyncBatchNorm whose
+    statistics are shared across ranks in training (the op has no all-reduce; the ReLU's output
+    is then kept, as torch keeps it)."""
     # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
     if input.dim() != 4:
         raise ValueError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
     check_identity(input, identity, "BNAddReLU")
-    if sync_batch_norm.group_name(sync_group(bn)):
-        raise NotImplementedError("BNAddReLU: batch statistics synchronised across ranks (nn.SyncBatchNorm in "
-                                  "training) are not supported; run the block's BatchNorm as nn.SyncBatchNorm "
-                                  "followed by + identity and ReLU")
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or sync_batch_norm.group_name(sync_group(bn)):
+        out = bn(input) if not isinstance(bn, BNAddReLU) else nn.BatchNorm2d.forward(bn, input)
+        return torch.relu(out if identity is None else out + identity)
     step = batch_norm_step(bn)
     return bn_add_relu(input, identity, step.running_mean, step.running_var, bn.weight, bn.bias,
                        step.use_batch_stats, step.momentum, bn.eps)
