@@ -68,6 +68,17 @@ def test_state_dict_keys_and_shapes_are_torchvisions():
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
 
 
+def test_alexnet_initialisation_is_torchvisions():
+    # torchvision keeps torch's default initialisation: the same modules built in the same order draw
+    # the same numbers.
+    torch.manual_seed(0)
+    ours = models.alexnet(num_classes=10).state_dict()
+    torch.manual_seed(0)
+    theirs = torch_nn_alexnet(num_classes=10).state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_parameter_counts():
     assert parameter_count(models.alexnet()) == 61_100_840 == FIXTURE["alexnet"]["num_params"]
     assert parameter_count(models.alexnet_paper()) == 60_965_224  # the paper's two-GPU network
@@ -150,7 +161,8 @@ def test_saves_less_for_backward_than_torch_nn():
         assert saved[0] < saved[1], saved
 
 
-@pytest.mark.parametrize("constructor,head", [(models.alexnet, "classifier.6"), (models.alexnet_paper, "classifier.fc8")])
+@pytest.mark.parametrize("constructor,head", [(models.alexnet, "classifier.6"),
+                                              (models.alexnet_paper, "classifier.fc8")])
 def test_weights_load_strictly_and_other_num_classes_replaces_the_head(tmp_path, constructor, head):
     source = constructor(num_classes=5).eval()
     path = tmp_path / "checkpoint.pth"

@@ -271,14 +271,16 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
   for (int64_t c = 0; c < end; c = (c + 1 == p.channels && p.before() > p.channels) ? p.before() : c + 1) {
     if (c < p.channels) {
       lrn_window_sum<scalar_t, acc_t, Load>(x, c, lanes, p, s.window_sum);
-      lrn_produce_t<Power, scalar_t, acc_t, Load>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p, s.window_sum,
-                           s.ring_t + (c % ring) * s.ring_stride, s.ring_power + (c % ring) * s.ring_stride);
+      lrn_produce_t<Power, scalar_t, acc_t, Load>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p,
+                                                  s.window_sum, s.ring_t + (c % ring) * s.ring_stride,
+                                                  s.ring_power + (c % ring) * s.ring_stride);
     }
     const int64_t j = c - p.before();
     if (j >= 0) {
       lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
-      lrn_emit_dx<scalar_t, acc_t, Load>(x + j * p.channel_stride, dy + j * p.channel_stride, dx + j * p.channel_stride, lanes,
-                  p.lane_stride, s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
+      lrn_emit_dx<scalar_t, acc_t, Load>(x + j * p.channel_stride, dy + j * p.channel_stride,
+                                         dx + j * p.channel_stride, lanes, p.lane_stride,
+                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
     }
   }
 }
