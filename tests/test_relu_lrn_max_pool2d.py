@@ -24,6 +24,7 @@ CASES = [
     ((2, 5, 8, 9), 5, 1.0, 0.75, 1.0, (2, 3), (1, 2), (1, 0), 1, True, "channel_slice"),  # non-square
     ((2, 4, 8, 8), 3, 1.0, 0.75, 1.0, 3, 2, 0, 1, True, "channels_last"),        # ceil_mode dropping a window
     ((1, 4, 9, 9), 3, 1.0, 0.75, 1.0, 3, 2, 1, 1, False, "ties"),                # equal LRN values in windows
+    ((2, 4, 3, 3), 3, 1.0, 0.75, 1.0, 3, 2, 0, 1, False, "channels_last"),       # one output per plane
 ]
 
 
@@ -119,7 +120,7 @@ def test_matches_torch_nn_and_reference(backend, device, case, dtype):
         assert offsets.dtype == torch.uint8
         assert torch.equal(offsets_to_indices(offsets, x.shape[-1], kernel, stride, padding, dilation), indices)
         expected_layout = torch.channels_last if case[-1] == "channels_last" else torch.contiguous_format
-        assert y.is_contiguous(memory_format=expected_layout)
+        assert y.is_contiguous(memory_format=expected_layout) and dx.is_contiguous(memory_format=expected_layout)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])

@@ -112,4 +112,7 @@ def relu_lrn_max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tenso
     """dx of relu_lrn_max_pool2d_forward; grad_output, offsets and x in one memory format."""
     grad_lrn = max_pool2d.max_pool2d_backward(grad_output, offsets, tuple(x.shape[2:]), kernel_size, stride,
                                               padding, dilation)
+    # A 1x1 output is contiguous in both layouts, so grad_lrn may come back in the other one (a copy
+    # only then).
+    grad_lrn = grad_lrn.contiguous(memory_format=max_pool2d._memory_format(x))
     return lrn.lrn_backward(grad_lrn, x, size, alpha, beta, k, relu=True)

@@ -97,7 +97,9 @@ at::Tensor relu_lrn_max_pool2d_backward_kernel(const at::Tensor& grad_output, co
       });
     });
   }
-  return dx;
+  // The input's layout, as the CPU kernel and the fake function: a 1x1 output is contiguous in both
+  // layouts, so offsets alone may have chosen the other one (a copy only then).
+  return dx.contiguous(output_memory_format(input));
 }
 
 }  // namespace
