@@ -37,15 +37,16 @@ struct ReluLrnAt {
   }
 };
 
-// LRN values of channel `channel` held in a local buffer of rows [first_row, ...]: value (ih, iw)
-// at (ih - first_row) * row_stride + channel * channel_stride + iw * w_stride.
+// LRN values of channel `channel` held in a local ring of `slots` rows: row ih in slot ih % slots,
+// value (ih, iw) at slot * row_stride + channel * channel_stride + iw * w_stride. A window's rows
+// span at most `slots`, so they never share a slot.
 template <typename scalar_t>
 struct RowBuffer {
   const scalar_t* rows;
-  int64_t first_row, row_stride, channel_stride, w_stride, channel;
+  int64_t slots, row_stride, channel_stride, w_stride, channel;
 
   CNNFAST_HOST_DEVICE acc_type<scalar_t> operator()(int64_t ih, int64_t iw) const {
-    return static_cast<acc_type<scalar_t>>(rows[(ih - first_row) * row_stride + channel * channel_stride +
+    return static_cast<acc_type<scalar_t>>(rows[(ih % slots) * row_stride + channel * channel_stride +
                                                  iw * w_stride]);
   }
 };

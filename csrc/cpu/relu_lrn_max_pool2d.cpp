@@ -1,10 +1,11 @@
 // CPU kernels of the fused ReLU -> LRN -> max-pool (the math: csrc/common/relu_lrn_max_pool2d.h).
 //
 // Forward: one task per (image, output row). It computes relu -> LRN of the input rows that row's
-// windows read into a local buffer (C * W values per row: a few KiB, in L1/L2), with the LRN's
-// channel walk vectorised along the row, then takes each window's maximum from the buffer.
-// Neighbouring output rows share a row when stride < kernel (3/2: one in three), which is
-// recomputed rather than written: the tasks stay independent.
+// windows read into a local ring of rows (C * W values per row: a few KiB, in L1/L2), with the
+// LRN's channel walk vectorised along the row, then takes each window's maximum from the ring.
+// Neighbouring output rows share input rows when stride < kernel (3/2: one in three); a thread
+// runs consecutive rows of an image, so it keeps those in the ring and computes each row once
+// (only the first row of a thread's range may repeat one of another thread's).
 //
 // Backward: the max-pool op's backward scatters grad_output into a temporary of x's size (its own
 // kernel, through the dispatcher), then the LRN backward walks it with relu(x) recomputed on load
@@ -29,10 +30,11 @@ void forward_rows(const at::Tensor& x, scalar_t* out, offset_t* offsets, const P
   const int64_t buffer_row = channels * g.in_w;
   const int64_t buffer_channel = channels_last ? 1 : g.in_w;
   const int64_t buffer_w = channels_last ? channels : 1;
-  const int64_t rows_per_task = (W::kernel_h(g) - 1) * W::dilation_h(g) + 1;
+  const int64_t slots = (W::kernel_h(g) - 1) * W::dilation_h(g) + 1;  // a window's span of rows
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   at::parallel_for(0, batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> rows(rows_per_task * buffer_row);
+    std::vector<scalar_t> rows(slots * buffer_row);
+    std::vector<int64_t> slot_row(slots, -1);  // the row (n * in_h + ih) each slot holds
     std::vector<acc_t> window_sum(g.in_w);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.out_h, oh = task % g.out_h;
@@ -40,12 +42,14 @@ void forward_rows(const at::Tensor& x, scalar_t* out, offset_t* offsets, const P
       int64_t first, last;
       relu_lrn_max_pool_rows<W>(g, oh, &first, &last);
       for (int64_t ih = first; ih <= last && ih < g.in_h; ih += W::dilation_h(g)) {
+        if (slot_row[ih % slots] == n * g.in_h + ih) continue;
+        slot_row[ih % slots] = n * g.in_h + ih;
         lrn_forward_columns_to<Power, scalar_t, acc_t, LoadRelu>(image + ih * row_stride,
-                                                                 rows.data() + (ih - first) * buffer_row,
+                                                                 rows.data() + (ih % slots) * buffer_row,
                                                                  buffer_channel, buffer_w, g.in_w, p,
                                                                  window_sum.data());
       }
-      RowBuffer<scalar_t> source{rows.data(), first, buffer_row, buffer_channel, buffer_w, 0};
+      RowBuffer<scalar_t> source{rows.data(), slots, buffer_row, buffer_channel, buffer_w, 0};
       for (int64_t c = 0; c < channels; ++c) {
         source.channel = c;
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
