@@ -37,30 +37,17 @@ struct ReluLrnAt {
   }
 };
 
-// LRN values of channel `channel` held in a local ring of `slots` rows: row ih in slot ih % slots,
-// value (ih, iw) at slot * row_stride + channel * channel_stride + iw * w_stride. A window's rows
-// span at most `slots`, so they never share a slot.
+// LRN values of channel `channel` held in a local buffer of rows [first_row, ...]: value (ih, iw)
+// at (ih - first_row) * row_stride + channel * channel_stride + iw * w_stride.
 template <typename scalar_t>
 struct RowBuffer {
   const scalar_t* rows;
-  int64_t slots, row_stride, channel_stride, w_stride, channel;
+  int64_t first_row, row_stride, channel_stride, w_stride, channel;
 
   CNNFAST_HOST_DEVICE acc_type<scalar_t> operator()(int64_t ih, int64_t iw) const {
-    return static_cast<acc_type<scalar_t>>(rows[(ih % slots) * row_stride + channel * channel_stride +
+    return static_cast<acc_type<scalar_t>>(rows[(ih - first_row) * row_stride + channel * channel_stride +
                                                  iw * w_stride]);
   }
 };
-
-// Input rows [*first, *last] that output row oh's window reads (every dilation-th one of them).
-template <typename W>
-CNNFAST_HOST_DEVICE void relu_lrn_max_pool_rows(const PoolGeometry& g, int64_t oh, int64_t* first, int64_t* last) {
-  const int64_t h0 = oh * W::stride_h(g) - W::pad_h(g);
-  int64_t kh_first = 0;
-  while (h0 + kh_first * W::dilation_h(g) < 0) ++kh_first;
-  int64_t kh_last = W::kernel_h(g) - 1;
-  while (kh_last > kh_first && h0 + kh_last * W::dilation_h(g) >= g.in_h) --kh_last;
-  *first = h0 + kh_first * W::dilation_h(g);
-  *last = h0 + kh_last * W::dilation_h(g);
-}
 
 }  // namespace cnnfast
