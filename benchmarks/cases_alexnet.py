@@ -11,7 +11,6 @@ import math
 import torch.nn.functional as F
 
 from cnnfast import functional as CF
-from cnnfast import reference
 from benchmarks.harness import DTYPES, Case, Ops
 
 # AlexNet's LRN (Krizhevsky et al. 2012, section 3.3: n=5, k=2, alpha=1e-4, beta=0.75). The speed
@@ -32,10 +31,9 @@ def max_pool(device, dtype) -> Ops:  # no parameters: nothing to place
 
 
 def relu_lrn_max_pool(device, dtype) -> Ops:  # no parameters: nothing to place
-    # cnnfast has no fused kernel for the stage yet: this is what a user gets today by swapping
-    # the two modules in.
-    return Ops(torch=lambda x: reference.relu_lrn_max_pool(x, **LRN, **POOL),
-               cnnfast=lambda x: CF.max_pool2d(CF.local_response_norm(F.relu(x), **LRN), **POOL))
+    # torch.nn's three modules against cnnfast's fused kernel.
+    return Ops(torch=lambda x: F.max_pool2d(F.local_response_norm(F.relu(x), **LRN), **POOL),
+               cnnfast=lambda x: CF.relu_lrn_max_pool2d(x, **LRN, **POOL))
 
 
 # The traffic no implementation can avoid, in elements of the input (n) and of the pooled output

@@ -13,6 +13,7 @@ from cnnfast import models, reference_models
 
 # (label, cnnfast constructor, its plain torch.nn twin, input size, CPU batch, GPU batch)
 MODELS = (
+    ("AlexNet (paper)", "alexnet_paper", reference_models.AlexNetPaper, 227, 8, 128),
     ("ResNet-50", "resnet50", lambda: reference_models.resnet(50), 224, 2, 64),
     ("DPN-92", "dpn92", lambda: reference_models.DPN((3, 4, 20, 3), (16, 32, 24, 128), 96, 32), 224, 2, 64),
 )

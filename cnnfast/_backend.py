@@ -24,6 +24,7 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 AUTO_CUDA_CHOICE = {
     "local_response_norm": "cuda",
     "max_pool2d": "cuda",
+    "relu_lrn_max_pool2d": "cuda",
     "bn_relu": "cuda",
     "bn_relu_conv2d": "cuda",
     "bn_add_relu": "cuda",

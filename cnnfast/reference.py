@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["batch_norm_stats", "bn_add_relu", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d", "bn_relu_input_grad",
-           "local_response_norm", "max_pool2d", "relu_lrn_max_pool"]
+           "local_response_norm", "max_pool2d", "relu_lrn_max_pool2d"]
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -30,10 +30,13 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
 
 
-def relu_lrn_max_pool(input: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                      k: float = 1.0, kernel_size: int = 3, stride: int = 2) -> torch.Tensor:
-    """AlexNet's stage after conv1 and conv2, as torch.nn runs it."""
-    return F.max_pool2d(F.local_response_norm(F.relu(input), size, alpha, beta, k), kernel_size, stride)
+def relu_lrn_max_pool2d(input: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0, kernel_size=3, stride=2, padding=0, dilation=1,
+                        ceil_mode: bool = False) -> torch.Tensor:
+    """AlexNet's stage after conv1 and conv2: the LRN formula above on relu(input), then torch's
+    max pooling (each intermediate kept, as torch.nn's modules keep them)."""
+    normalized = local_response_norm(F.relu(input), size, alpha, beta, k)
+    return F.max_pool2d(normalized, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def _per_channel(values: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,52 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class AlexNet(nn.Module):
+    """torchvision.models.alexnet.AlexNet."""
+
+    def __init__(self, num_classes=1000, dropout=0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(9216, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class AlexNetPaper(nn.Module):
+    """Krizhevsky et al. 2012 with torch.nn's ReLU, LocalResponseNorm (alpha = 1e-4 * n: torch
+    divides by n, the paper does not) and MaxPool2d, under cnnfast.models.AlexNetPaper's names."""
+
+    def __init__(self, num_classes=1000, groups=2, dropout=0.5):
+        super().__init__()
+
+        def norm_pool():
+            return nn.Sequential(nn.ReLU(), nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0),
+                                 nn.MaxPool2d(3, 2))
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(3, 96, 11, 4)), ("norm_pool1", norm_pool()),
+            ("conv2", nn.Conv2d(96, 256, 5, padding=2, groups=groups)), ("norm_pool2", norm_pool()),
+            ("conv3", nn.Conv2d(256, 384, 3, padding=1)), ("relu3", nn.ReLU()),
+            ("conv4", nn.Conv2d(384, 384, 3, padding=1, groups=groups)), ("relu4", nn.ReLU()),
+            ("conv5", nn.Conv2d(384, 256, 3, padding=1, groups=groups)), ("relu5", nn.ReLU()),
+            ("pool5", nn.MaxPool2d(3, 2))]))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("dropout6", nn.Dropout(dropout)), ("fc6", nn.Linear(9216, 4096)), ("relu6", nn.ReLU()),
+            ("dropout7", nn.Dropout(dropout)), ("fc7", nn.Linear(4096, 4096)), ("relu7", nn.ReLU()),
+            ("fc8", nn.Linear(4096, num_classes))]))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel, stride, dilation if kernel == 3 else 0, dilation, groups, bias=False)
 

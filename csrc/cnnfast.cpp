@@ -30,6 +30,23 @@ TORCH_LIBRARY(cnnfast, m) {
       "_max_pool2d_backward_triton(Tensor grad_output, Tensor offsets, SymInt[2] input_hw, "
       "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
 
+  // AlexNet's ReLU -> LRN -> max-pool in one kernel that never writes relu(input) nor the LRN
+  // output; returns the pooled output and the argmax as window offsets (as max_pool2d). The backward
+  // recomputes relu and the LRN from the input and takes those offsets: all that is kept.
+  m.def(
+      "relu_lrn_max_pool2d(Tensor input, int size, float alpha, float beta, float k, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_relu_lrn_max_pool2d_backward(Tensor grad_output, Tensor offsets, Tensor input, int size, float alpha, "
+      "float beta, float k, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "relu_lrn_max_pool2d_triton(Tensor input, int size, float alpha, float beta, float k, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "_relu_lrn_max_pool2d_backward_triton(Tensor grad_output, Tensor offsets, Tensor input, int size, "
+      "float alpha, float beta, float k, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) "
+      "-> Tensor");
+
   // BatchNorm -> ReLU as per-channel multiply-adds (csrc/common/batch_norm.h has the math). 4-d
   // inputs in any layout whose H and W merge into one stride, channel slices of a larger buffer
   // included. Per-channel tensors are fp32 (fp64 for fp64 inputs).

@@ -53,6 +53,15 @@ def test_converted_torchvision_densenet_matches_the_original():
     assert_step_matches(converted, original, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
+def test_converted_alexnet_paper_runs_its_stages_as_one_op_each():
+    torch.manual_seed(0)
+    original = reference_models.AlexNetPaper(num_classes=5, dropout=0.0).double()
+    converted, report = cnnfast.convert(original)
+    assert [name for name, old, _ in report.swapped if old == "Sequential"] == ["features.norm_pool1",
+                                                                                 "features.norm_pool2"]
+    assert_step_matches(converted, original, 30 * torch.randn(1, 3, 227, 227, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("build", [lambda: reference_models.resnet(50, num_classes=10),
                                    lambda: reference_models.DenseNet(block_config=(2, 2, 2, 2), num_classes=10)],
                          ids=["resnet50", "densenet"])

@@ -30,6 +30,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# This checkout's cnnfast and triton_kernels, also where cnnfast is not installed (both processes).
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 CAPABILITY = 90  # H100 / H200
 SHARED_MEMORY_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
 TORCH_TO_TRITON = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "uint8": "u8",
@@ -102,6 +105,10 @@ def _run_every_triton_op() -> None:
                 # 3/2 windows (the fast path), other windows, and windows too large for uint8 offsets.
                 for kernel, stride in ((3, 2), (2, 1), (17, 1)):
                     F.max_pool2d(leaf(2, 3, 19, 19), kernel, stride).sum().backward()
+                    # The fused ReLU-LRN-max-pool; on the 3/2 window also an even size and the general pow.
+                    for size, beta in ((5, 0.75), (4, 1.3))[:2 if kernel == 3 else 1]:
+                        F.relu_lrn_max_pool2d(leaf(2, 6, 19, 19), size, beta=beta, kernel_size=kernel,
+                                              stride=stride).sum().backward()
                 x = leaf(2, 8, 5, 6)
                 F.bn_relu(x, torch.rand(8, dtype=dtype).requires_grad_(),
                           torch.randn(8, dtype=dtype).requires_grad_()).sum().backward()

@@ -14,6 +14,10 @@ Only x is kept for backward: s is recomputed from it, which reads less memory th
 Triton has no indexable register arrays for the C++ kernels' ring of past t values, so the
 backward is two kernels: one writes t_c = dy_c x_c s_c^(-beta-1) to a temporary in the
 accumulation type, the other sums t over each reverse window and writes dx.
+
+RELU (the fused ReLU-LRN-max-pool, triton_kernels/relu_lrn_max_pool2d.py) normalises relu(x),
+applied on every load of x, and its backward applies the ReLU's mask to dx: relu(x) is never
+written.
 """
 import triton
 import triton.language as tl
@@ -69,6 +73,22 @@ def _scale(window_sum, alpha_over_size, k):
 
 
 @triton.jit
+def _relu(v, RELU: tl.constexpr):
+    # torch's relu: NaN stays NaN (a select on v < 0, not a maximum).
+    if RELU:
+        v = tl.where(v < 0, 0.0, v).to(v.dtype)
+    return v
+
+
+@triton.jit
+def _relu_mask(x, grad, RELU: tl.constexpr):
+    # torch's threshold_backward: zero where x <= 0 only, so a NaN passes the gradient on.
+    if RELU:
+        grad = tl.where(x <= 0, 0.0, grad).to(grad.dtype)
+    return grad
+
+
+@triton.jit
 def _row_offsets(base, channel, channel_stride):
     # int64: channel * channel_stride exceeds 2**31 for a sample of more than 2**31 elements.
     # (tl.cast, not .to: under the interpreter a loop index is a Python int.)
@@ -77,14 +97,14 @@ def _row_offsets(base, channel, channel_stride):
 
 @triton.jit
 def _window_sum(ptr, base, mask, first, C, channel_stride, SIZE: tl.constexpr, SQUARE: tl.constexpr,
-                ACC: tl.constexpr, BLOCK: tl.constexpr):
+                ACC: tl.constexpr, BLOCK: tl.constexpr, RELU: tl.constexpr):
     # Sum over channels [first, first + SIZE) clipped to [0, C), in channel order, of the rows of
-    # ptr (squared when SQUARE). A clipped channel adds +0, which changes no sum.
+    # ptr (relu'd when RELU, squared when SQUARE). A clipped channel adds +0, which changes no sum.
     total = tl.zeros([BLOCK], dtype=ACC)
     for w in range(0, SIZE):
         channel = first + w
         inside = mask & (channel >= 0) & (channel < C)
-        v = tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=inside, other=0.0).to(ACC)
+        v = _relu(tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=inside, other=0.0).to(ACC), RELU)
         if SQUARE:
             total += v * v
         else:
@@ -112,7 +132,7 @@ def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
     for c in range(0, C):
-        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
+        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK, False)
         offsets = _row_offsets(base, c, channel_stride)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         power = _inverse_power(_scale(window_sum, alpha_over_size_acc, k_acc), beta_acc, BETA_KIND)
@@ -122,7 +142,7 @@ def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride
 @triton.jit
 def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
                   alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
-                  SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr,
+                  SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr, RELU: tl.constexpr,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     # t_c = dy_c x_c s_c^(-beta-1), in the C++ kernels' order of operations.
     base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
@@ -130,11 +150,11 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stri
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
     for c in range(0, C):
-        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
+        window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK, RELU)
         scale = _scale(window_sum, alpha_over_size_acc, k_acc)
         power = _inverse_power(scale, beta_acc, BETA_KIND)
         offsets = _row_offsets(base, c, channel_stride)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        x = _relu(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC), RELU)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
         tl.store(t_ptr + offsets, _div(dy * x * power, scale), mask=mask)
 
@@ -143,7 +163,7 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stri
 def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
                    alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
                    SIZE: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BETA_KIND: tl.constexpr,
-                   ACC: tl.constexpr, BLOCK: tl.constexpr):
+                   RELU: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (sum of t over [j - after, j + before]).
     base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
@@ -151,13 +171,13 @@ def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, cha
     k_acc = tl.full((), k, ACC)
     coefficient = 2.0 * alpha_over_size_acc * beta_acc
     for j in range(0, C):
-        window_sum = _window_sum(x_ptr, base, mask, j - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK)
+        window_sum = _window_sum(x_ptr, base, mask, j - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK, RELU)
         power = _inverse_power(_scale(window_sum, alpha_over_size_acc, k_acc), beta_acc, BETA_KIND)
-        t_sum = _window_sum(t_ptr, base, mask, j - AFTER, C, channel_stride, SIZE, False, ACC, BLOCK)
+        t_sum = _window_sum(t_ptr, base, mask, j - AFTER, C, channel_stride, SIZE, False, ACC, BLOCK, False)
         offsets = _row_offsets(base, j, channel_stride)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        dx = dy * power - coefficient * x * t_sum
+        dx = _relu_mask(x, dy * power - coefficient * _relu(x, RELU) * t_sum, RELU)
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -203,8 +223,9 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
 
 
 def lrn_backward(grad_output: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float,
-                 k: float) -> torch.Tensor:
-    """dx of lrn_forward, recomputing s from x; grad_output in the same layout as x."""
+                 k: float, relu: bool = False) -> torch.Tensor:
+    """dx of lrn_forward, recomputing s from x; grad_output in the same layout as x. relu: the
+    gradient with respect to x of the LRN of relu(x)."""
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
@@ -212,6 +233,6 @@ def lrn_backward(grad_output: torch.Tensor, x: torch.Tensor, size: int, alpha: f
         raise ValueError("lrn_backward: grad_output must have x's shape and layout")
     # t in the accumulation type, for the second kernel's reverse-window sums; freed on return.
     t = torch.empty_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    _launch(_lrn_t_kernel, (grad_output, x, t), x, size, alpha, beta, k)
-    _launch(_lrn_dx_kernel, (grad_output, x, t, dx), x, size, alpha, beta, k, AFTER=(size - 1) // 2)
+    _launch(_lrn_t_kernel, (grad_output, x, t), x, size, alpha, beta, k, RELU=relu)
+    _launch(_lrn_dx_kernel, (grad_output, x, t, dx), x, size, alpha, beta, k, AFTER=(size - 1) // 2, RELU=relu)
     return dx

@@ -55,18 +55,30 @@ def _first_real(start, DILATION: tl.constexpr):
 
 
 @triton.jit
-def _visit(x_ptr, plane, h0, w0, kh, kw, H, W, x_sh, x_sw, mask, best, best_offset,
-           KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+def _position(h0, w0, kh, kw, H, W, mask, DH: tl.constexpr, DW: tl.constexpr):
+    # Input row and column of window position (kh, kw), and whether it is a real (unpadded) one.
     ih = h0 + kh * DH
     iw = w0 + kw * DW
-    real = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    # Compared in the accumulation type (exact for a maximum): the interpreter cannot build bf16
-    # constants. Masked-off lanes never win, whatever they load.
-    v = tl.load(x_ptr + plane + ih * x_sh + iw * x_sw, mask=real, other=0).to(best.dtype)
+    return ih, iw, mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+
+
+@triton.jit
+def _take(v, real, kh, kw, best, best_offset, KW: tl.constexpr):
+    # The running maximum takes v when it is greater or NaN; padded and masked-off lanes never win.
     take = real & ((v > best) | (v != v))
     best = tl.where(take, v, best)
     best_offset = tl.where(take, kh * KW + kw, best_offset)
     return best, best_offset
+
+
+@triton.jit
+def _visit(x_ptr, plane, h0, w0, kh, kw, H, W, x_sh, x_sw, mask, best, best_offset,
+           KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+    ih, iw, real = _position(h0, w0, kh, kw, H, W, mask, DH, DW)
+    # Compared in the accumulation type (exact for a maximum): the interpreter cannot build bf16
+    # constants.
+    v = tl.load(x_ptr + plane + ih * x_sh + iw * x_sw, mask=real, other=0).to(best.dtype)
+    return _take(v, real, kh, kw, best, best_offset, KW)
 
 
 @triton.jit

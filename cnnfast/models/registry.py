@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable
 
 from torch import nn
 
-from cnnfast.models import densenet, dpn, preact_resnet, resnet
-
-_FAMILIES = (densenet, dpn, preact_resnet, resnet)
+# By module path: cnnfast.models.alexnet, as an attribute, is the alexnet() constructor.
+_FAMILIES = tuple(importlib.import_module(f"cnnfast.models.{name}")
+                  for name in ("alexnet", "densenet", "dpn", "preact_resnet", "resnet"))
 
 # name -> constructor(weights=None, **kwargs); the lower-case entries of each family's __all__.
 _MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -65,6 +65,35 @@ def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
     return tuple(check_int(v, name, op, minimum) for v in values)
 
 
+def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, op: str):
+    """torch's max-pool arguments checked and normalised, with the pooled (height, width):
+    (kernel, stride, padding, dilation, out_hw), each a pair of ints. stride None (or empty) is
+    kernel_size, as in torch."""
+    if any(s == 0 for s in input.shape[-3:]):
+        raise ValueError(f"{op}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
+    kernel = pair(kernel_size, "kernel_size", op, minimum=1)
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
+        pair(stride, "stride", op, minimum=1)
+    padding = pair(padding, "padding", op, minimum=0)
+    dilation = pair(dilation, "dilation", op, minimum=1)
+    for i in range(2):
+        if padding[i] > kernel[i] // 2:
+            raise ValueError(f"{op}: padding must be at most half of kernel_size, got padding={padding} "
+                             f"and kernel_size={kernel}")
+    out_hw = tuple(pooled_size(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i], bool(ceil_mode))
+                   for i in range(2))
+    if min(out_hw) <= 0:
+        raise ValueError(f"{op}: kernel_size={kernel} with dilation={dilation} is larger than the padded input "
+                         f"({input.shape[-2] + 2 * padding[0]}x{input.shape[-1] + 2 * padding[1]})")
+    return kernel, stride, padding, dilation, out_hw
+
+
+def lrn_arguments(size, alpha, beta, k, op: str) -> tuple[int, float, float, float]:
+    """local_response_norm's size (a positive int) and alpha, beta, k (numbers)."""
+    return (check_int(size, "size", op, minimum=1), check_number(alpha, "alpha", op),
+            check_number(beta, "beta", op), check_number(k, "k", op))
+
+
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The layout ops compute in and return: channels_last for a 4-d channels_last input or a channel
     slice of one (channel stride 1), contiguous otherwise (as csrc/op_helpers.h

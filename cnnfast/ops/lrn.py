@@ -22,10 +22,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     """torch.nn.functional.local_response_norm, in one pass over memory."""
     _checks.check_tensor(input, "input", OP)
     _checks.check_dims(input, "input", OP, minimum=3)
-    size = _checks.check_int(size, "size", OP, minimum=1)
-    alpha = _checks.check_number(alpha, "alpha", OP)
-    beta = _checks.check_number(beta, "beta", OP)
-    k = _checks.check_number(k, "k", OP)
+    size, alpha, beta, k = _checks.lrn_arguments(size, alpha, beta, k, OP)
     backend = resolve("local_response_norm", input.device)
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)

@@ -22,22 +22,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     """torch.nn.functional.max_pool2d, keeping a uint8 argmax for backward."""
     _checks.check_tensor(input, "input", OP)
     _checks.check_dims(input, "input", OP, allowed=(3, 4))
-    if any(s == 0 for s in input.shape[-3:]):
-        raise ValueError(f"{OP}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
-    kernel = _checks.pair(kernel_size, "kernel_size", OP, minimum=1)
-    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
-        _checks.pair(stride, "stride", OP, minimum=1)
-    padding = _checks.pair(padding, "padding", OP, minimum=0)
-    dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
-    for i in range(2):
-        if padding[i] > kernel[i] // 2:
-            raise ValueError(f"{OP}: padding must be at most half of kernel_size, got padding={padding} "
-                             f"and kernel_size={kernel}")
-    out_hw = tuple(_checks.pooled_size(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i],
-                                       bool(ceil_mode)) for i in range(2))
-    if min(out_hw) <= 0:
-        raise ValueError(f"{OP}: kernel_size={kernel} with dilation={dilation} is larger than the padded input "
-                         f"({input.shape[-2] + 2 * padding[0]}x{input.shape[-1] + 2 * padding[1]})")
+    kernel, stride, padding, dilation, _ = _checks.pool_window(input, kernel_size, stride, padding, dilation,
+                                                               ceil_mode, OP)
     backend = resolve("max_pool2d", input.device)
     if backend == "reference":
         output, indices = reference.max_pool2d(input, kernel, stride, padding, dilation, bool(ceil_mode))

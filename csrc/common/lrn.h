@@ -18,6 +18,10 @@
 // The routines below process `lanes` columns at once, laid out `lane_stride` apart. The CPU calls
 // them with a tile of contiguous spatial positions (the inner loops over lanes vectorise); a CUDA
 // thread calls them with one lane. The same code therefore runs in the CPU tests.
+//
+// Every routine reads x through a Load policy: LoadAsIs, or LoadRelu for the fused
+// ReLU-LRN-max-pool op (csrc/common/relu_lrn_max_pool2d.h), which normalises relu(x) without ever
+// writing it, and whose backward applies the ReLU's mask as it writes dx.
 #pragma once
 
 #include <cmath>
@@ -112,9 +116,35 @@ CNNFAST_HOST_DEVICE acc_t lrn_scale(acc_t window_sum, const LrnParams<acc_t>& p)
   return p.k + p.alpha_over_size * window_sum;
 }
 
-template <typename scalar_t, typename acc_t>
+// y_c = x_c * s_c^-beta from x_c (as loaded) and its window sum.
+template <typename Power, typename acc_t>
+CNNFAST_HOST_DEVICE acc_t lrn_normalize(acc_t x, acc_t window_sum, const LrnParams<acc_t>& p) {
+  return x * Power::inverse(lrn_scale(window_sum, p), p.beta);
+}
+
+struct LoadAsIs {
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t apply(acc_t v) { return v; }
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t mask(acc_t, acc_t grad) { return grad; }
+};
+// torch's ReLU: relu(NaN) is NaN, and its backward (threshold_backward) zeroes the gradient where
+// x <= 0 only, so a NaN passes it on. Both are selects, which vectorise.
+struct LoadRelu {
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t apply(acc_t v) { return v < acc_t(0) ? acc_t(0) : v; }
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t mask(acc_t x, acc_t grad) { return x <= acc_t(0) ? acc_t(0) : grad; }
+};
+
+template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
+CNNFAST_HOST_DEVICE acc_t lrn_load(const scalar_t* x, int64_t offset) {
+  return Load::apply(static_cast<acc_t>(x[offset]));
+}
+
+template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE acc_t lrn_square(const scalar_t* x, int64_t offset) {
-  const acc_t v = static_cast<acc_t>(x[offset]);
+  const acc_t v = lrn_load<scalar_t, acc_t, Load>(x, offset);
   return v * v;
 }
 
@@ -126,7 +156,7 @@ CNNFAST_HOST_DEVICE void lrn_window(int64_t c, const LrnParams<acc_t>& p, int64_
 }
 
 // window_sum[l] = sum of x^2 over the window of channel c, per lane.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_window_sum(const scalar_t* x, int64_t c, int64_t lanes, const LrnParams<acc_t>& p,
                                         acc_t* window_sum) {
   int64_t first, last;
@@ -137,25 +167,33 @@ CNNFAST_HOST_DEVICE void lrn_window_sum(const scalar_t* x, int64_t c, int64_t la
   for (int64_t w = first; w <= last; ++w) {
     const scalar_t* row = x + w * p.channel_stride;
     for (int64_t l = 0; l < lanes; ++l) {
-      window_sum[l] += lrn_square<scalar_t, acc_t>(row, l * p.lane_stride);
+      window_sum[l] += lrn_square<scalar_t, acc_t, Load>(row, l * p.lane_stride);
     }
   }
 }
 
-// Forward over `lanes` columns starting at x / y. window_sum: scratch of `lanes` values.
+// Forward over `lanes` columns starting at x, written to y with its own strides (the fused op
+// writes rows into a small local buffer). window_sum: scratch of `lanes` values.
+template <typename Power, typename scalar_t, typename acc_t, typename Load = LoadAsIs>
+CNNFAST_HOST_DEVICE void lrn_forward_columns_to(const scalar_t* x, scalar_t* y, int64_t y_channel_stride,
+                                                int64_t y_lane_stride, int64_t lanes, const LrnParams<acc_t>& p,
+                                                acc_t* window_sum) {
+  for (int64_t c = 0; c < p.channels; ++c) {
+    lrn_window_sum<scalar_t, acc_t, Load>(x, c, lanes, p, window_sum);
+    const scalar_t* x_row = x + c * p.channel_stride;
+    scalar_t* y_row = y + c * y_channel_stride;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const acc_t v = lrn_load<scalar_t, acc_t, Load>(x_row, l * p.lane_stride);
+      y_row[l * y_lane_stride] = static_cast<scalar_t>(lrn_normalize<Power>(v, window_sum[l], p));
+    }
+  }
+}
+
+// Forward over `lanes` columns starting at x / y, y laid out as x.
 template <typename Power, typename scalar_t, typename acc_t>
 CNNFAST_HOST_DEVICE void lrn_forward_columns(const scalar_t* x, scalar_t* y, int64_t lanes,
                                              const LrnParams<acc_t>& p, acc_t* window_sum) {
-  for (int64_t c = 0; c < p.channels; ++c) {
-    lrn_window_sum(x, c, lanes, p, window_sum);
-    const scalar_t* x_row = x + c * p.channel_stride;
-    scalar_t* y_row = y + c * p.channel_stride;
-    for (int64_t l = 0; l < lanes; ++l) {
-      const int64_t o = l * p.lane_stride;
-      const acc_t scale = lrn_scale(window_sum[l], p);
-      y_row[o] = static_cast<scalar_t>(static_cast<acc_t>(x_row[o]) * Power::inverse(scale, p.beta));
-    }
-  }
+  lrn_forward_columns_to<Power>(x, y, p.channel_stride, p.lane_stride, lanes, p, window_sum);
 }
 
 // Scratch of the backward: per lane, the window sum of x^2 and the reverse window sum of
@@ -172,7 +210,7 @@ struct LrnBackwardScratch {
 // The backward's two lane loops, as functions with __restrict__ arguments: the scratch arrays
 // share one allocation, and without these promises the compiler cannot vectorise across them.
 // t_c = dy_c x_c s_c^(-beta-1) joins the reverse sum and the ring, with s_c^-beta.
-template <typename Power, typename scalar_t, typename acc_t>
+template <typename Power, typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
                                        int64_t lanes, const LrnParams<acc_t>& p,
                                        const acc_t* __restrict__ window_sum, acc_t* __restrict__ t_new,
@@ -181,7 +219,7 @@ CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const
     const int64_t o = l * p.lane_stride;
     const acc_t scale = lrn_scale(window_sum[l], p);
     const acc_t power = Power::inverse(scale, p.beta);
-    t_new[l] = static_cast<acc_t>(dy_row[o]) * static_cast<acc_t>(x_row[o]) * power / scale;
+    t_new[l] = static_cast<acc_t>(dy_row[o]) * lrn_load<scalar_t, acc_t, Load>(x_row, o) * power / scale;
     power_new[l] = power;
   }
 }
@@ -204,16 +242,17 @@ CNNFAST_HOST_DEVICE void lrn_reverse_window_sum(int64_t j, int64_t lanes, const 
   }
 }
 
-// dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (reverse window sum of t).
-template <typename scalar_t, typename acc_t>
+// dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (reverse window sum of t), through Load's mask.
+template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
                                      scalar_t* __restrict__ dx_row, int64_t lanes, int64_t lane_stride,
                                      const acc_t* __restrict__ power_j, const acc_t* __restrict__ t_sum,
                                      acc_t coefficient) {
   for (int64_t l = 0; l < lanes; ++l) {
     const int64_t o = l * lane_stride;
-    dx_row[o] = static_cast<scalar_t>(static_cast<acc_t>(dy_row[o]) * power_j[l] -
-                                      coefficient * static_cast<acc_t>(x_row[o]) * t_sum[l]);
+    const acc_t x = static_cast<acc_t>(x_row[o]);
+    const acc_t dx = static_cast<acc_t>(dy_row[o]) * power_j[l] - coefficient * Load::apply(x) * t_sum[l];
+    dx_row[o] = static_cast<scalar_t>(Load::mask(x, dx));
   }
 }
 
@@ -221,7 +260,7 @@ CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const s
 // then dx_j for j = c - before, whose reverse window [j - after, j + before] ends at c. The ring
 // keeps the last ring_length() = min(size, C) values of both: enough for a reverse window (at most
 // that many channels), and s_j^-beta, written `before` < size steps earlier, is still there.
-template <typename Power, typename scalar_t, typename acc_t>
+template <typename Power, typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
                                               int64_t lanes, const LrnParams<acc_t>& p,
                                               const LrnBackwardScratch<acc_t>& s) {
@@ -231,15 +270,17 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
   const int64_t end = p.channels + p.before();
   for (int64_t c = 0; c < end; c = (c + 1 == p.channels && p.before() > p.channels) ? p.before() : c + 1) {
     if (c < p.channels) {
-      lrn_window_sum(x, c, lanes, p, s.window_sum);
-      lrn_produce_t<Power>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p, s.window_sum,
-                           s.ring_t + (c % ring) * s.ring_stride, s.ring_power + (c % ring) * s.ring_stride);
+      lrn_window_sum<scalar_t, acc_t, Load>(x, c, lanes, p, s.window_sum);
+      lrn_produce_t<Power, scalar_t, acc_t, Load>(x + c * p.channel_stride, dy + c * p.channel_stride, lanes, p,
+                                                  s.window_sum, s.ring_t + (c % ring) * s.ring_stride,
+                                                  s.ring_power + (c % ring) * s.ring_stride);
     }
     const int64_t j = c - p.before();
     if (j >= 0) {
       lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
-      lrn_emit_dx(x + j * p.channel_stride, dy + j * p.channel_stride, dx + j * p.channel_stride, lanes,
-                  p.lane_stride, s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
+      lrn_emit_dx<scalar_t, acc_t, Load>(x + j * p.channel_stride, dy + j * p.channel_stride,
+                                         dx + j * p.channel_stride, lanes, p.lane_stride,
+                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
     }
   }
 }

@@ -70,13 +70,24 @@ CNNFAST_HOST_DEVICE acc_t max_pool_negative_infinity() {
   return -acc_t(1) / acc_t(0);
 }
 
-// One output element. `plane` points at (n, c, 0, 0); h_stride / w_stride are in elements.
-// Writes the maximum and its window offset; returns the flat index ih * in_w + iw that
-// return_indices reports.
-template <typename W, typename scalar_t, typename offset_t>
-CNNFAST_HOST_DEVICE int64_t max_pool2d_window(const scalar_t* plane, int64_t h_stride, int64_t w_stride,
-                                              const PoolGeometry& g, int64_t oh, int64_t ow,
-                                              scalar_t* out, offset_t* offset) {
+// The input of a plain max-pool: `plane` points at (n, c, 0, 0); strides are in elements.
+template <typename scalar_t>
+struct StridedPlane {
+  const scalar_t* plane;
+  int64_t h_stride, w_stride;
+  CNNFAST_HOST_DEVICE acc_type<scalar_t> operator()(int64_t ih, int64_t iw) const {
+    return static_cast<acc_type<scalar_t>>(plane[ih * h_stride + iw * w_stride]);
+  }
+};
+
+// One output element over the values `source(ih, iw)` (an acc_type<scalar_t>, exactly
+// representable in scalar_t, so that comparisons and ties are those of the stored values): the
+// plain input (StridedPlane), or values computed on the fly that are never written (the fused
+// ReLU-LRN-max-pool). Writes the maximum and its window offset; returns the flat index
+// ih * in_w + iw that return_indices reports.
+template <typename W, typename Source, typename scalar_t, typename offset_t>
+CNNFAST_HOST_DEVICE int64_t max_pool2d_window_over(const Source& source, const PoolGeometry& g, int64_t oh,
+                                                   int64_t ow, scalar_t* out, offset_t* offset) {
   using acc_t = acc_type<scalar_t>;
   const int64_t h0 = oh * W::stride_h(g) - W::pad_h(g);
   const int64_t w0 = ow * W::stride_w(g) - W::pad_w(g);
@@ -95,7 +106,7 @@ CNNFAST_HOST_DEVICE int64_t max_pool2d_window(const scalar_t* plane, int64_t h_s
     for (int64_t kw = kw_first; kw < W::kernel_w(g); ++kw) {
       const int64_t iw = w0 + kw * W::dilation_w(g);
       if (iw >= g.in_w) break;
-      const acc_t v = static_cast<acc_t>(plane[ih * h_stride + iw * w_stride]);
+      const acc_t v = source(ih, iw);
       if (v > best || max_pool_is_nan(v)) {
         best = v;
         best_kh = kh;
@@ -106,6 +117,14 @@ CNNFAST_HOST_DEVICE int64_t max_pool2d_window(const scalar_t* plane, int64_t h_s
   *out = static_cast<scalar_t>(best);
   *offset = static_cast<offset_t>(best_kh * W::kernel_w(g) + best_kw);
   return (h0 + best_kh * W::dilation_h(g)) * g.in_w + (w0 + best_kw * W::dilation_w(g));
+}
+
+// One output element of the plain max-pool; h_stride / w_stride are in elements.
+template <typename W, typename scalar_t, typename offset_t>
+CNNFAST_HOST_DEVICE int64_t max_pool2d_window(const scalar_t* plane, int64_t h_stride, int64_t w_stride,
+                                              const PoolGeometry& g, int64_t oh, int64_t ow,
+                                              scalar_t* out, offset_t* offset) {
+  return max_pool2d_window_over<W>(StridedPlane<scalar_t>{plane, h_stride, w_stride}, g, oh, ow, out, offset);
 }
 
 // Output rows (or columns) whose window covers input row `i`: [first, last], possibly empty.

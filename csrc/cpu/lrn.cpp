@@ -1,41 +1,8 @@
 // CPU kernels of local response normalisation (the math: csrc/common/lrn.h).
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-
-#include <vector>
-
-#include "../op_helpers.h"
+#include "lrn_columns.h"
 
 namespace cnnfast {
 namespace {
-
-// Contiguous tensors are processed in tiles of this many spatial positions: every step of the
-// channel walk then reads one short row per tensor, and the inner loops over the tile vectorise.
-// The backward's ring (2 * min(size, C) * 64 accumulators) stays in L1 for AlexNet's size 5.
-constexpr int64_t kTile = 64;
-
-// Calls body(column_offset, lanes) over every (batch, tile) of x, in parallel.
-template <typename Body>
-void for_each_column_tile(const at::Tensor& x, int64_t channel_stride, const Body& body) {
-  const int64_t batch = x.size(0);
-  const int64_t channels = x.size(1);
-  const int64_t spatial = x.numel() / (batch * channels);
-  if (channel_stride == 1) {
-    // channels_last: each spatial position is a contiguous column.
-    at::parallel_for(0, batch * spatial, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t column = begin; column < end; ++column) body(column * channels, 1);
-    });
-    return;
-  }
-  const int64_t tiles = (spatial + kTile - 1) / kTile;
-  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / tiles;
-      const int64_t first = (task % tiles) * kTile;
-      body(n * channels * spatial + first, std::min(kTile, spatial - first));
-    }
-  });
-}
 
 at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t size, double alpha,
                                               double beta, double k) {
@@ -49,8 +16,8 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     lrn_dispatch_power(p.beta, [&](auto power) {
-      for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
-        acc_t window_sum[kTile];
+      cpu::for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
+        acc_t window_sum[cpu::kLrnTile];
         lrn_forward_columns<decltype(power)>(x_data + offset, y_data + offset, lanes, p, window_sum);
       });
     });
@@ -64,24 +31,7 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
   const at::Tensor& x = call.x;
   const at::Tensor& dy = call.grad_output;
   const at::Tensor& dx = call.result;
-  if (x.numel() == 0) return dx;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "local_response_norm_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const auto p = lrn_params<acc_t>(x, size, alpha, beta, k);
-    const int64_t ring = p.ring_length();
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
-    scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
-    lrn_dispatch_power(p.beta, [&](auto power) {
-      for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
-        // One allocation per column tile is small next to the C * lanes elements it walks.
-        std::vector<acc_t> scratch(2 * kTile + 2 * ring * lanes);
-        LrnBackwardScratch<acc_t> s{scratch.data(), scratch.data() + kTile, scratch.data() + 2 * kTile,
-                                    scratch.data() + 2 * kTile + ring * lanes, lanes};
-        lrn_backward_columns<decltype(power)>(dy_data + offset, x_data + offset, dx_data + offset, lanes, p, s);
-      });
-    });
-  });
+  cpu::lrn_backward<LoadAsIs>(dy, x, dx, size, alpha, beta, k);
   return dx;
 }
 

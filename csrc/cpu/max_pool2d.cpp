@@ -12,73 +12,16 @@
 #include <type_traits>
 #include <vector>
 
-#include "../op_helpers.h"
+#include "max_pool2d_windows.h"
 
 namespace cnnfast {
 namespace {
 
-// Outputs [*first, *last) whose windows lie wholly inside [0, in) along one axis.
-void interior(int64_t pad, int64_t kernel, int64_t stride, int64_t dilation, int64_t in, int64_t out,
-              int64_t* first, int64_t* last) {
-  *first = std::min(out, (pad + stride - 1) / stride);
-  const int64_t reach = in - 1 + pad - (kernel - 1) * dilation;  // o * stride <= reach
-  *last = reach < 0 ? *first : std::max(*first, std::min(out, reach / stride + 1));
-}
-
-// One window element for `count` windows: the running maximum takes v when v is greater or NaN
-// (max_pool2d_window's rule). The offset is kept in acc_t lanes (exact below 2^24) so that the
-// compare and both selects have one width; with kStep a constant (1: channels_last, 2: AlexNet's
-// stride) the loop vectorises. kStep = 0 reads the step at run time.
-template <int64_t kStep, typename scalar_t, typename acc_t>
-void max_update(const scalar_t* __restrict__ element, int64_t step, int64_t count, acc_t* __restrict__ best,
-                acc_t* __restrict__ best_k, acc_t k) {
-  if (kStep != 0) step = kStep;
-  for (int64_t i = 0; i < count; ++i) {
-    const acc_t v = static_cast<acc_t>(element[i * step]);
-    const acc_t b = best[i];
-    const bool take = (v > b) | max_pool_is_nan(v);  // `|`, not `||`: no branch
-    best[i] = take ? v : b;
-    best_k[i] = take ? k : best_k[i];
-  }
-}
-
-// `count` windows wholly inside the input, `step` elements apart, each window element
-// `h_stride` / `w_stride` apart, visited in max_pool2d_window's order. `scratch` holds 2 * count
-// accumulators.
-template <typename W, typename scalar_t, typename offset_t>
-void pool_interior(const scalar_t* first_window, int64_t count, int64_t step, int64_t h_stride, int64_t w_stride,
-                   const PoolGeometry& g, scalar_t* out, offset_t* offset, acc_type<scalar_t>* scratch) {
-  using acc_t = acc_type<scalar_t>;
-  acc_t* best = scratch;
-  acc_t* best_k = scratch + count;
-  for (int64_t i = 0; i < count; ++i) {
-    best[i] = max_pool_negative_infinity<acc_t>();
-    best_k[i] = acc_t(0);
-  }
-  for (int64_t kh = 0; kh < W::kernel_h(g); ++kh) {
-    for (int64_t kw = 0; kw < W::kernel_w(g); ++kw) {
-      const scalar_t* element = first_window + kh * W::dilation_h(g) * h_stride + kw * W::dilation_w(g) * w_stride;
-      const acc_t k = static_cast<acc_t>(kh * W::kernel_w(g) + kw);
-      if (step == 1) {
-        max_update<1>(element, step, count, best, best_k, k);
-      } else if (step == 2) {
-        max_update<2>(element, step, count, best, best_k, k);
-      } else {
-        max_update<0>(element, step, count, best, best_k, k);
-      }
-    }
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    out[i] = static_cast<scalar_t>(best[i]);
-    offset[i] = static_cast<offset_t>(best_k[i]);
-  }
-}
-
 template <typename W, typename scalar_t, typename offset_t>
 void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t planes, const PoolGeometry& g) {
   int64_t oh_first, oh_last, ow_first, ow_last;
-  interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
-  interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  cpu::interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
+  cpu::interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_type<scalar_t>> best(2 * g.out_w);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -91,7 +34,7 @@ void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int
           if (ow == lo) {
             const scalar_t* window = image + (oh * W::stride_h(g) - W::pad_h(g)) * g.in_w +
                                      (lo * W::stride_w(g) - W::pad_w(g));
-            pool_interior<W>(window, hi - lo, W::stride_w(g), g.in_w, 1, g, out + row + lo, offsets + row + lo,
+            cpu::pool_interior<W>(window, hi - lo, W::stride_w(g), g.in_w, 1, g, out + row + lo, offsets + row + lo,
                              best.data());
             ow = hi - 1;
             continue;
@@ -107,8 +50,8 @@ template <typename W, typename scalar_t, typename offset_t>
 void forward_channels_last(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t batch, int64_t channels,
                            const PoolGeometry& g) {
   int64_t oh_first, oh_last, ow_first, ow_last;
-  interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
-  interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  cpu::interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
+  cpu::interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
   const int64_t out_plane = g.out_h * g.out_w;
   at::parallel_for(0, batch * out_plane, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_type<scalar_t>> best(2 * channels);
@@ -120,7 +63,7 @@ void forward_channels_last(const scalar_t* x, scalar_t* out, offset_t* offsets, 
       if (oh >= oh_first && oh < oh_last && ow >= ow_first && ow < ow_last) {
         const scalar_t* window = image + ((oh * W::stride_h(g) - W::pad_h(g)) * g.in_w +
                                           (ow * W::stride_w(g) - W::pad_w(g))) * channels;
-        pool_interior<W>(window, channels, 1, g.in_w * channels, channels, g, out_pixel, offset_pixel, best.data());
+        cpu::pool_interior<W>(window, channels, 1, g.in_w * channels, channels, g, out_pixel, offset_pixel, best.data());
         continue;
       }
       for (int64_t c = 0; c < channels; ++c) {

@@ -69,8 +69,9 @@ __global__ void lrn_forward_kernel(const scalar_t* __restrict__ x, scalar_t* __r
 // global_ring: nullptr when the rings are in dynamic shared memory (2 * ring_length() * blockDim.x
 // accumulators, slot r of thread t at r * blockDim.x + t so that a warp's accesses hit distinct
 // banks); otherwise 2 * ring_length() * columns accumulators, slot r of column j at
-// r * columns + j, which keeps the warp's accesses coalesced.
-template <typename scalar_t>
+// r * columns + j, which keeps the warp's accesses coalesced. Load: LoadAsIs, or LoadRelu for the
+// fused ReLU-LRN-max-pool's backward (relu(x) recomputed on load, the ReLU's mask on dx).
+template <typename scalar_t, typename Load>
 __global__ void lrn_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                                     scalar_t* __restrict__ dx, int64_t columns, int64_t spatial,
                                     bool channels_last, LrnParams<acc_type<scalar_t>> p,
@@ -101,7 +102,7 @@ __global__ void lrn_backward_kernel(const scalar_t* __restrict__ dy, const scala
         scratch.ring_power = global_ring + ring * columns + column;
       }
       const int64_t offset = lrn_column_offset(column, p.channels, spatial, channels_last);
-      lrn_backward_columns<decltype(power), scalar_t, acc_t>(dy + offset, x + offset, dx + offset, 1, p, scratch);
+      lrn_backward_columns<decltype(power), scalar_t, acc_t, Load>(dy + offset, x + offset, dx + offset, 1, p, scratch);
     }
   });
 }
@@ -129,7 +130,7 @@ cudaError_t launch_lrn_forward(const scalar_t* x, scalar_t* y, int64_t columns, 
 }
 
 // global_ring: lrn_backward_global_ring_elements(p, columns) accumulators, or nullptr when that is 0.
-template <typename scalar_t>
+template <typename scalar_t, typename Load = LoadAsIs>
 cudaError_t launch_lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t* dx, int64_t columns,
                                 int64_t spatial, bool channels_last, const LrnParams<acc_type<scalar_t>>& p,
                                 acc_type<scalar_t>* global_ring, cudaStream_t stream) {
@@ -139,7 +140,7 @@ cudaError_t launch_lrn_backward(const scalar_t* dy, const scalar_t* x, scalar_t*
   const int threads = shared_threads == 0 ? detail::kLrnThreads : shared_threads;
   const size_t shared_bytes =
       shared_threads == 0 ? 0 : static_cast<size_t>(detail::lrn_ring_bytes(p, shared_threads));
-  detail::lrn_backward_kernel<scalar_t><<<detail::lrn_blocks(columns, threads), threads, shared_bytes, stream>>>(
+  detail::lrn_backward_kernel<scalar_t, Load><<<detail::lrn_blocks(columns, threads), threads, shared_bytes, stream>>>(
       dy, x, dx, columns, spatial, channels_last, p, shared_threads == 0 ? global_ring : nullptr);
   return cudaGetLastError();
 }
