@@ -1,6 +1,7 @@
-"""Recognising torchvision's building blocks by their structure (class name and child names), for
-cnnfast.convert and cnnfast.fuse_for_inference: torchvision need not be installed, and a
-look-alike with other children (timm's BasicBlock has act1, drop_block, ...) is not mistaken for one."""
+"""Recognising torchvision's building blocks, for cnnfast.convert and cnnfast.fuse_for_inference,
+without importing torchvision: by class name, child names, and where the class's forward is
+written (a copy with a forward of its own, or timm's BasicBlock with act1, drop_block, ..., is not
+mistaken for one)."""
 from __future__ import annotations
 
 from torch import nn
@@ -8,12 +9,14 @@ from torch import nn
 # Class name -> (children it must have, children it may have, its (conv, bn) pairs in forward order,
 # each conv feeding only its bn).
 RESNET_LAYOUTS = {
-    "BasicBlock": ({"conv1", "bn1", "conv2", "bn2"}, {"relu", "downsample"}, (("conv1", "bn1"), ("conv2", "bn2"))),
-    "Bottleneck": ({"conv1", "bn1", "conv2", "bn2", "conv3", "bn3"}, {"relu", "downsample"},
+    "BasicBlock": ({"conv1", "bn1", "relu", "conv2", "bn2"}, {"downsample"}, (("conv1", "bn1"), ("conv2", "bn2"))),
+    "Bottleneck": ({"conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"}, {"downsample"},
                    (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))),
-    "ResNet": ({"conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"}, {"relu"},
+    "ResNet": ({"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"}, set(),
                (("conv1", "bn1"),)),
 }
+# Where the forward of those classes is written: torchvision's, cnnfast's plain twin, cnnfast's own.
+RESNET_FORWARDS = {"torchvision.models.resnet", "cnnfast.reference_models", "cnnfast.models.resnet"}
 
 
 def has_layout(module: nn.Module, required: set, optional: set) -> bool:
@@ -24,7 +27,8 @@ def has_layout(module: nn.Module, required: set, optional: set) -> bool:
 def resnet_layout(module: nn.Module):
     """The RESNET_LAYOUTS entry `module` follows (torchvision's or cnnfast's ResNet pieces), or None."""
     layout = RESNET_LAYOUTS.get(type(module).__name__)
-    if layout is None or not has_layout(module, layout[0], layout[1]):
+    if layout is None or type(module).forward.__module__ not in RESNET_FORWARDS \
+            or not has_layout(module, layout[0], layout[1]):
         return None
     if any(not isinstance(getattr(module, conv), nn.Conv2d) for conv, _ in layout[2]):
         return None
@@ -35,6 +39,8 @@ def torchvision_dense_block(module: nn.Module) -> bool:
     """torchvision's _DenseBlock: denselayerN children with norm1, relu1, conv1, norm2, relu2, conv2."""
     layers = list(module.children())
     return (type(module).__name__ == "_DenseBlock" and bool(layers)
+            and type(module).forward.__module__ in ("torchvision.models.densenet", "cnnfast.reference_models")
             and all(type(layer).__name__ == "_DenseLayer" and hasattr(layer, "drop_rate")
+                    and type(layer).forward.__module__ == type(module).forward.__module__
                     and has_layout(layer, {"norm1", "relu1", "conv1", "norm2", "relu2", "conv2"}, set())
                     for layer in layers))

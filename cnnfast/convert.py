@@ -2,8 +2,10 @@
 
 One walk over the tree, children first, with one table of rules (RULES): each rule says which
 modules it takes and builds their cnnfast replacement from the same parameter and buffer tensors
-(shared, not copied: an optimizer built on the original parameters keeps working). State_dict keys
-do not change, so checkpoints of the original model still load.
+(with inplace=True the very tensors of `model`, so an optimizer built on them keeps working).
+State_dict keys do not change, so checkpoints of the original model still load. A module a rule
+takes but cannot stand in for exactly (hooks that would no longer run, another activation than
+ReLU) is left alone and reported.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Callable, NamedTuple
 from torch import nn
 
 from cnnfast import _layouts
+from cnnfast.nn._fusable import fusable_activation, has_hooks
 from cnnfast.nn.densenet import DenseBlock
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
@@ -37,14 +40,16 @@ class ConversionReport:
 
 
 def _adopt(cls: type, module: nn.Module, children: list[str], attributes: tuple = ()) -> nn.Module:
-    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names."""
+    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names,
+    in `module`'s mode (its children keep theirs: a frozen BatchNorm in eval stays in eval)."""
     new = cls.__new__(cls)
     nn.Module.__init__(new)
     for name in children:
         setattr(new, name, getattr(module, name))
     for name in attributes:
         setattr(new, name, getattr(module, name))
-    return new.train(module.training)
+    new.training = module.training
+    return new
 
 
 def _lrn(m: nn.LocalResponseNorm) -> nn.Module:
@@ -55,19 +60,28 @@ def _max_pool(m: nn.MaxPool2d) -> nn.Module:
     return MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
 
 
+_FUSED_SUBCLASSES: dict[type, type] = {}
+
+
 def _sequential(m: nn.Sequential) -> nn.Module:
-    return _adopt(FusedSequential, m, [name for name, _ in m.named_children()])
+    if type(m) is nn.Sequential:
+        return _adopt(FusedSequential, m, [name for name, _ in m.named_children()])
+    # A subclass without a forward of its own (torchvision's _Transition): the same object, its
+    # class given FusedSequential's forward, so isinstance checks and its attributes still hold.
+    cls = type(m)
+    if cls not in _FUSED_SUBCLASSES:
+        _FUSED_SUBCLASSES[cls] = type(f"Fused{cls.__name__}", (FusedSequential, cls), {})
+    m.__class__ = _FUSED_SUBCLASSES[cls]
+    return m
 
 
 def _resnet_piece(m: nn.Module) -> nn.Module:
     from cnnfast.models import resnet
     cls = getattr(resnet, type(m).__name__)
-    children = [name for name, _ in m.named_children() if name != "relu"]  # the fused ops apply the ReLUs
+    children = [name for name, _ in m.named_children()]
     attributes = ("stride",) if hasattr(m, "stride") else ()
-    if cls is resnet.ResNet:  # the top: the blocks and the pool are converted already
-        return _adopt(cls, m, children)
     new = _adopt(cls, m, children, attributes)
-    if not hasattr(new, "downsample"):
+    if cls is not resnet.ResNet and not hasattr(new, "downsample"):
         new.downsample = None
     return new
 
@@ -82,13 +96,16 @@ def _dense_block(m: nn.Module) -> nn.Module:
         for child in ("norm1", "conv1", "norm2", "conv2"):
             setattr(new, child, getattr(old, child))
         new.drop_rate = float(old.drop_rate)
-    return block.train(m.training)
+    block.training = m.training
+    return block
 
 
 class Rule(NamedTuple):
     description: str
     matches: Callable[[nn.Module], bool]
     build: Callable[[nn.Module], nn.Module]
+    # Why a matching module cannot be swapped exactly, or None.
+    refuse: Callable[[nn.Module], str | None] = lambda m: None
 
 
 def _plain_sequential(m: nn.Module) -> bool:
@@ -97,13 +114,19 @@ def _plain_sequential(m: nn.Module) -> bool:
         and type(m).forward is nn.Sequential.forward and fusable_runs(m) > 0
 
 
+def _resnet_refusal(m: nn.Module) -> str | None:
+    if not fusable_activation(m.relu):
+        return f"its activation is {type(m.relu).__name__}, not a plain nn.ReLU"
+    return None
+
+
 RULES = (
     Rule("LocalResponseNorm", lambda m: type(m) is nn.LocalResponseNorm, _lrn),
     Rule("MaxPool2d (uint8 argmax)", lambda m: type(m) is nn.MaxPool2d, _max_pool),
     Rule("Sequential with BN-ReLU(-Conv2d) or ReLU-LRN-MaxPool2d runs", _plain_sequential, _sequential),
     Rule("torchvision ResNet block / stem",
          lambda m: _layouts.resnet_layout(m) is not None and type(m).__module__ != "cnnfast.models.resnet",
-         _resnet_piece),
+         _resnet_piece, _resnet_refusal),
     Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block),
 )
 
@@ -115,12 +138,13 @@ def _convert(module: nn.Module, name: str, report: ConversionReport) -> nn.Modul
             setattr(module, child_name, new_child)
     for rule in RULES:
         if rule.matches(module):
-            try:
-                new = rule.build(module)
-            except (ValueError, TypeError) as error:
-                report.left_alone.append((name, type(module).__name__, str(error)))
+            why = "it has hooks, which would no longer run" if has_hooks(module) else rule.refuse(module)
+            if why is not None:
+                report.left_alone.append((name, type(module).__name__, why))
                 return module
-            report.swapped.append((name, type(module).__name__, f"cnnfast {type(new).__name__}"))
+            old = type(module).__name__
+            new = rule.build(module)
+            report.swapped.append((name, old, f"cnnfast {type(new).__name__}"))
             return new
     return module
 

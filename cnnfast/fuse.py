@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cnnfast import _layouts
+from cnnfast.nn._fusable import has_hooks
 from cnnfast.nn.sequential import FusedSequential
 
 __all__ = ["fuse_for_inference"]
@@ -27,9 +30,13 @@ def _conv_bn_pairs(module: nn.Module):
             yield getattr(module, conv_name), getattr(module, bn_name), bn_name
 
 
-def _foldable(conv, bn) -> bool:
-    return (isinstance(conv, nn.Conv2d) and type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and not bn.training
-            and bn.running_mean is not None and bn.num_features == conv.out_channels)
+def _foldable(conv, bn, uses: Counter) -> bool:
+    # Each used once in the model (a shared conv would change its other uses), plain modules
+    # (a parametrized weight is computed on access; hooks would see other values).
+    return (type(conv) is nn.Conv2d and type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and not bn.training
+            and bn.running_mean is not None and bn.num_features == conv.out_channels
+            and uses[id(conv)] == 1 and uses[id(bn)] == 1 and not has_hooks(conv) and not has_hooks(bn)
+            and not parametrize.is_parametrized(conv))
 
 
 @torch.no_grad()
@@ -52,7 +59,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
     (conv.weight scaled, conv.bias set) and replaced by nn.Identity: the same outputs in eval mode,
     one op fewer per pair. Which pairs are folded: consecutive Conv2d -> BatchNorm2d children of an
     nn.Sequential, and conv/bn pairs of torchvision-style (or cnnfast) ResNet blocks. BatchNorms in
-    training mode, or after anything but a convolution (pre-activation units), are left as they are.
+    training mode, or after anything but a convolution (pre-activation units), and convolutions used
+    twice, parametrized or hooked, are left as they are.
     inplace=False folds a deep copy and leaves `model` as it was."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.fuse_for_inference: model must be an nn.Module, got {type(model).__name__}")
@@ -61,9 +69,10 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
                          "(folding uses the running statistics, which training would go on changing)")
     if not inplace:
         model = copy.deepcopy(model)
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     for module in list(model.modules()):
         for conv, bn, bn_name in list(_conv_bn_pairs(module)):
-            if _foldable(conv, bn):
+            if _foldable(conv, bn, uses):
                 _fold(conv, bn)
                 setattr(module, bn_name, nn.Identity())
     return model

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_norm_stats", "bn_add_relu", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d", "bn_relu_input_grad",
-           "local_response_norm", "max_pool2d", "relu_lrn_max_pool2d"]
+__all__ = ["batch_norm_stats", "bn_add_relu", "bn_relu", "bn_relu_backward_sums", "bn_relu_conv2d",
+           "bn_relu_input_grad", "local_response_norm", "max_pool2d", "relu_lrn_max_pool2d"]
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,

@@ -154,3 +154,79 @@ def test_folding_needs_eval_mode_and_leaves_pre_activation_units_alone():
     model = models.preact_resnet18(num_classes=3).eval()
     fused = cnnfast.fuse_for_inference(model)
     assert not any(isinstance(m, nn.Identity) for m in fused.modules())
+
+
+# ---- what convert and fuse_for_inference must not change ---------------------------------------
+
+def test_children_keep_their_own_mode():
+    model = tiny_resnet().train()
+    model.layer2[0].bn2.eval()  # a frozen BatchNorm while fine-tuning
+    converted, _ = cnnfast.convert(model)
+    assert converted.training and not converted.layer2[0].bn2.training and converted.layer2[1].bn2.training
+
+
+def test_sequential_subclasses_stay_instances_of_their_class():
+    model = tiny_densenet()
+    converted, _ = cnnfast.convert(model)
+    transition = converted.features.transition1
+    assert isinstance(transition, reference_models._Transition)
+    assert isinstance(transition, cnnfast.nn.FusedSequential)
+
+
+def test_modules_with_hooks_or_another_activation_are_left_alone():
+    model = tiny_resnet()
+    model.layer1[0].register_forward_hook(lambda module, args, output: None)
+    model.layer3[0].relu = nn.SiLU()
+    converted, report = cnnfast.convert(model)
+    left = {name: why for name, _, why in report.left_alone}
+    assert "hooks" in left["layer1.0"] and "SiLU" in left["layer3.0"]
+    assert type(converted.layer1[0]) is reference_models.Bottleneck
+    assert type(converted.layer3[0]) is reference_models.Bottleneck
+    assert "ResNet" in {old for _, old, _ in report.swapped}  # the top keeps its ReLU: swapped
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert_step_matches(converted, model, x)
+
+
+def test_fused_runs_with_hooked_or_non_zero_padded_modules_run_the_plain_modules():
+    torch.manual_seed(0)
+    calls = []
+    original = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(),
+                             nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=False),
+                             nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).double()
+    original[5].register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    converted, _ = cnnfast.convert(original)
+    assert cnnfast.nn.sequential.fusable_runs(converted) == 2  # BN-ReLU and BN-ReLU, no fused conv
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    assert_step_matches(converted, original, x)
+    assert len(calls) == 2
+
+
+def test_reflect_padding_in_a_resnet_block_is_honoured():
+    torch.manual_seed(0)
+    ours = models.resnet18(num_classes=3).double()
+    theirs = reference_models.resnet(18, num_classes=3).double()
+    for model in (ours, theirs):
+        model.layer1[0].conv2.padding_mode = "reflect"
+    theirs.load_state_dict(ours.state_dict())
+    assert_step_matches(ours, theirs, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def test_shared_or_parametrized_convolutions_are_not_folded():
+    torch.manual_seed(0)
+    shared = nn.Conv2d(3, 3, 1)
+    model = nn.Sequential(nn.Sequential(shared, nn.BatchNorm2d(3)), nn.Sequential(shared, nn.BatchNorm2d(3)),
+                          nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 3, 1)), nn.BatchNorm2d(3)))
+    randomise_batch_norms(model)
+    model.eval()
+    fused = cnnfast.fuse_for_inference(model)
+    assert not any(isinstance(m, nn.Identity) for m in fused.modules())
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(fused(x), model(x))
+
+
+def test_pre_activation_projection_refuses_synchronised_statistics(monkeypatch):
+    model = models.preact_resnet18(num_classes=3)
+    block = model.layer2[0]
+    monkeypatch.setattr(block.unit1, "_sync_group", lambda: object())
+    with pytest.raises(NotImplementedError, match="synchronise batch statistics"):
+        block(torch.randn(2, 64, 8, 8))

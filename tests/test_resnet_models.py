@@ -139,7 +139,8 @@ def test_local_weights_load_strictly_and_a_new_num_classes_replaces_fc(tmp_path)
     path = tmp_path / "resnet18.pth"
     torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)  # a DDP checkpoint
     model = models.get_model("resnet18", weights=path)
-    torch.testing.assert_close(model.state_dict()["layer3.1.conv2.weight"], reference.state_dict()["layer3.1.conv2.weight"])
+    key = "layer3.1.conv2.weight"
+    torch.testing.assert_close(model.state_dict()[key], reference.state_dict()[key])
     model = models.get_model("resnet18", weights=path, num_classes=5)
     assert model.fc.out_features == 5
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)

@@ -3,7 +3,9 @@ from cnnfast.nn.BNReLUConv2d: every convolution is preceded by its own BN -> ReL
 recomputed in backward instead of stored, and the identity path carries no activation at all.
 
 Layout (ImageNet): conv1 7x7/2 -> max-pool 3/2 -> layer1..layer4 of pre-activation units -> a final
-BN -> ReLU (`bn`) -> global average pool -> fc. The first unit of a block whose shape changes
+BN -> ReLU (`bn`) -> global average pool -> fc. A variant of fb.resnet.torch's preresnet, which
+puts BN -> ReLU after conv1 and skips the first unit's pre-activation: here that first unit's own
+BN -> ReLU does the job, one BatchNorm fewer. The first unit of a block whose shape changes
 pre-activates once for both paths, as in the paper: its 1x1 projection `shortcut` and its first
 convolution read the same relu(bn(x)), which is then materialised (kept by the two convolutions).
 """
@@ -42,6 +44,10 @@ class _PreActBlock(nn.Module):
         if self.shortcut is None:
             identity, out = x, units[0](x)
         else:
+            if units[0].bn.training and units[0]._sync_group() is not None:
+                raise NotImplementedError("PreActResNet: a block with a projection shares its first unit's "
+                                          "pre-activation, which cannot synchronise batch statistics across ranks "
+                                          "(convert_sync_bn); train it without synchronised BatchNorm")
             preactivated = bn_add_relu_module(units[0].bn, x)
             identity, out = self.shortcut(preactivated), units[0].conv(preactivated)
         for unit in units[1:]:
@@ -69,6 +75,8 @@ class PreActBottleneck(_PreActBlock):
 
 
 class PreActResNet(nn.Module):
+    """layer1..layer4 of pre-activation blocks (`block`, `layers` of them per stage) between the
+    stem (conv1, maxpool) and the head (bn, avgpool, fc)."""
     classifier_name = "fc"  # replaced when a checkpoint's num_classes differs; kept by freeze_backbone
     def __init__(self, block: type[_PreActBlock], layers: Sequence[int], num_classes: int = 1000) -> None:
         super().__init__()

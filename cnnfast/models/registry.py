@@ -42,7 +42,7 @@ def classifier_of(model: nn.Module) -> str:
     heads = [name for name, m in model.named_modules()
              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
     if not heads:
-        raise ValueError(f"freeze_backbone: found no classifier in {type(model).__name__}; pass head=")
+        raise ValueError(f"cnnfast.models: found no classifier in {type(model).__name__}; name it (head=)")
     return heads[-1]
 
 

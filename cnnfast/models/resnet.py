@@ -67,6 +67,7 @@ class BasicBlock(nn.Module):
             raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
@@ -93,6 +94,7 @@ class Bottleneck(nn.Module):
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
         self.downsample = downsample
         self.stride = stride
 
@@ -102,8 +104,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    """torchvision.models.ResNet: the same arguments, children and keys (conv1, bn1, relu, maxpool,
+    layer1..layer4, avgpool, fc). The ReLUs are part of the fused ops: replacing a `relu` child
+    with another activation changes nothing here (cnnfast.convert leaves such torchvision models
+    alone)."""
     classifier_name = "fc"  # replaced when a checkpoint's num_classes differs; kept by freeze_backbone
-    """torchvision.models.ResNet: the same arguments and keys (conv1, bn1, layer1..layer4, fc)."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int = 1000,
                  zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
@@ -121,6 +126,7 @@ class ResNet(nn.Module):
         self.base_width = width_per_group
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
         # Keeps a uint8 argmax for backward; the ReLU output it pools is never stored.
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])

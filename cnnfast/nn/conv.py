@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn._fusable import fusable_conv, fusable_norm
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -74,10 +75,11 @@ class BNReLUConv2d(nn.Module):
 
 def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, process_group=None) -> torch.Tensor:
     """conv(relu(bn(input))) through bn_relu_conv2d with the modules' parameters and buffers, and
-    nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py). A `bn` that
-    is no BatchNorm layer (an nn.Identity left by cnnfast.fuse_for_inference, a GroupNorm, a
-    FrozenBatchNorm2d) runs as the plain modules."""
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+    nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py). Modules
+    the op cannot stand in for (cnnfast/nn/_fusable.py: an nn.Identity left by
+    cnnfast.fuse_for_inference, a FrozenBatchNorm2d, a conv with hooks or reflect padding, ...)
+    run as the plain modules."""
+    if not (fusable_norm(bn) and fusable_conv(conv)):
         return conv(torch.relu(bn(input)))
     step = batch_norm_step(bn)
     return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn._fusable import FUSABLE_NORM_TYPES, fusable_norm
 from cnnfast.ops import sync_batch_norm
 from cnnfast.ops.bn_add_relu import bn_add_relu, check_identity
 
@@ -47,17 +48,21 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
     """relu(bn(input) + identity) through the bn_add_relu op with any BatchNorm2d's parameters and
     buffers, and nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py).
 
-    Run as the plain modules instead: a `bn` that is no BatchNorm layer (an nn.Identity left by
-    cnnfast.fuse_for_inference, a FrozenBatchNorm2d, a GroupNorm), and an nn.SyncBatchNorm whose
-    statistics are shared across ranks in training (the op has no all-reduce; the ReLU's output
-    is then kept, as torch keeps it)."""
+    Run as the plain modules instead: a `bn` the op cannot stand in for (cnnfast/nn/_fusable.py: an
+    nn.Identity left by cnnfast.fuse_for_inference, a FrozenBatchNorm2d, hooks), and an
+    nn.SyncBatchNorm whose statistics are shared across ranks in training (the op has no
+    all-reduce; the ReLU's output is then kept, as torch keeps it)."""
     # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
     if input.dim() != 4:
         raise ValueError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
     check_identity(input, identity, "BNAddReLU")
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or sync_batch_norm.group_name(sync_group(bn)):
-        out = bn(input) if not isinstance(bn, BNAddReLU) else nn.BatchNorm2d.forward(bn, input)
+    own = isinstance(bn, BNAddReLU)  # called from its forward: its own hooks run around this call
+    if not (own or fusable_norm(bn)) or sync_batch_norm.group_name(sync_group(bn)):
+        out = nn.BatchNorm2d.forward(bn, input) if own else bn(input)
         return torch.relu(out if identity is None else out + identity)
     step = batch_norm_step(bn)
     return bn_add_relu(input, identity, step.running_mean, step.running_var, bn.weight, bn.bias,
                        step.use_batch_stats, step.momentum, bn.eps)
+
+
+FUSABLE_NORM_TYPES.add(BNAddReLU)

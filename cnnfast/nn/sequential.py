@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnfast.nn._batch_norm_step import sync_group
+from cnnfast.nn._fusable import fusable_activation, fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
@@ -13,13 +14,8 @@ from cnnfast.nn.residual import bn_add_relu_module
 from cnnfast.ops.relu_lrn_max_pool2d import relu_lrn_max_pool2d
 
 
-
-def _is_bn(module) -> bool:
-    return isinstance(module, nn.BatchNorm2d)
-
-
 def _is_pool(module) -> bool:
-    return isinstance(module, (nn.MaxPool2d, MaxPool2d)) and not module.return_indices
+    return type(module) in (nn.MaxPool2d, MaxPool2d) and not module.return_indices and not has_hooks(module)
 
 
 def _window(modules: list[nn.Module], i: int):
@@ -30,9 +26,10 @@ def _window(modules: list[nn.Module], i: int):
 def _run_length(modules: list[nn.Module], i: int) -> int:
     """How many modules from i one fused op covers (1: none)."""
     a, b, c = _window(modules, i)
-    if _is_bn(a) and isinstance(b, nn.ReLU):
-        return 3 if isinstance(c, nn.Conv2d) and c.padding_mode == "zeros" else 2
-    if isinstance(a, nn.ReLU) and isinstance(b, (nn.LocalResponseNorm, LocalResponseNorm)) and _is_pool(c):
+    if fusable_norm(a) and fusable_activation(b):
+        return 3 if c is not None and fusable_conv(c) else 2
+    if fusable_activation(a) and type(b) in (nn.LocalResponseNorm, LocalResponseNorm) and not has_hooks(b) \
+            and _is_pool(c):
         return 3
     return 1
 
@@ -48,7 +45,8 @@ def fusable_runs(sequential: nn.Sequential) -> int:
 
 
 class FusedSequential(nn.Sequential):
-    """Runs its children in order, as nn.Sequential, except:
+    """Runs its children in order, as nn.Sequential, except (where the modules are plain torch ones
+    without hooks: cnnfast/nn/_fusable.py):
     - BatchNorm2d -> ReLU -> Conv2d: one BN-ReLU-conv (keeps the BN's input; relu(bn(x)) recomputed);
     - BatchNorm2d -> ReLU otherwise: one BN-ReLU (keeps the BN's input, never the ReLU's output);
     - ReLU -> LocalResponseNorm -> MaxPool2d: one ReLU-LRN-max-pool (keeps the input and a uint8 argmax).
@@ -62,9 +60,9 @@ class FusedSequential(nn.Sequential):
             a, b, c = _window(modules, i)
             if length == 1:
                 input = a(input)
-            elif _is_bn(a) and length == 3:
+            elif length == 3 and fusable_norm(a):
                 input = bn_relu_conv_modules(a, c, input, sync_group(a))
-            elif _is_bn(a):
+            elif fusable_norm(a):
                 input = bn_add_relu_module(a, input)
             else:
                 input = relu_lrn_max_pool2d(input, b.size, b.alpha, b.beta, b.k, c.kernel_size, c.stride, c.padding,
