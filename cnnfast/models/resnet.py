@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from cnnfast.models._weights import load_weights
-from cnnfast.nn._batch_norm_step import sync_group
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.residual import bn_add_relu_module
@@ -34,11 +33,6 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, d
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
-
-
-def _norm_relu_conv(norm: nn.Module, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    # An nn.SyncBatchNorm (nn.SyncBatchNorm.convert_sync_batchnorm(model)) shares its statistics.
-    return bn_relu_conv_modules(norm, conv, x, sync_group(norm))
 
 
 def _tail(norm: nn.Module, out: torch.Tensor, x: torch.Tensor, downsample: nn.Module | None) -> torch.Tensor:
@@ -74,7 +68,7 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _tail(self.bn2, _norm_relu_conv(self.bn1, self.conv2, self.conv1(x)), x, self.downsample)
+        return _tail(self.bn2, bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x)), x, self.downsample)
 
 
 class Bottleneck(nn.Module):
@@ -99,8 +93,8 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _norm_relu_conv(self.bn1, self.conv2, self.conv1(x))
-        return _tail(self.bn3, _norm_relu_conv(self.bn2, self.conv3, out), x, self.downsample)
+        out = bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x))
+        return _tail(self.bn3, bn_relu_conv_modules(self.bn2, self.conv3, out), x, self.downsample)
 
 
 class ResNet(nn.Module):

@@ -78,9 +78,13 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
     nn.BatchNorm2d.forward's bookkeeping for the step (cnnfast/nn/_batch_norm_step.py). Modules
     the op cannot stand in for (cnnfast/nn/_fusable.py: an nn.Identity left by
     cnnfast.fuse_for_inference, a FrozenBatchNorm2d, a conv with hooks or reflect padding, ...)
-    run as the plain modules."""
+    run as the plain modules. Batch statistics are shared across the ranks of `process_group`;
+    None: those of an nn.SyncBatchNorm `bn` in training (cnnfast/nn/_batch_norm_step.py sync_group),
+    or none."""
     if not (fusable_norm(bn) and fusable_conv(conv)):
         return conv(torch.relu(bn(input)))
+    if process_group is None:
+        process_group = sync_group(bn)
     step = batch_norm_step(bn)
     return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
                           conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats, step.momentum,

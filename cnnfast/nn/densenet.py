@@ -7,15 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnfast._backend import resolve
-from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.ops.avg_pool2d import avg_pool2d
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
-
-
-def _fused_bn_relu_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d, input: torch.Tensor) -> torch.Tensor:
-    return bn_relu_conv_modules(bn, conv, input, sync_group(bn))
 
 
 class DenseLayer(nn.Module):
@@ -41,8 +37,8 @@ class DenseLayer(nn.Module):
     def forward(self, input) -> torch.Tensor:
         features = torch.cat(input, 1) if isinstance(input, (list, tuple)) else input
         if self.memory_efficient:
-            bottleneck = _fused_bn_relu_conv(self.norm1, self.conv1, features)
-            new = _fused_bn_relu_conv(self.norm2, self.conv2, bottleneck)
+            bottleneck = bn_relu_conv_modules(self.norm1, self.conv1, features)
+            new = bn_relu_conv_modules(self.norm2, self.conv2, bottleneck)
         else:
             bottleneck = self.conv1(self.relu1(self.norm1(features)))
             new = self.conv2(self.relu2(self.norm2(bottleneck)))
@@ -124,5 +120,5 @@ class Transition(nn.Sequential):
         if not self.memory_efficient or self.pool.divisor_override is not None:
             return super().forward(input)
         pool = self.pool
-        return avg_pool2d(_fused_bn_relu_conv(self.norm, self.conv, input), pool.kernel_size, pool.stride,
+        return avg_pool2d(bn_relu_conv_modules(self.norm, self.conv, input), pool.kernel_size, pool.stride,
                           pool.padding, pool.ceil_mode, pool.count_include_pad)

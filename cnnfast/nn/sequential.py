@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnfast.nn._batch_norm_step import sync_group
 from cnnfast.nn._fusable import fusable_activation, fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.normalization import LocalResponseNorm
@@ -61,7 +60,7 @@ class FusedSequential(nn.Sequential):
             if length == 1:
                 input = a(input)
             elif length == 3 and fusable_norm(a):
-                input = bn_relu_conv_modules(a, c, input, sync_group(a))
+                input = bn_relu_conv_modules(a, c, input)
             elif fusable_norm(a):
                 input = bn_add_relu_module(a, input)
             else:
