@@ -6,6 +6,7 @@ interface, so composite ops (bn_relu_conv2d, the DenseNet block) are written onc
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -77,6 +78,25 @@ def normalisation(mean, var, running_mean, running_var, use_batch_stats: bool, m
     else:
         mean, var = running_mean.to(dtype), running_var.to(dtype)
     return mean, torch.rsqrt(var + eps)
+
+
+def values_per_channel(x: torch.Tensor) -> int:
+    """What BatchNorm averages over per channel: N * H * W."""
+    return x.shape[0] * math.prod(x.shape[2:])
+
+
+def check_values_per_channel(x: torch.Tensor, training: bool) -> None:
+    """As nn.BatchNorm2d, with its message: batch statistics need more than one value per channel."""
+    if training and values_per_channel(x) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+
+
+def check_running_stats(running_mean, running_var, training: bool, op: str) -> None:
+    """Both running statistics or neither, and both in evaluation, as F.batch_norm requires."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must either both be None or neither be None")
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:

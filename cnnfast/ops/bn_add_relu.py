@@ -26,7 +26,9 @@ from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
 from cnnfast.ops._triton import on_device, triton_module
 from cnnfast.ops.batch_norm import (_make_fake_stats, _new_like, _per_channel, acc_dtype, batch_stats,
-                                    channel_viewable, check_per_channel, normalisation, refuse_double_backward)
+                                    channel_viewable, check_per_channel, check_running_stats,
+                                    check_values_per_channel, normalisation, refuse_double_backward,
+                                    values_per_channel)
 
 OP = "cnnfast.bn_add_relu"
 
@@ -65,14 +67,9 @@ def bn_add_relu(input: torch.Tensor, identity: torch.Tensor | None, running_mean
             check_per_channel(value, name, input, OP)
             tensors[name] = value
     _checks.check_same_device(OP, **tensors)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
-    if not training and running_mean is None:
-        raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
-    channels = input.shape[1]
-    count = input.numel() // max(channels, 1)
-    if training and count == 1:  # torch's message
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    check_running_stats(running_mean, running_var, training, OP)
+    check_values_per_channel(input, training)
+    count = values_per_channel(input)
     momentum = _checks.check_number(momentum, "momentum", OP)
     eps = _checks.check_number(eps, "eps", OP)
 

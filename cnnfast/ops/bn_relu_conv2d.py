@@ -21,7 +21,8 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, sync_batch_norm
-from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_per_channel, normalisation
+from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_per_channel, check_running_stats,
+                                    check_values_per_channel, normalisation, values_per_channel)
 
 OP = "cnnfast.bn_relu_conv2d"
 
@@ -69,15 +70,11 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     if min(spans) <= 0:
         raise ValueError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger than the "
                          f"padded input ({input.shape[2] + 2 * padding[0]}x{input.shape[3] + 2 * padding[1]})")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{OP}: running_mean and running_var must either both be None or neither be None")
-    if not training and running_mean is None:
-        raise ValueError(f"{OP}: running_mean and running_var must be given in evaluation mode (training=False)")
+    check_running_stats(running_mean, running_var, training, OP)
     sync_group = sync_batch_norm.group_name(process_group) if training else ""
     # With synchronised statistics one value per rank is fine (as nn.SyncBatchNorm): the check is
     # then on the group's count, after the all-reduce.
-    if training and not sync_group and input.numel() // max(channels, 1) == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+    check_values_per_channel(input, training and not sync_group)
     momentum = _checks.check_number(momentum, "momentum", OP)
     eps = _checks.check_number(eps, "eps", OP)
 
@@ -87,7 +84,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
                                         padding, dilation, groups, training, momentum, eps)
     weight, bias = autocast_conv_parameters(weight, bias, input.device.type)
     with torch.no_grad():
-        count = input.numel() // max(channels, 1)
+        count = values_per_channel(input)
         mean = var = None
         if training:
             mean, var = batch_stats(input.detach(), backend)

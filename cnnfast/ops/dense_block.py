@@ -23,7 +23,8 @@ from typing import NamedTuple
 import torch
 
 from cnnfast.ops import _checks
-from cnnfast.ops.batch_norm import acc_dtype, batch_stats, normalisation, refuse_double_backward
+from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_values_per_channel, normalisation,
+                                    refuse_double_backward)
 
 _ONE = [1, 1]
 
@@ -58,9 +59,7 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
 
     `parameters` holds, for each layer, norm1's weight and bias, conv1's weight, norm2's weight and
     bias and conv2's weight (BatchNorm weights and biases may be None: affine=False)."""
-    count = input.shape[0] * input.shape[2] * input.shape[3]
-    if count == 1 and any(norm.use_batch_stats for pair in config.norms for norm in pair):
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+    check_values_per_channel(input, any(norm.use_batch_stats for pair in config.norms for norm in pair))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
     return _DenseBlockFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)
 

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 
 from cnnfast.ops import _checks
-from cnnfast.ops.batch_norm import acc_dtype, batch_stats, refuse_double_backward
+from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_values_per_channel, refuse_double_backward,
+                                    values_per_channel)
 from cnnfast.ops.dense_block import BatchNormArgs
 
 _ONE = [1, 1]
@@ -90,9 +91,7 @@ def dual_path_stage(input: torch.Tensor, config: DualPathStageConfig, parameters
     if len(parameters) != expected or len(config.norms[0]) != 4 or any(len(n) != 3 for n in config.norms[1:]):
         raise ValueError(f"dual_path_stage: expected {expected} parameters for {len(config.norms)} blocks, got "
                          f"{len(parameters)}")
-    count = input.shape[0] * input.shape[2] * input.shape[3]
-    if count == 1 and any(norm.use_batch_stats for block in config.norms for norm in block):
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+    check_values_per_channel(input, any(norm.use_batch_stats for block in config.norms for norm in block))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
     return _DualPathStageFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)
 
@@ -114,13 +113,8 @@ def _units(config: DualPathStageConfig, parameters) -> list[list[_Unit]]:
 def _stats(x, norm: BatchNormArgs, backend):
     if not norm.use_batch_stats:
         return None, None
-    if _count(x) == 1:  # as nn.BatchNorm2d, also past a strided convolution
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    check_values_per_channel(x, True)  # as nn.BatchNorm2d, also past a strided convolution
     return batch_stats(x, backend)
-
-
-def _count(x: torch.Tensor) -> int:
-    return x.shape[0] * x.shape[2] * x.shape[3]
 
 
 def _replay_residuals(input, blocks, saved_norms, bottlenecks, config: DualPathStageConfig) -> list:
@@ -153,8 +147,8 @@ class _DualPathStageFunction(torch.autograd.Function):
                 x_mean, x_var = (None, None)
                 if unit_w.norm.use_batch_stats or unit_a.norm.use_batch_stats:  # one pass for both
                     x_mean, x_var = batch_stats(input, backend)
-                norm_w = unit_w.norm.normalise(x_mean, x_var, _count(input), dtype)
-                norm_a = unit_a.norm.normalise(x_mean, x_var, _count(input), dtype)
+                norm_w = unit_w.norm.normalise(x_mean, x_var, values_per_channel(input), dtype)
+                norm_a = unit_a.norm.normalise(x_mean, x_var, values_per_channel(input), dtype)
                 projection = unit_w.forward(input, *norm_w, backend)
                 a = unit_a.forward(input, *norm_a, backend)
                 saved_norms += [*norm_w, *norm_a]
@@ -167,14 +161,14 @@ class _DualPathStageFunction(torch.autograd.Function):
                     residual_mean, residual_var = batch_stats(residual, backend)
                     mean = torch.cat([residual_mean, dense_means[:dense.shape[1]]])
                     var = torch.cat([residual_var, dense_vars[:dense.shape[1]]])
-                norm_a = unit_a.norm.normalise(mean, var, _count(residual), dtype)
+                norm_a = unit_a.norm.normalise(mean, var, values_per_channel(residual), dtype)
                 a = (unit_a.channels(0, r).forward(residual, norm_a[0][:r], norm_a[1][:r], backend)
                      + unit_a.channels(r).forward(dense, norm_a[0][r:], norm_a[1][r:], backend))
                 saved_norms += list(norm_a)
                 incoming = residual
-            norm_b = unit_b.norm.normalise(*_stats(a, unit_b.norm, backend), _count(a), dtype)
+            norm_b = unit_b.norm.normalise(*_stats(a, unit_b.norm, backend), values_per_channel(a), dtype)
             b = unit_b.forward(a, *norm_b, backend)
-            norm_c = unit_c.norm.normalise(*_stats(b, unit_c.norm, backend), _count(b), dtype)
+            norm_c = unit_c.norm.normalise(*_stats(b, unit_c.norm, backend), values_per_channel(b), dtype)
             c = unit_c.forward(b, *norm_c, backend)
             saved_norms += [*norm_b, *norm_c]
             if block == 0:
