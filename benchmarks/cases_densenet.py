@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from benchmarks.harness import Case, Ops, share_parameters
+from benchmarks.harness import Case, Ops, model_step_cases, share_parameters
 from cnnfast import models
 from cnnfast.nn.densenet import DenseLayer
 
@@ -63,17 +63,5 @@ def densenet(device, dtype, constructor: str) -> Ops:
 
 
 def cases(device: str, quick: bool, variants: list[str]) -> list[Case]:
-    """Training steps only (a model's forward alone is the BN-ReLU-conv rows' business). Whole
-    models are not given to torch.compile on a CPU: minutes of compilation on 2 cores per model."""
-    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
-    chosen = [v for v in variants if v != "torch.compile" or device == "cuda"]
-    chosen.insert(1, "torch.checkpoint")
-    result = []
-    for label, constructor, size, cpu_batch, gpu_batch in MODELS:
-        batch = 2 if quick else (gpu_batch if device == "cuda" else cpu_batch)
-        for dtype in dtypes:
-            for variant in chosen:
-                result.append(Case(op=f"model_{constructor}", name=label, setup=f"{__name__}:densenet",
-                                   shape=(batch, 3, size, size), dtype=dtype, backward=True, variant=variant,
-                                   ideal_bytes=0, setup_args=(constructor,)))
-    return result
+    """Training steps only (a model's forward alone is the BN-ReLU-conv rows' business)."""
+    return model_step_cases(f"{__name__}:densenet", MODELS, device, quick, variants, ("torch.checkpoint",))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import Case, Ops, share_parameters
+from benchmarks.harness import Case, Ops, model_step_cases, share_parameters
 from cnnfast import models, reference_models
 
 # (label, cnnfast constructor, its plain torch.nn twin, input size, CPU batch, GPU batch)
@@ -29,15 +29,5 @@ def model_pair(device, dtype, constructor: str) -> Ops:
 
 
 def cases(device: str, quick: bool, variants: list[str]) -> list[Case]:
-    """Whole models are not given to torch.compile on a CPU: minutes of compilation on 2 cores each."""
-    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
-    chosen = [v for v in variants if v != "torch.compile" or device == "cuda"]
-    result = []
-    for label, constructor, _, size, cpu_batch, gpu_batch in MODELS:
-        batch = 2 if quick else (gpu_batch if device == "cuda" else cpu_batch)
-        for dtype in dtypes:
-            for variant in chosen:
-                result.append(Case(op=f"model_{constructor}", name=label, setup=f"{__name__}:model_pair",
-                                   shape=(batch, 3, size, size), dtype=dtype, backward=True, variant=variant,
-                                   ideal_bytes=0, setup_args=(constructor,)))
-    return result
+    entries = [(label, constructor, size, cpu, gpu) for label, constructor, _, size, cpu, gpu in MODELS]
+    return model_step_cases(f"{__name__}:model_pair", entries, device, quick, variants)

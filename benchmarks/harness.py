@@ -98,6 +98,26 @@ class Settings:
     rss: bool = True           # CPU: peak RSS of one step in a fresh process (a few seconds a case)
 
 
+def model_step_cases(setup: str, entries, device: str, quick: bool, variants: list[str],
+                     extra_variants: tuple[str, ...] = ()) -> list[Case]:
+    """Training-step cases of whole models, `setup(device, dtype, constructor)` building them; entries
+    are (label, constructor, input size, CPU batch, GPU batch). Whole models are not given to
+    torch.compile on a CPU: minutes of compilation on 2 cores each. `extra_variants` run right after
+    eager torch (DenseNet's "torch.checkpoint")."""
+    dtypes = ("float32", "bfloat16") if device == "cuda" else ("float32",)
+    chosen = [v for v in variants if v != "torch.compile" or device == "cuda"]
+    chosen[1:1] = extra_variants
+    result = []
+    for label, constructor, size, cpu_batch, gpu_batch in entries:
+        batch = 2 if quick else (gpu_batch if device == "cuda" else cpu_batch)
+        for dtype in dtypes:
+            for variant in chosen:
+                result.append(Case(op=f"model_{constructor}", name=label, setup=setup, shape=(batch, 3, size, size),
+                                   dtype=dtype, backward=True, variant=variant, ideal_bytes=0,
+                                   setup_args=(constructor,)))
+    return result
+
+
 def shape_str(shape) -> str:
     return "x".join(str(s) for s in shape)
 
