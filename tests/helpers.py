@@ -1,6 +1,7 @@
 """What every op's tests share: the backends that run here, and the low-precision rule."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 
@@ -53,3 +54,90 @@ def assert_low_precision_close(result: torch.Tensor, torch_result: torch.Tensor,
     theirs = (torch_result.double() - exact).abs().max().item()
     one_ulp = torch.finfo(result.dtype).eps * exact.abs().max().item()
     assert ours <= 2 * theirs + one_ulp, f"error {ours:.3g} > 2 x torch's {theirs:.3g} + {one_ulp:.3g}"
+
+
+def state_dict_lines(model: torch.nn.Module) -> list[str]:
+    """'key [shape]' per state_dict entry, in order: the form of the committed key fixtures."""
+    return [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
+
+
+def assert_state_dict_layout(model: torch.nn.Module, expected: dict) -> None:
+    """`model`'s keys and shapes are a fixture's (tests/fixtures/*_state_dicts.json): every line
+    where the fixture lists them, else their count and hash; and the parameter count it records."""
+    lines = state_dict_lines(model)
+    if "keys_and_shapes" in expected:
+        assert lines == expected["keys_and_shapes"]
+    assert len(lines) == expected["count"]
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+    if "parameters" in expected:
+        assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
+
+
+def assert_training_steps_match(ours: torch.nn.Module, reference: torch.nn.Module, inputs, modes,
+                                rtol: float = 1e-9, atol: float = 1e-10) -> None:
+    """One step per (mode, input) on both models, which hold the same state: the same outputs,
+    input gradients, parameter gradients (by name) and buffers (running statistics,
+    num_batches_tracked) after each. Dropout draws the same masks in both (the RNG seeded per step;
+    cnnfast's ops draw no random numbers of their own)."""
+    for step, (mode, x) in enumerate(zip(modes, inputs)):
+        results = []
+        for model in (ours, reference):
+            model.train(mode == "train")
+            model.zero_grad()
+            xi = x.clone().requires_grad_()
+            torch.manual_seed(step)
+            y = model(xi)
+            (y.square().sum() + y[:, 0].sum()).backward()
+            results.append((y, xi.grad, {n: p.grad for n, p in model.named_parameters()}, dict(model.named_buffers())))
+        (y, dx, grads, buffers), (y_ref, dx_ref, grads_ref, buffers_ref) = results
+        where = f"{mode} step {step}"
+        torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol, msg=lambda m: f"{where}, output: {m}")
+        torch.testing.assert_close(dx, dx_ref, rtol=rtol, atol=atol, msg=lambda m: f"{where}, input grad: {m}")
+        assert grads.keys() == grads_ref.keys() and buffers.keys() == buffers_ref.keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{where}, {name}: {m}")
+        for name in buffers:
+            torch.testing.assert_close(buffers[name], buffers_ref[name], rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{where}, {name}: {m}")
+
+
+def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN parameters and running statistics, so that every term is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t, (low, high) in ((m.weight, (0.5, 1.5)), (m.running_var, (0.5, 1.5)),
+                                       (m.bias, (-0.2, 0.2)), (m.running_mean, (-0.2, 0.2))):
+                    t.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+
+
+def assert_close_to_scale(actual, expected, tol, msg=""):
+    """Elementwise within tol of the tensor's largest magnitude: fp64 sums over many terms differ
+    in their order between the fused and the plain modules, at about 1e-16 of the largest term."""
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * float(expected.detach().abs().max()), msg=msg)
+
+
+def assert_step_matches(ours, theirs, x, tol=1e-10):
+    """One step in the models' current modes, with a random output gradient: outputs, input and
+    parameter gradients and the whole state_dict after it, each within tol of its own scale (for
+    deep models, where assert_training_steps_match's absolute atol would be below the rounding)."""
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert_close_to_scale(out_ours, out_theirs, tol)
+    grad = torch.randn_like(out_ours)
+    out_ours.backward(grad)
+    out_theirs.backward(grad)
+    assert_close_to_scale(x_ours.grad, x_theirs.grad, tol)
+    named = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        assert_close_to_scale(p.grad, named[name].grad, tol, msg=name)
+    theirs_state = theirs.state_dict()
+    for name, t in ours.state_dict().items():  # running statistics, num_batches_tracked
+        assert_close_to_scale(t, theirs_state[name], tol, msg=name)
+
+
+def saved_bytes(model, x):
+    """Activation bytes kept for backward by a training step of `model` (parameters excluded)."""
+    return cnnfast.saved_tensor_bytes(model.train(), x, exclude=list(model.parameters()))[1]

@@ -3,7 +3,6 @@ counts, the paper's initialisation, the same outputs and gradients as torch.nn n
 same state_dict, local weights, and less kept for backward."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import torch
 
 import cnnfast
 from cnnfast import models, reference_models
+
+from helpers import assert_state_dict_layout, assert_training_steps_match
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torchvision_alexnet_state_dict.json").read_text())
 
@@ -26,11 +27,7 @@ def parameter_count(model):
 
 
 def test_state_dict_keys_and_shapes_are_torchvisions():
-    lines = [f"{k} {list(v.shape)}" for k, v in models.alexnet().state_dict().items()]
-    expected = FIXTURE["alexnet"]
-    assert lines == expected["keys_and_shapes"]
-    assert len(lines) == expected["count"]
-    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+    assert_state_dict_layout(models.alexnet(), FIXTURE["alexnet"])
 
 
 def test_alexnet_initialisation_is_torchvisions():
@@ -83,25 +80,9 @@ def test_paper_initialisation():
 
 
 def compare_step(ours, theirs, x, modes=("train", "eval")):
-    """Same outputs, input gradients and parameter gradients, in train mode (dropout on, the same
-    masks from the same seed: cnnfast's ops draw no random numbers) and in eval mode."""
+    """Train mode (dropout on, the same masks) and eval mode, from the same state_dict."""
     theirs.load_state_dict(ours.state_dict(), strict=True)
-    for mode in modes:
-        results = []
-        for model in (ours, theirs):
-            model.train(mode == "train")
-            model.zero_grad()
-            xi = x.clone().requires_grad_()
-            torch.manual_seed(1)
-            y = model(xi)
-            y.square().sum().backward()
-            results.append((y, xi.grad, {n: p.grad for n, p in model.named_parameters()}))
-        (y, dx, grads), (y_ref, dx_ref, grads_ref) = results
-        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-12)
-        assert grads.keys() == grads_ref.keys()
-        for name, grad in grads.items():
-            torch.testing.assert_close(grad, grads_ref[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    assert_training_steps_match(ours, theirs, [x] * len(modes), modes, atol=1e-12)
 
 
 def test_alexnet_matches_torch_nn():

@@ -12,7 +12,7 @@ from torch import nn
 import cnnfast
 from cnnfast import models, reference_models
 
-from test_resnet_models import assert_step_matches, randomise_batch_norms, saved_bytes
+from helpers import assert_step_matches, randomise_batch_norms, saved_bytes
 
 
 def tiny_resnet(block="Bottleneck"):

@@ -2,7 +2,6 @@
 parameter counts, memory-efficient against plain in a training step, and loading local weights."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,21 +11,14 @@ import torch
 import cnnfast
 from cnnfast import models
 
+from helpers import assert_state_dict_layout, assert_training_steps_match
+
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_densenet_state_dicts.json").read_text())
-
-
-def key_lines(model):
-    return [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
 
 
 @pytest.mark.parametrize("name", ["densenet121", "densenet161", "densenet169", "densenet201"])
 def test_state_dict_keys_and_shapes_are_torchvisions(name):
-    lines = key_lines(getattr(models, name)())
-    expected = FIXTURES[name]
-    if "keys_and_shapes" in expected:
-        assert lines == expected["keys_and_shapes"]
-    assert len(lines) == expected["count"]
-    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
+    assert_state_dict_layout(getattr(models, name)(), FIXTURES[name])
 
 
 @pytest.mark.parametrize("constructor,millions", [
@@ -60,26 +52,9 @@ def test_memory_efficient_model_matches_plain(small_inputs, drop_rate):
     plain = tiny(False, small_inputs=small_inputs, drop_rate=drop_rate)
     plain.load_state_dict(ours.state_dict())
     generator = torch.Generator().manual_seed(0)
-    for step, mode in enumerate(["train", "train", "eval"]):
-        x = torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64)
-        results = []
-        for model in (ours, plain):
-            model.train(mode == "train")
-            model.zero_grad()
-            xi = x.clone().requires_grad_()
-            torch.manual_seed(step)  # the same dropout masks
-            y = model(xi)
-            y.square().sum().backward()
-            results.append((y, xi.grad))
-        (y, dx), (y_ref, dx_ref) = results
-        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-10)
-        theirs = dict(plain.named_parameters())
-        for name, p in ours.named_parameters():
-            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
-        their_buffers = dict(plain.named_buffers())
-        for name, b in ours.named_buffers():
-            torch.testing.assert_close(b, their_buffers[name], rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    modes = ("train", "train", "eval")
+    inputs = [torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64) for _ in modes]
+    assert_training_steps_match(ours, plain, inputs, modes)
 
 
 def test_memory_efficient_model_saves_less():

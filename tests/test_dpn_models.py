@@ -4,7 +4,6 @@ the shared-buffer stages against the plain torch.nn DPN of cnnfast/reference_mod
 every gradient, running statistics), what they keep for backward, and loading local weights."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from cnnfast import models, reference_models
 from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
-from helpers import assert_low_precision_close
+from helpers import (assert_low_precision_close, assert_state_dict_layout, assert_training_steps_match,
+                     state_dict_lines)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
@@ -38,30 +38,20 @@ def randomised(model):
     return model
 
 
-def key_lines(model):
-    return [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
-
-
 # ---- timm's keys, shapes, parameter counts and outputs ------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_shapes_and_parameter_counts_are_timms(name):
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = getattr(models, name)()
-    lines = key_lines(model)
-    expected = FIXTURES[name]
-    if "keys_and_shapes" in expected:
-        assert lines == expected["keys_and_shapes"]
-    assert len(lines) == expected["count"]
-    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
-    assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
+    assert_state_dict_layout(model, FIXTURES[name])
 
 
 def test_reference_here_has_timms_keys():
-    """The plain DPN of this file is timm's structure: the same keys as timm's dpn68b."""
+    """The plain DPN of cnnfast/reference_models.py is timm's structure: the same keys as timm's dpn68b."""
     with torch.device("meta"):
         reference = reference_models.DPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, small=True, num_init_features=10, b=True)
-    assert key_lines(reference) == FIXTURES["dpn68b"]["keys_and_shapes"]
+    assert state_dict_lines(reference) == FIXTURES["dpn68b"]["keys_and_shapes"]
 
 
 @pytest.mark.parametrize("name", ["dpn68", "dpn68b"])
@@ -84,28 +74,8 @@ def test_outputs_are_timms(name):
 def compare_steps(ours, reference, x_size, modes=("train", "train", "eval")):
     reference.load_state_dict(ours.state_dict(), strict=True)
     generator = torch.Generator().manual_seed(0)
-    for step, mode in enumerate(modes):
-        x = torch.randn(2, 3, x_size, x_size, generator=generator, dtype=torch.float64)
-        results = []
-        for model in (ours, reference):
-            model.train(mode == "train")
-            model.zero_grad()
-            xi = x.clone().requires_grad_()
-            torch.manual_seed(step)  # the same dropout masks
-            y = model(xi)
-            (y.square().sum() + y[:, 0].sum()).backward()
-            results.append((y, xi.grad))
-        (y, dx), (y_ref, dx_ref) = results
-        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-10)
-        theirs = dict(reference.named_parameters())
-        for name, p in ours.named_parameters():
-            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-10,
-                                       msg=lambda m: f"{mode} step {step}, {name}: {m}")
-        their_buffers = dict(reference.named_buffers())
-        for name, b in ours.named_buffers():
-            torch.testing.assert_close(b, their_buffers[name], rtol=1e-9, atol=1e-10,
-                                       msg=lambda m: f"{mode} step {step}, {name}: {m}")
+    inputs = [torch.randn(2, 3, x_size, x_size, generator=generator, dtype=torch.float64) for _ in modes]
+    assert_training_steps_match(ours, reference, inputs, modes)
 
 
 # Dropout acts on the pooled features only (timm's drop_rate): once is enough.

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cnnfast import models
 from cnnfast.models.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 
-from test_resnet_models import assert_step_matches, randomise_batch_norms
+from helpers import assert_step_matches, randomise_batch_norms
 
 
 def plain_unit(unit, x):

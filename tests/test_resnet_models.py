@@ -4,19 +4,18 @@ gradient and the running statistics of a training step, eval outputs, and fewer 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import cnnfast
 from cnnfast import models, reference_models
 from cnnfast.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from helpers import assert_low_precision_close
+from helpers import (assert_low_precision_close, assert_state_dict_layout, assert_step_matches,
+                     randomise_batch_norms, saved_bytes)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_resnet_state_dicts.json").read_text())
 NAMES = [name for name in FIXTURES if name != "source"]
@@ -26,24 +25,7 @@ NAMES = [name for name in FIXTURES if name != "source"]
 def test_state_dict_keys_shapes_and_parameter_count_are_torchvisions(name):
     with torch.device("meta"):
         model = getattr(models, name)()
-    lines = [f"{k} {list(v.shape)}" for k, v in model.state_dict().items()]
-    expected = FIXTURES[name]
-    if "keys_and_shapes" in expected:
-        assert lines == expected["keys_and_shapes"]
-    assert len(lines) == expected["count"]
-    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
-    assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
-
-
-def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN parameters and running statistics, so that every term is exercised."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                for t, (low, high) in ((m.weight, (0.5, 1.5)), (m.running_var, (0.5, 1.5)),
-                                       (m.bias, (-0.2, 0.2)), (m.running_mean, (-0.2, 0.2))):
-                    t.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+    assert_state_dict_layout(model, FIXTURES[name])
 
 
 def tiny_pair(block, groups=1, width_per_group=64, num_classes=7):
@@ -54,28 +36,6 @@ def tiny_pair(block, groups=1, width_per_group=64, num_classes=7):
     randomise_batch_norms(ours)
     theirs.load_state_dict(ours.state_dict())
     return ours.double(), theirs.double()
-
-
-def assert_close_to_scale(actual, expected, tol, msg=""):
-    """Elementwise within tol of the tensor's largest magnitude: fp64 sums over many terms differ
-    in their order between the fused and the plain modules, at about 1e-16 of the largest term."""
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * float(expected.detach().abs().max()), msg=msg)
-
-
-def assert_step_matches(ours, theirs, x, tol=1e-10):
-    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
-    assert_close_to_scale(out_ours, out_theirs, tol)
-    grad = torch.randn_like(out_ours)
-    out_ours.backward(grad)
-    out_theirs.backward(grad)
-    assert_close_to_scale(x_ours.grad, x_theirs.grad, tol)
-    named = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        assert_close_to_scale(p.grad, named[name].grad, tol, msg=name)
-    theirs_state = theirs.state_dict()
-    for name, t in ours.state_dict().items():  # running statistics, num_batches_tracked
-        assert_close_to_scale(t, theirs_state[name], tol, msg=name)
 
 
 @pytest.mark.parametrize("block,groups,width", [(BasicBlock, 1, 64), (Bottleneck, 1, 64), (Bottleneck, 4, 8)],
@@ -99,11 +59,6 @@ def test_channels_last_fp32_error_within_twice_torch_nns():
     ours, theirs = (m.float().to(memory_format=torch.channels_last) for m in (ours, theirs))
     x = x.float().to(memory_format=torch.channels_last)
     assert_low_precision_close(ours(x), theirs(x), exact)
-
-
-def saved_bytes(model, x):
-    """Activation bytes kept for backward by a training step of `model` (parameters excluded)."""
-    return cnnfast.saved_tensor_bytes(model.train(), x, exclude=list(model.parameters()))[1]
 
 
 def test_resnet50_saves_fewer_bytes_than_torch_nn():
