@@ -1,5 +1,5 @@
-"""DenseBlock (one shared buffer, BN-ReLU recomputed) against the plain concatenating block and a
-straightforward torch.nn DenseNet block written here: outputs, every gradient and every running
+"""DenseBlock (one shared buffer, BN-ReLU recomputed) against the plain concatenating block and
+torchvision's block in torch.nn (cnnfast/reference_models.py): outputs, every gradient and every running
 buffer over several steps, in training and eval, with and without dropout, on every backend here."""
 from __future__ import annotations
 
@@ -7,40 +7,13 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import cnnfast
+from cnnfast import reference_models
 from cnnfast.nn import DenseBlock, Transition
 from helpers import assert_low_precision_close, backend_params
 
 BACKENDS = backend_params()
-
-
-class TorchDenseBlock(nn.Module):
-    """DenseNet's block as the paper draws it, in torch.nn only: every layer reads torch.cat of all
-    earlier features. Its state_dict keys are torchvision's (denselayer1.norm1.weight, ...)."""
-
-    def __init__(self, num_layers, num_input_features, bn_size, growth_rate, drop_rate=0.0):
-        super().__init__()
-        for i in range(num_layers):
-            c_in, width = num_input_features + i * growth_rate, bn_size * growth_rate
-            self.add_module(f"denselayer{i + 1}", nn.Sequential(
-                nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, width, 1, bias=False),
-                nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, growth_rate, 3, padding=1, bias=False),
-                nn.Dropout(drop_rate)))
-
-    def forward(self, x):
-        features = [x]
-        for layer in self.children():
-            features.append(layer(torch.cat(features, 1)))
-        return torch.cat(features, 1)
-
-    @staticmethod
-    def key(ours_key: str) -> str:
-        """The Sequential's key for a DenseLayer's key (norm1 -> 0, conv1 -> 2, ...)."""
-        index = {"norm1": "0", "conv1": "2", "norm2": "3", "conv2": "5"}
-        layer, module, rest = ours_key.split(".", 2)
-        return f"{layer}.{index[module]}.{rest}"
 
 
 def make_blocks(num_layers=3, c0=6, bn_size=2, growth=4, drop_rate=0.0, seed=0, **kwargs):
@@ -60,8 +33,9 @@ def make_blocks(num_layers=3, c0=6, bn_size=2, growth=4, drop_rate=0.0, seed=0, 
     plain.memory_efficient = False
     for layer in plain.values():
         layer.memory_efficient = False
-    reference = TorchDenseBlock(num_layers, c0, bn_size, growth, drop_rate).double()
-    reference.load_state_dict({TorchDenseBlock.key(k): v for k, v in ours.state_dict().items()})
+    # torchvision's block in torch.nn (cnnfast/reference_models.py): its keys are ours.
+    reference = reference_models._DenseBlock(num_layers, c0, bn_size, growth, drop_rate).double()
+    reference.load_state_dict(ours.state_dict())
     return ours, plain, reference
 
 
@@ -73,18 +47,18 @@ def run_step(module, x, grad, seed):
     return y, x.grad
 
 
-def assert_same(ours, theirs, theirs_key=lambda k: k, tol=1e-10):
+def assert_same(ours, theirs, tol=1e-10):
     their_parameters = dict(theirs.named_parameters())
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, their_parameters[theirs_key(name)].grad, rtol=tol, atol=tol,
+        torch.testing.assert_close(p.grad, their_parameters[name].grad, rtol=tol, atol=tol,
                                    msg=lambda m: f"{name}.grad: {m}")
     their_buffers = dict(theirs.named_buffers())
     for name, b in ours.named_buffers():
-        torch.testing.assert_close(b, their_buffers[theirs_key(name)], rtol=tol, atol=tol,
+        torch.testing.assert_close(b, their_buffers[name], rtol=tol, atol=tol,
                                    msg=lambda m: f"{name}: {m}")
 
 
-def assert_steps_match(backend, ours, theirs, theirs_key, modes, shape=(2, 6, 5, 5), layout=torch.contiguous_format):
+def assert_steps_match(backend, ours, theirs, modes, shape=(2, 6, 5, 5), layout=torch.contiguous_format):
     generator = torch.Generator().manual_seed(1)
     for step, mode in enumerate(modes):
         ours.train(mode == "train")
@@ -97,14 +71,14 @@ def assert_steps_match(backend, ours, theirs, theirs_key, modes, shape=(2, 6, 5,
         y_ref, dx_ref = run_step(theirs, x, grad, seed=step)
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
-        assert_same(ours, theirs, theirs_key)
+        assert_same(ours, theirs)
         for p in list(ours.parameters()) + list(theirs.parameters()):
             p.grad = None
 
 
 def test_plain_block_matches_torch_nn_block():
     _, plain, reference = make_blocks(drop_rate=0.25)
-    assert_steps_match("reference", plain, reference, TorchDenseBlock.key, ["train", "train", "eval"])
+    assert_steps_match("reference", plain, reference, ["train", "train", "eval"])
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
@@ -115,7 +89,7 @@ def test_memory_efficient_block_matches_plain(backend, device, drop_rate, recomp
     if device != "cpu":
         pytest.skip("the comparison runs on CPU tensors; the GPU runs the same op tests")
     ours, plain, _ = make_blocks(drop_rate=drop_rate, recompute_bottleneck=recompute_bottleneck)
-    assert_steps_match(backend, ours, plain, lambda k: k, ["train", "train", "eval", "train"], layout=layout)
+    assert_steps_match(backend, ours, plain, ["train", "train", "eval", "train"], layout=layout)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
@@ -129,7 +103,7 @@ def test_batch_norm_options_as_torch(backend, device):
             else:
                 layer.norm2.track_running_stats = False
                 layer.norm2.running_mean = layer.norm2.running_var = None
-    assert_steps_match(backend, ours, plain, lambda k: k, ["train", "train", "eval"])
+    assert_steps_match(backend, ours, plain, ["train", "train", "eval"])
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
@@ -240,7 +214,7 @@ def test_each_layers_dropout_setting_is_followed(change):
             block.train()
             block.denselayer1.eval()
     modes = ["train"] if change == "one layer's drop_rate" else []
-    assert_steps_match("cpu", ours, plain, lambda k: k, modes)
+    assert_steps_match("cpu", ours, plain, modes)
     if not modes:  # train() would undo the layer's eval(): run the step by hand
         x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
         grad = torch.randn(2, 18, 5, 5, dtype=torch.float64)
