@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import torch
 from torch import nn
 
 from cnnfast import _layouts
@@ -90,12 +91,14 @@ def _dense_block(m: nn.Module) -> nn.Module:
     layers = list(m.children())  # torchvision's _DenseLayers: their children move into cnnfast's
     first = layers[0]
     growth_rate = first.conv2.out_channels
-    block = DenseBlock(len(layers), first.norm1.num_features, first.conv1.out_channels // growth_rate, growth_rate,
-                       float(first.drop_rate))
+    with torch.device("meta"):  # every parameter is replaced by the original's below: allocate none
+        block = DenseBlock(len(layers), first.norm1.num_features, first.conv1.out_channels // growth_rate,
+                           growth_rate, float(first.drop_rate))
     for old, new in zip(layers, block.values()):
         for child in ("norm1", "conv1", "norm2", "conv2"):
             setattr(new, child, getattr(old, child))
         new.drop_rate = float(old.drop_rate)
+        new.training = old.training
     block.training = m.training
     return block
 
