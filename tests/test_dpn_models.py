@@ -16,7 +16,7 @@ from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
 from helpers import (assert_low_precision_close, assert_state_dict_layout, assert_training_steps_match,
-                     state_dict_lines)
+                     backend_params, state_dict_lines)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
@@ -86,6 +86,18 @@ def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
     ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
     reference = reference_models.DPN(**TINY, b=b, drop_rate=drop_rate).double()
     compare_steps(ours, reference, 32)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[0] != "reference"])
+def test_tiny_dpn_matches_plain_reference_on_each_backend(backend, device):
+    """The stages' kernels of each backend (the Triton 1x1 GEMMs read a block's input as the
+    buffer's leading channels, and in backward as the scratch copy's)."""
+    if device != "cpu":
+        pytest.skip("the comparison runs on CPU tensors; the GPU runs the same op tests")
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY).double())
+    with cnnfast.backend(backend):
+        compare_steps(ours, reference_models.DPN(**TINY).double(), 16, ("train", "eval"))
 
 
 def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():

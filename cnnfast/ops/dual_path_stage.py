@@ -8,9 +8,12 @@ keeps, per block, that concatenation and its BN-ReLU output for backward. Here:
 - one buffer [N, R + (depth + 2) * inc, H, W] per stage is the stage's output, in timm's channel
   order: the last residual, the projection's 2 * inc dense channels, then each block's inc; the
   dense path is written into its own slices as it grows (no torch.cat, ever);
-- a block's input cat([residual, dense]) is never formed: BatchNorm is per channel and a 1x1
-  convolution is linear in its input channels, so c1x1_a(cat([r, d])) is the fused unit on r plus
-  the fused unit on the buffer's dense view, with the matching slices of BN's and conv's parameters;
+- a block's input cat([residual, dense]) is never formed by concatenation: the block's incoming
+  residual is written into the buffer's first channels (where the stage's last residual ends up),
+  so the input is the buffer's leading channels, one view, and c1x1_a is one fused unit over it
+  (its BN-ReLU reads the view, its relu(bn(.)) is the usual temporary). In backward the buffer is
+  the caller's output and stays untouched: one scratch copy of its dense channels takes each
+  block's incoming residual in turn;
 - BatchNorm's batch statistics of a dense channel are computed once, when it is written, and reused
   by every later block (only gamma/beta and the running buffers differ); the projection and c1x1_a
   of the first block share those of the stage's input;
@@ -58,13 +61,6 @@ class _Unit(NamedTuple):
     stride: int = 1
     padding: int = 0
     groups: int = 1
-
-    def channels(self, start: int, stop: int | None = None) -> "_Unit":
-        """The unit restricted to input channels [start, stop) (a 1x1, ungrouped convolution)."""
-        part = slice(start, stop)
-        return self._replace(bn_weight=None if self.bn_weight is None else self.bn_weight[part],
-                             bn_bias=None if self.bn_bias is None else self.bn_bias[part],
-                             weight=self.weight[:, part])
 
     def forward(self, x, mean, invstd, backend):
         return torch.ops.cnnfast.bn_relu_conv2d(x, mean, invstd, self.bn_weight, self.bn_bias, self.weight, None,
@@ -162,8 +158,8 @@ class _DualPathStageFunction(torch.autograd.Function):
                     mean = torch.cat([residual_mean, dense_means[:dense.shape[1]]])
                     var = torch.cat([residual_var, dense_vars[:dense.shape[1]]])
                 norm_a = unit_a.norm.normalise(mean, var, values_per_channel(residual), dtype)
-                a = (unit_a.channels(0, r).forward(residual, norm_a[0][:r], norm_a[1][:r], backend)
-                     + unit_a.channels(r).forward(dense, norm_a[0][r:], norm_a[1][r:], backend))
+                buffer[:, :r].copy_(residual)  # the block's input is now the buffer's leading channels
+                a = unit_a.forward(buffer[:, :r + dense.shape[1]], *norm_a, backend)
                 saved_norms += list(norm_a)
                 incoming = residual
             norm_b = unit_b.norm.normalise(*_stats(a, unit_b.norm, backend), values_per_channel(a), dtype)
@@ -214,7 +210,9 @@ class _DualPathStageFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]
         # d(loss)/d(dense channels), completed block by block in reverse; the residual's gradient
         # passes through every block's sum unchanged and gathers each block's c1x1_a term.
-        grad_buffer = grad_output.clone(memory_format=_checks.output_memory_format(buffer))
+        memory_format = _checks.output_memory_format(buffer)
+        grad_buffer = grad_output.clone(memory_format=memory_format)
+        scratch = None  # a block's input, cat([incoming residual, dense channels]), for c1x1_a
         grad_residual = grad_buffer[:, :r]
         grad_parameters = [None] * len(parameters)
         grad_input = None
@@ -238,15 +236,15 @@ class _DualPathStageFunction(torch.autograd.Function):
             mean_a, invstd_a = norms[-6:-4]
             needs_a = needs[first:]
             if block > 0:
-                dense = buffer[:, r:new.start]
-                grad_from_residual, *grads_r = unit_a.channels(0, r).backward(
-                    grad_a, incoming, mean_a[:r], invstd_a[:r], backend, True, needs_a)
-                grad_from_dense, *grads_d = unit_a.channels(r).backward(
-                    grad_a, dense, mean_a[r:], invstd_a[r:], backend, True, needs_a)
-                grad_buffer[:, r:new.start] += grad_from_dense
-                grad_residual = grad_residual + grad_from_residual
-                grads_a = [None if g is None else torch.cat([g, h], dim=1 if g.dim() == 4 else 0)
-                           for g, h in zip(grads_r, grads_d)]
+                if scratch is None:  # the dense channels every earlier block reads, copied once
+                    scratch = torch.empty_like(buffer[:, :new.start], memory_format=memory_format)
+                    scratch[:, r:].copy_(buffer[:, r:new.start])
+                scratch[:, :r].copy_(incoming)
+                grad_x_a, *grads_a = unit_a.backward(grad_a, scratch[:, :new.start], mean_a, invstd_a, backend,
+                                                     True, needs_a)
+                grad_buffer[:, r:new.start] += grad_x_a[:, r:]
+                grad_residual = grad_residual + grad_x_a[:, :r]
+                del grad_x_a
             else:
                 need_input = ctx.needs_input_grad[0]
                 grad_x_a, *grads_a = unit_a.backward(grad_a, input, mean_a, invstd_a, backend, need_input, needs_a)
