@@ -197,7 +197,7 @@ def refuse_double_backward(grad_output: torch.Tensor) -> None:
     own: with create_graph=True (gradient penalties) they must stop, not give zeros silently."""
     if torch.is_grad_enabled() and grad_output.requires_grad:
         raise RuntimeError("cnnfast: double backward (torch.autograd.grad(..., create_graph=True) through "
-                           "bn_relu / bn_relu_conv2d) is not supported; use the 'reference' backend for it")
+                           "bn_relu / bn_relu_conv2d / bn_add_relu) is not supported; use the 'reference' backend for it")
 
 
 def _make_backward(ops: BnReluKernels):

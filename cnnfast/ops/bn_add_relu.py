@@ -9,14 +9,13 @@ are reduced under that mask in one pass, and one elementwise pass gives both dx 
 (ResNet's stem).
 
 The kernels are the BN-ReLU kernels with an optional residual (csrc/common/batch_norm.h has the
-math). Here: the functional API (checks, batch statistics, the running-statistics update once per
-forward), the op's kernel, fake functions and autograd formula (torch.library.register_autograd).
+math); the op's kernel and autograd formula are C++ (csrc/composite/bn_add_relu.cpp), for their
+per-call cost. Here: the functional API (checks, batch statistics, the running-statistics update
+once per forward), the fake functions and the Triton ops.
 Batch statistics synchronised across ranks are not supported (cnnfast/nn/residual.py refuses an
 nn.SyncBatchNorm in training).
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 
@@ -27,8 +26,7 @@ from cnnfast.ops import _checks
 from cnnfast.ops._triton import on_device, triton_module
 from cnnfast.ops.batch_norm import (_make_fake_stats, _new_like, _per_channel, acc_dtype, batch_stats,
                                     channel_viewable, check_per_channel, check_running_stats,
-                                    check_values_per_channel, normalisation, refuse_double_backward,
-                                    values_per_channel)
+                                    check_values_per_channel, normalisation, values_per_channel)
 
 OP = "cnnfast.bn_add_relu"
 
@@ -84,76 +82,6 @@ def bn_add_relu(input: torch.Tensor, identity: torch.Tensor | None, running_mean
         mean, invstd = normalisation(mean, var, running_mean, running_var, training, momentum, eps, count,
                                      acc_dtype(input, backend))
     return torch.ops.cnnfast.bn_add_relu(input, identity, mean, invstd, weight, bias, training, backend)
-
-
-# ---- the kernels of one backend -------------------------------------------------------------
-
-class BnAddReluKernels(NamedTuple):
-    apply: object
-    backward_reduce: object
-    backward: object
-
-
-def _op_table(suffix: str) -> BnAddReluKernels:
-    ops = torch.ops.cnnfast
-    return BnAddReluKernels(getattr(ops, "_bn_add_relu_apply" + suffix),
-                            getattr(ops, "_bn_add_relu_backward_reduce" + suffix),
-                            getattr(ops, "_bn_add_relu_backward" + suffix))
-
-
-_KERNELS = {"cpp": _op_table(""), "triton": _op_table("_triton")} if extension_loaded() else {}
-
-
-def _kernels(backend: str) -> BnAddReluKernels:
-    if backend not in _KERNELS:
-        raise ValueError(f"{OP}: backend must be 'cpp' or 'triton', got {backend!r}")
-    return _KERNELS[backend]
-
-
-def _scale_shift(mean, invstd, weight, bias):
-    """BN as a per-channel multiply-add: scale = gamma * invstd, shift = beta - mean * scale."""
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    shift = -mean * scale if bias is None else bias.to(invstd.dtype) - mean * scale
-    return scale, shift
-
-
-def _bn_add_relu(input, identity, mean, invstd, weight, bias, training, backend):
-    scale, shift = _scale_shift(mean, invstd, weight, bias)
-    return _kernels(backend).apply(input, scale, shift, identity)
-
-
-def _setup_context(ctx, inputs, output):
-    input, identity, mean, invstd, weight, bias, training, backend = inputs
-    ctx.save_for_backward(input, identity, mean, invstd, weight, bias)
-    ctx.training, ctx.backend = training, backend
-
-
-def _backward(ctx, grad_output):
-    refuse_double_backward(grad_output)
-    input, identity, mean, invstd, weight, bias = ctx.saved_tensors
-    need_input, need_identity, _, _, need_weight, need_bias = ctx.needs_input_grad[:6]
-    need_identity = need_identity and identity is not None
-    need_weight, need_bias = need_weight and weight is not None, need_bias and bias is not None
-    ops = _kernels(ctx.backend)
-    scale, shift = _scale_shift(mean, invstd, weight, bias)
-    grad_input = grad_identity = grad_weight = grad_bias = None
-    if need_weight or need_bias or (need_input and ctx.training):
-        sum_dz, sum_dz_xmu = ops.backward_reduce(grad_output, input, mean, scale, shift, identity)
-    if need_input or need_identity:
-        if ctx.training and need_input:
-            # BN's dependence through the batch statistics (csrc/common/batch_norm.h).
-            count = input.numel() // input.shape[1]
-            coef_x = -scale * invstd * invstd * sum_dz_xmu / count
-            coef_c = -scale * sum_dz / count - coef_x * mean
-        else:
-            coef_x = coef_c = torch.zeros_like(scale)
-        dx, grad_identity = ops.backward(grad_output, input, scale, shift, coef_x, coef_c, identity, need_identity)
-        grad_input = dx if need_input else None
-    if need_weight:
-        grad_weight = (sum_dz_xmu * invstd).to(weight.dtype)
-    if need_bias:
-        grad_bias = sum_dz.to(bias.dtype)
-    return grad_input, grad_identity, None, None, grad_weight, grad_bias, None, None
 
 
 # ---- fake functions and the Triton ops ------------------------------------------------------
@@ -213,11 +141,9 @@ def _register() -> None:
         torch.library.register_fake(f"cnnfast::_bn_add_relu_backward{suffix}", _fake_backward)
     for name, kernel in (("_bn_add_relu_apply_triton", _triton_apply),
                          ("_bn_add_relu_backward_reduce_triton", _triton_backward_reduce),
-                         ("_bn_add_relu_backward_triton", _triton_backward),
-                         ("bn_add_relu", _bn_add_relu)):
+                         ("_bn_add_relu_backward_triton", _triton_backward)):
         torch.library.register_kernel(f"cnnfast::{name}", ("cpu", "cuda"), kernel)
     torch.library.register_fake("cnnfast::bn_add_relu", _fake_bn_add_relu)
-    torch.library.register_autograd("cnnfast::bn_add_relu", _backward, setup_context=_setup_context)
 
 
 if extension_loaded():

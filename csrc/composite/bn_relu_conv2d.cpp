@@ -20,17 +20,17 @@
 #include <string>
 #include <tuple>
 
+#include "batch_norm_terms.h"
+
 namespace {
+
+using cnnfast::composite::find_op;
+using cnnfast::composite::scale_shift;
 
 using at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
 
 constexpr const char* kOp = "cnnfast.bn_relu_conv2d";
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const std::string& name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Signature>();
-}
 
 using Tensor2 = std::tuple<Tensor, Tensor>;
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
@@ -88,14 +88,6 @@ bool fused_1x1(c10::string_view backend, const Tensor& input, const Tensor& weig
   return backend == "triton" && input.scalar_type() == weight.scalar_type() && weight.sym_size(2) == 1 &&
          weight.sym_size(3) == 1 && conv.stride == std::vector<int64_t>{1, 1} &&
          conv.padding == std::vector<int64_t>{0, 0} && conv.groups == 1;
-}
-
-// BN as a per-channel multiply-add: scale = gamma * invstd, shift = beta - mean * scale.
-Tensor2 scale_shift(const Tensor& mean, const Tensor& invstd, const OptionalTensor& bn_weight,
-                    const OptionalTensor& bn_bias) {
-  Tensor scale = bn_weight.has_value() ? invstd * bn_weight->to(invstd.scalar_type()) : invstd;
-  Tensor shift = bn_bias.has_value() ? bn_bias->to(invstd.scalar_type()) - mean * scale : -mean * scale;
-  return {scale, shift};
 }
 
 Tensor bn_relu_conv2d_kernel(const Tensor& input, const Tensor& mean, const Tensor& invstd,
@@ -203,11 +195,12 @@ Tensor5 bn_relu_conv2d_backward(const Tensor& grad_output, const Tensor& input, 
         std::tie(global_dz, global_dz_xmu, global_count) =
             all_reduce_gradient_sums(sum_dz, sum_dz_xmu, local_count.toSymInt(), std::string(sync_group));
       }
-      const auto per_value = [&](const Tensor& sum) {
-        return global_count.defined() ? sum / global_count : sum / local_count;
-      };
-      coef_x = per_value(-scale * invstd * invstd * global_dz_xmu);
-      coef_c = per_value(-scale * global_dz) - coef_x * mean;
+      std::tie(coef_x, coef_c) =
+          global_count.defined()
+              ? cnnfast::composite::input_grad_coefficients(scale, invstd, mean, global_dz, global_dz_xmu,
+                                                            global_count)
+              : cnnfast::composite::input_grad_coefficients(scale, invstd, mean, global_dz, global_dz_xmu,
+                                                            local_count);
     } else {
       coef_x = coef_c = at::zeros_like(scale);
     }
@@ -254,11 +247,7 @@ class BnReluConv2dFunction : public torch::autograd::Function<BnReluConv2dFuncti
                                                  torch::autograd::variable_list grad_outputs) {
     static const auto backward_op = find_op<decltype(bn_relu_conv2d_backward)>("cnnfast::_bn_relu_conv2d_backward");
     const Tensor& grad_output = grad_outputs[0];
-    // The backward kernels have no derivatives of their own: with create_graph=True (gradient
-    // penalties) stop, rather than give zeros silently (cnnfast/ops/batch_norm.py says the same).
-    TORCH_CHECK(!(at::GradMode::is_enabled() && grad_output.requires_grad()),
-                "cnnfast: double backward (torch.autograd.grad(..., create_graph=True) through bn_relu / "
-                "bn_relu_conv2d) is not supported; use the 'reference' backend for it");
+    cnnfast::composite::refuse_double_backward(grad_output);
     const auto saved = ctx->get_saved_variables();
     const OptionalTensor bn_weight = saved[3].defined() ? OptionalTensor(saved[3]) : std::nullopt;
     const OptionalTensor bn_bias = saved[4].defined() ? OptionalTensor(saved[4]) : std::nullopt;
