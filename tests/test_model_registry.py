@@ -20,6 +20,17 @@ def test_every_family_is_listed_and_buildable_by_name():
             assert (head.out_features if isinstance(head, torch.nn.Linear) else head.out_channels) == 3
 
 
+def test_torchvision_and_timm_download_arguments_are_accepted_and_pretrained_true_refused():
+    """Calls written for torchvision (progress=) and timm (pretrained=False) run unchanged; asking
+    for a download is an error that names weights=, never a silently random model."""
+    with torch.device("meta"):
+        for name in models.list_models():
+            model = models.get_model(name, progress=False, pretrained=False, num_classes=3)
+            assert isinstance(model, torch.nn.Module)
+            with pytest.raises(ValueError, match="pretrained=True: cnnfast downloads nothing; pass weights="):
+                models.get_model(name, pretrained=True)
+
+
 def test_unknown_name_suggests_close_ones():
     with pytest.raises(ValueError, match="unknown model 'resnet05'.*did you mean resnet50"):
         models.get_model("resnet05")

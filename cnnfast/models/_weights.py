@@ -1,4 +1,5 @@
-"""Loading a local checkpoint into a model (nothing is downloaded), shared by every model family."""
+"""Building a model and loading a local checkpoint into it (nothing is downloaded), shared by every
+model family."""
 from __future__ import annotations
 
 import os
@@ -31,4 +32,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
         for k in head:
             state[k] = own[k]
     model.load_state_dict(state, strict=True)
+    return model
+
+
+def build(make: Callable[..., nn.Module], weights, kwargs: dict,
+          remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
+    """make(**kwargs), then `weights` (a local checkpoint path, or None) loaded into it.
+
+    torchvision's `progress` and timm's `pretrained=False` are accepted, so that calls written for
+    those libraries run unchanged: both are about downloading, which cnnfast never does.
+    pretrained=True is refused rather than ignored (it would give random weights silently)."""
+    kwargs = dict(kwargs)
+    kwargs.pop("progress", None)
+    if kwargs.pop("pretrained", False):
+        raise ValueError("pretrained=True: cnnfast downloads nothing; pass weights=<path of a local checkpoint> "
+                         "(torchvision's or timm's file loads as it is)")
+    model = make(**kwargs)
+    if weights is not None:
+        load_weights(model, weights, model.classifier_name, remap)
     return model

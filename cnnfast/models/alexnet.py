@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cnnfast.models._weights import load_weights
+from cnnfast.models._weights import build
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.relu_lrn_max_pool import ReLULRNMaxPool2d
 
@@ -128,19 +128,14 @@ class AlexNetPaper(nn.Module):
         return self.classifier(torch.flatten(features, 1))
 
 
-def alexnet(num_classes: int = 1000, dropout: float = 0.5, weights=None) -> AlexNet:
+def alexnet(num_classes: int = 1000, dropout: float = 0.5, weights=None, **kwargs) -> AlexNet:
     """torchvision's AlexNet. `weights`: a local checkpoint (e.g. torchvision's alexnet-owt-7be5be79.pth);
     with another num_classes, everything but classifier.6 is loaded."""
-    model = AlexNet(num_classes, dropout)
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name)
-    return model
+    return build(AlexNet, weights, dict(num_classes=num_classes, dropout=dropout, **kwargs))
 
 
-def alexnet_paper(num_classes: int = 1000, groups: int = 2, dropout: float = 0.5, weights=None) -> AlexNetPaper:
+def alexnet_paper(num_classes: int = 1000, groups: int = 2, dropout: float = 0.5, weights=None,
+                  **kwargs) -> AlexNetPaper:
     """Krizhevsky et al. 2012's AlexNet (AlexNetPaper). `weights`: a local checkpoint of this model;
     with another num_classes, everything but classifier.fc8 is loaded."""
-    model = AlexNetPaper(num_classes, groups, dropout)
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name)
-    return model
+    return build(AlexNetPaper, weights, dict(num_classes=num_classes, groups=groups, dropout=dropout, **kwargs))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnfast.models._weights import load_weights
+from cnnfast.models._weights import build
 from cnnfast.nn.densenet import DenseBlock, Transition
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.sequential import FusedSequential
@@ -89,10 +89,8 @@ def _remap_old_keys(state: dict) -> dict:
 
 
 def _densenet(growth_rate, block_config, num_init_features, weights, **kwargs) -> DenseNet:
-    model = DenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name, _remap_old_keys)
-    return model
+    return build(DenseNet, weights, dict(growth_rate=growth_rate, block_config=block_config,
+                                         num_init_features=num_init_features, **kwargs), _remap_old_keys)
 
 
 def densenet121(weights=None, **kwargs) -> DenseNet:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnfast.models._weights import load_weights
+from cnnfast.models._weights import build
 from cnnfast.nn.dpn import BN_EPS, BnAct, DualPathBlock, dual_path_stage
 from cnnfast.nn.pooling import MaxPool2d
 
@@ -97,10 +97,7 @@ class DPN(nn.Module):
 
 
 def _dpn(weights, model_args: dict, kwargs: dict) -> DPN:
-    model = DPN(**{**model_args, **kwargs})
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name)
-    return model
+    return build(DPN, weights, {**model_args, **kwargs})
 
 
 def dpn68(weights=None, **kwargs) -> DPN:

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cnnfast.models._weights import load_weights
+from cnnfast.models._weights import build
 from cnnfast.nn.conv import BNReLUConv2d
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.residual import bn_add_relu_module
@@ -109,10 +109,7 @@ class PreActResNet(nn.Module):
 
 
 def _preact(block, layers, weights, **kwargs) -> PreActResNet:
-    model = PreActResNet(block, layers, **kwargs)
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name)
-    return model
+    return build(PreActResNet, weights, dict(block=block, layers=layers, **kwargs))
 
 
 def preact_resnet18(weights=None, **kwargs) -> PreActResNet:

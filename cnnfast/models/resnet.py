@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from cnnfast.models._weights import load_weights
+from cnnfast.models._weights import build
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.residual import bn_add_relu_module
@@ -166,10 +166,7 @@ class ResNet(nn.Module):
 
 
 def _resnet(block, layers, weights, **kwargs) -> ResNet:
-    model = ResNet(block, layers, **kwargs)
-    if weights is not None:
-        load_weights(model, weights, model.classifier_name)
-    return model
+    return build(ResNet, weights, dict(block=block, layers=layers, **kwargs))
 
 
 def resnet18(weights=None, **kwargs) -> ResNet:
