@@ -91,7 +91,9 @@ class Case:
 class Settings:
     warmup: int = 2            # CPU: untimed steps after the first (compiling) call
     budget_s: float = 2.0      # CPU: time one case for about this long...
-    min_reps: int = 5          # ...but at least this many steps...
+    # ...but at least this many steps: whole-model steps take ~1 s on a small CPU, and with 5 rounds
+    # their medians moved by 5-10% from run to run on a shared VM, more than the effects measured.
+    min_reps: int = 12
     max_reps: int = 100        # ...and at most this many
     gpu_warmup_ms: int = 25    # do_bench's warm-up and measuring time, in ms
     gpu_rep_ms: int = 100
