@@ -63,6 +63,11 @@ TORCH_LIBRARY(cnnfast, m) {
   m.def(
       "_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
       "float momentum, int count) -> ()");
+  // The same with `count` a one-element tensor on the statistics' device: the count summed over
+  // the ranks of a process group, used where it is, without a copy to the host (a sync per layer).
+  m.def(
+      "_update_running_stats_counted(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, "
+      "Tensor var, float momentum, Tensor count) -> ()");
   m.def("batch_norm_stats_triton(Tensor input) -> (Tensor mean, Tensor var)");
   m.def("bn_relu_triton(Tensor input, Tensor scale, Tensor shift) -> Tensor");
   m.def(

@@ -233,6 +233,21 @@ def test_opcheck_update_running_stats():
     torch.testing.assert_close(running_var, expected_var.float())
 
 
+def test_opcheck_update_running_stats_with_a_count_tensor_gives_the_int_counts_result():
+    """The process-group variant (its count a device tensor, never read by the host)."""
+    _, device = registered_op("bn_relu_conv2d")
+    mean, var = torch.randn(4, dtype=torch.float64, device=device), torch.rand(4, dtype=torch.float64, device=device)
+    count = torch.tensor([7.0], dtype=torch.float64, device=device)
+    buffers = [(torch.zeros(4, device=device), torch.ones(4, device=device)) for _ in range(2)]
+    torch.library.opcheck(torch.ops.cnnfast._update_running_stats_counted, (*buffers[0], mean, var, 0.1, count))
+    for (running_mean, running_var), update, n in zip(buffers, (torch.ops.cnnfast._update_running_stats,
+                                                               torch.ops.cnnfast._update_running_stats_counted),
+                                                       (7, count)):
+        running_mean.zero_(), running_var.fill_(1)
+        update(running_mean, running_var, mean, var, 0.1, n)
+    torch.testing.assert_close(buffers[1], buffers[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] in ("cpu", "cuda")])
 def test_torch_compile_fullgraph(backend, device):
     config = CONFIGS[1]

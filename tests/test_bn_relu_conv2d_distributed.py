@@ -79,6 +79,17 @@ def _worker(rank, port, queue, name):
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=WORLD)
         try:
+            if name == "one-value-in-all":  # rank 0 one 1x1 sample, rank 1 none
+                model = cnnfast.nn.convert_sync_bn(cnnfast.nn.BNReLUConv2d(4, 5, 1).double())
+                try:
+                    model(torch.randn(1 - rank, 4, 1, 1, dtype=torch.float64))
+                    outcome = "no error"
+                except ValueError as error:
+                    outcome = str(error)
+                buffer = io.BytesIO()
+                torch.save(outcome, buffer)
+                queue.put((rank, buffer.getvalue()))
+                return
             model = MODELS[name]()
             if name == "densenet-ddp":  # DDP averages the gradients: x WORLD gives their sum
                 model = torch.nn.parallel.DistributedDataParallel(model)
@@ -155,6 +166,16 @@ def test_shared_buffer_densenet_under_distributed_data_parallel():
                 _close(grad, sum(alone[r][0][step][2][i] for r in range(WORLD)))
     for buffer, want in zip(results[0][1], alone[0][1]):
         _close(buffer, want)
+
+
+@needs_distributed
+def test_one_value_per_channel_over_all_ranks_is_the_error_on_every_rank():
+    """nn.BatchNorm2d's error, raised by both ranks together (neither left waiting in a collective),
+    though one of them has no values at all."""
+    results = _spawn("one-value-in-all")
+    for rank in range(WORLD):
+        assert "Expected more than 1 value per channel when training" in results[rank], results[rank]
+        assert "over all ranks of the process group" in results[rank]
 
 
 def test_convert_sync_bn_marks_cnnfast_units_and_converts_plain_batch_norm():

@@ -71,9 +71,13 @@ def normalisation(mean, var, running_mean, running_var, use_batch_stats: bool, m
                   count: int, dtype: torch.dtype):
     """(mean, invstd) one BatchNorm normalises with this step: the batch's `mean` and `var` (over
     `count` values per channel), blended once into the running statistics where there are any;
-    or, without batch statistics, the running ones (in `dtype`)."""
+    or, without batch statistics, the running ones (in `dtype`). `count` is an int, or a
+    one-element tensor on the statistics' device for a process group's (already checked to be at
+    least 2: cnnfast/ops/sync_batch_norm.py)."""
     if use_batch_stats:
-        if running_mean is not None and count > 0:
+        if running_mean is not None and isinstance(count, torch.Tensor):
+            torch.ops.cnnfast._update_running_stats_counted(running_mean, running_var, mean, var, momentum, count)
+        elif running_mean is not None and count > 0:
             torch.ops.cnnfast._update_running_stats(running_mean, running_var, mean, var, momentum, count)
     else:
         mean, var = running_mean.to(dtype), running_var.to(dtype)

@@ -88,11 +88,8 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
         mean = var = None
         if training:
             mean, var = batch_stats(input.detach(), backend)
-            if sync_group:
+            if sync_group:  # count becomes the group's, a tensor on input's device
                 mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
-                if count == 1:
-                    raise ValueError("Expected more than 1 value per channel when training, got one value per "
-                                     "channel over all ranks of the process group")
         mean, invstd = normalisation(mean, var, running_mean, running_var, training, momentum, eps, count,
                                      acc_dtype(input, backend))
     return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
@@ -154,6 +151,7 @@ def _register() -> None:
     torch.library.register_fake("cnnfast::bn_relu_conv2d", _fake)
     torch.library.register_fake("cnnfast::_bn_relu_conv2d_backward", _fake_backward)
     torch.library.register_fake("cnnfast::_update_running_stats", _fake_update_running_stats)
+    torch.library.register_fake("cnnfast::_update_running_stats_counted", _fake_update_running_stats)
 
 
 if extension_loaded():

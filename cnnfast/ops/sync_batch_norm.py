@@ -28,14 +28,22 @@ def _group(name: str):
 def global_moments(mean: torch.Tensor, var: torch.Tensor, count: int, name: str):
     """(mean, biased variance, count) over every rank's batch, from each rank's own. Two
     all-reduces: the sums and counts give the global mean; each rank's squared deviations about
-    it (exact, as in Chan et al.'s combination) then give the variance."""
+    it (exact, as in Chan et al.'s combination) then give the variance.
+
+    The count comes back as a one-element tensor on mean's device, never read by the host: a copy
+    to the host would wait for the GPU at every layer. Only a rank with fewer than two values of its
+    own could be part of a group total of one (nn.BatchNorm2d's error), so only such a rank reads
+    it; where the total is one every rank has at most one value, so all of them raise together."""
     group = _group(name)
     local_sum = mean * count if count > 0 else torch.zeros_like(mean)  # an empty batch adds nothing
     sums = torch.cat([local_sum, mean.new_full((1,), float(count))])
     torch.distributed.all_reduce(sums, group=group)
-    total = sums[-1]
+    total = sums[-1:]
+    if count < 2 and int(total.item()) == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got one value per channel over all "
+                         "ranks of the process group")
     global_mean = sums[:-1] / total
     deviations = (var + (mean - global_mean).square()) * count if count > 0 else torch.zeros_like(var)
     torch.distributed.all_reduce(deviations, group=group)
-    return global_mean, deviations / total, int(total.item())
+    return global_mean, deviations / total, total
 
