@@ -18,6 +18,18 @@ c10::TypedOperatorHandle<Signature> find_op(const std::string& name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Signature>();
 }
 
+// The kernels of one backend: Ops(suffix) finds them ("" for "cpp": csrc/cpu and csrc/cuda;
+// "_triton" for "triton": triton_kernels/, registered from Python). One table per backend and type.
+template <typename Ops>
+const Ops& backend_ops(c10::string_view backend, const char* op) {
+  static const Ops cpp(""), triton("_triton");
+  if (backend == "cpp") {
+    return cpp;
+  }
+  TORCH_CHECK(backend == "triton", op, ": backend must be \"cpp\" or \"triton\", got \"", backend, "\"");
+  return triton;
+}
+
 // BN as a per-channel multiply-add: scale = gamma * invstd, shift = beta - mean * scale.
 inline std::tuple<at::Tensor, at::Tensor> scale_shift(const at::Tensor& mean, const at::Tensor& invstd,
                                                       const std::optional<at::Tensor>& bn_weight,

@@ -28,7 +28,7 @@ using cnnfast::composite::scale_shift;
 
 constexpr const char* kOp = "cnnfast.bn_add_relu";
 
-// The BN-add-ReLU kernels of one backend ("cpp": csrc/cpu and csrc/cuda; "triton": triton_kernels/).
+// The BN-add-ReLU kernels of one backend (batch_norm_terms.h backend_ops picks the table).
 struct BnAddReluOps {
   c10::TypedOperatorHandle<Tensor(TensorRef, TensorRef, TensorRef, const OptionalTensor&)> apply;
   c10::TypedOperatorHandle<Tensor2(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef, const OptionalTensor&)>
@@ -48,12 +48,7 @@ struct BnAddReluOps {
 };
 
 const BnAddReluOps& bn_add_relu_ops(c10::string_view backend) {
-  static const BnAddReluOps cpp(""), triton("_triton");
-  if (backend == "cpp") {
-    return cpp;
-  }
-  TORCH_CHECK(backend == "triton", kOp, ": backend must be \"cpp\" or \"triton\", got \"", backend, "\"");
-  return triton;
+  return cnnfast::composite::backend_ops<BnAddReluOps>(backend, kOp);
 }
 
 Tensor bn_add_relu_kernel(const Tensor& input, const OptionalTensor& identity, const Tensor& mean,

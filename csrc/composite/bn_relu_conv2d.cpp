@@ -36,8 +36,8 @@ using Tensor2 = std::tuple<Tensor, Tensor>;
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using TensorRef = const Tensor&;
 
-// The BN-ReLU ops of one backend ("cpp": csrc/cpu and csrc/cuda; "triton": triton_kernels/),
-// as cnnfast/ops/batch_norm.py `kernels` gives them to Python.
+// The BN-ReLU ops of one backend (batch_norm_terms.h backend_ops picks the table), as
+// cnnfast/ops/batch_norm.py `kernels` gives them to Python.
 struct BnReluOps {
   c10::TypedOperatorHandle<Tensor(TensorRef, TensorRef, TensorRef)> bn_relu;
   c10::TypedOperatorHandle<Tensor2(TensorRef, TensorRef, TensorRef, TensorRef, TensorRef)> backward_reduce;
@@ -52,12 +52,7 @@ struct BnReluOps {
 };
 
 const BnReluOps& bn_relu_ops(c10::string_view backend) {
-  static const BnReluOps cpp(""), triton("_triton");
-  if (backend == "cpp") {
-    return cpp;
-  }
-  TORCH_CHECK(backend == "triton", kOp, ": backend must be \"cpp\" or \"triton\", got \"", backend, "\"");
-  return triton;
+  return cnnfast::composite::backend_ops<BnReluOps>(backend, kOp);
 }
 
 // The Triton 1x1 convolutions with BN-ReLU fused into their GEMMs (cnnfast/ops/conv1x1_bn_relu.py).
