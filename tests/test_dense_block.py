@@ -146,14 +146,38 @@ def test_saved_memory_is_linear_in_depth(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
-def test_recompute_bottleneck_saves_only_the_buffer_and_statistics(backend, device):
+@pytest.mark.parametrize("drop_rate", [0.0, 0.25], ids=["no-dropout", "dropout"])
+def test_recompute_bottleneck_saves_only_the_buffer_and_statistics(backend, device, drop_rate):
+    """With dropout too: the masks are drawn again in backward, not kept."""
     torch.manual_seed(0)
-    block = DenseBlock(3, 8, 4, 4, recompute_bottleneck=True)
+    block = DenseBlock(3, 8, 4, 4, drop_rate=drop_rate, recompute_bottleneck=True)
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     with cnnfast.backend(backend):
         _, saved = cnnfast.saved_tensor_bytes(block, x, exclude=list(block.parameters()))
     buffer = 2 * (8 + 3 * 4) * 8 * 8 * 4
     assert buffer <= saved <= buffer + 4096, saved
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
+def test_dropout_masks_drawn_again_in_backward_leave_the_generator_as_the_plain_block_does(backend, device):
+    """The backward draws each layer's mask again from the state the forward drew it from, in
+    reverse layer order and interleaved with the user's own draws: the gradients stay the plain
+    block's and the generator ends where the plain block leaves it."""
+    ours, plain, _ = make_blocks(drop_rate=0.5)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    grad = torch.randn(2, 18, 5, 5, dtype=torch.float64)
+    results = []
+    for module in (ours, plain):
+        torch.manual_seed(3)
+        xx = x.clone().requires_grad_()
+        with cnnfast.backend(backend):
+            y = module(xx)
+            between = torch.rand(4)  # a draw between forward and backward, as a data loader might make
+            y.backward(grad)
+        results.append((y, xx.grad, between, torch.rand(4)))
+    for ours_value, plain_value in zip(*results):
+        torch.testing.assert_close(ours_value, plain_value, rtol=1e-10, atol=1e-10)
+    assert_same(ours, plain)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])

@@ -9,8 +9,10 @@ and its BN-ReLU output for backward: memory quadratic in depth. Here:
 - each layer's two BN-ReLU-convs run the bn_relu_conv2d op's kernels: relu(bn(.)) is a temporary;
 - the backward walks the layers in reverse with one gradient buffer of the block's shape, running
   the op's backward (cnnfast::_bn_relu_conv2d_backward) twice per layer. It keeps the buffer,
-  per-channel statistics, the dropout masks (bool) where dropout is on, and the bottleneck outputs unless
-  recompute_bottleneck is set (then they are recomputed from the buffer, for the least memory);
+  per-channel statistics and the bottleneck outputs unless recompute_bottleneck is set (then they are
+  recomputed from the buffer, for the least memory). Dropout keeps no mask: each layer keeps the
+  random generator's state it drew its mask from, and the backward draws the same mask again
+  (under torch.compile, which cannot trace generator states, the bool mask is kept instead);
 - running statistics are updated once per forward (a checkpointed DenseNet updates them twice).
 
 The formulas are the bn_relu_conv2d op's, so this block matches the plain concatenating DenseNet
@@ -65,10 +67,9 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
 
 
 def _dropout(x: torch.Tensor, p: float):
-    """F.dropout's result and its mask (bool: one byte per element), drawing the same random
-    numbers as F.dropout, so that this block and the plain one agree under one seed: the fused
-    kernel on CUDA, on CPU the scaled noise F.dropout multiplies by (rebuilt from the mask in
-    backward, the same values)."""
+    """F.dropout's result and its mask (bool), drawing the same random numbers as F.dropout, so that
+    this block and the plain one agree under one seed: the fused kernel on CUDA, on CPU the scaled
+    noise F.dropout multiplies by (rebuilt from the mask in backward, the same values)."""
     if x.is_cuda:
         return torch.native_dropout(x, p, True)
     noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
@@ -79,6 +80,32 @@ def _dropout_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch
     if grad.is_cuda:
         return torch.ops.aten.native_dropout_backward(grad, mask, 1 / (1 - p))
     return grad * mask.to(grad.dtype).div_(1 - p)
+
+
+class _DropoutDraw(NamedTuple):
+    """What the backward needs to draw a layer's dropout mask again: the generator's state before
+    the forward drew it, and the layout of the tensor it was drawn for (the kernels draw in memory
+    order, so the same shape, strides and dtype give the same mask)."""
+    rng_state: torch.Tensor
+    shape: torch.Size
+    stride: tuple
+    dtype: torch.dtype
+    device: torch.device
+
+    @staticmethod
+    def before(x: torch.Tensor) -> "_DropoutDraw":
+        state = torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+        return _DropoutDraw(state, x.shape, x.stride(), x.dtype, x.device)
+
+    def mask(self, p: float) -> torch.Tensor:
+        """The mask _dropout drew, drawn again; the generator is left as it was."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(self.rng_state, self.device)
+            else:
+                torch.set_rng_state(self.rng_state)
+            like = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
+            return _dropout(like, p)[1]
 
 
 class _DenseBlockFunction(torch.autograd.Function):
@@ -95,7 +122,8 @@ class _DenseBlockFunction(torch.autograd.Function):
         means = torch.empty(buffer.shape[1], dtype=dtype, device=input.device)
         variances = torch.empty_like(means)
         means[:c0], variances[:c0] = batch_stats(buffer[:, :c0], config.backend)
-        saved_norms, bottlenecks, dropout_saved = [], [], []
+        saved_norms, bottlenecks = [], []
+        masks, draws = [], []  # per layer, where dropout is on: its mask, or how to draw it again
         for layer, (norm1, norm2) in enumerate(config.norms):
             bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
             c_in = c0 + layer * k
@@ -109,9 +137,15 @@ class _DenseBlockFunction(torch.autograd.Function):
             new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
                                                    _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
             if config.training and config.drop_rate > 0:
+                # Neither torch.compile's tracing nor a CUDA graph capture can keep a generator's
+                # state: there, the mask is kept.
+                replay = (config.keep_for_backward and not torch.compiler.is_compiling()
+                          and not (new.is_cuda and torch.cuda.is_current_stream_capturing()))
+                if replay:
+                    draws.append(_DropoutDraw.before(new))
                 new, mask = _dropout(new, config.drop_rate)
-                if config.keep_for_backward:
-                    dropout_saved.append(mask)
+                if config.keep_for_backward and not replay:
+                    masks.append(mask)
             buffer[:, c_in:c_in + k].copy_(new)
             if layer + 1 < layers:  # the last layer's channels feed no layer of this block
                 means[c_in:c_in + k], variances[c_in:c_in + k] = batch_stats(buffer[:, c_in:c_in + k],
@@ -123,7 +157,8 @@ class _DenseBlockFunction(torch.autograd.Function):
                 bottlenecks.append(bottleneck)
         ctx.config = config
         ctx.c0 = c0
-        ctx.save_for_backward(buffer, means, variances, *parameters, *saved_norms, *bottlenecks, *dropout_saved)
+        ctx.draws = draws  # generator states (a few bytes on CUDA, 5 KB on CPU) and layouts, no activations
+        ctx.save_for_backward(buffer, means, variances, *parameters, *saved_norms, *bottlenecks, *masks)
         return buffer
 
     @staticmethod
@@ -136,7 +171,7 @@ class _DenseBlockFunction(torch.autograd.Function):
         saved_norms = saved[6 * layers:10 * layers]
         rest = saved[10 * layers:]
         bottlenecks = rest[:0 if config.recompute_bottleneck else layers]
-        dropout_saved = rest[len(bottlenecks):]
+        masks = rest[len(bottlenecks):]
         # d(loss)/d(features) for every channel of the buffer, completed layer by layer in reverse.
         grad_buffer = grad_output.clone(memory_format=_checks.output_memory_format(buffer))
         grad_parameters = [None] * (6 * layers)
@@ -151,8 +186,9 @@ class _DenseBlockFunction(torch.autograd.Function):
             features = buffer[:, :c_in]
             # In the dtype the layer produced it (under autocast, conv2's: lower than the buffer's).
             grad_new = grad_buffer[:, c_in:c_in + k].to(conv2.dtype)
-            if dropout_saved:
-                grad_new = _dropout_backward(grad_new, dropout_saved[layer], config.drop_rate)
+            if masks or ctx.draws:
+                mask = masks[layer] if masks else ctx.draws[layer].mask(config.drop_rate)
+                grad_new = _dropout_backward(grad_new, mask, config.drop_rate)
             if config.recompute_bottleneck:
                 bottleneck = torch.ops.cnnfast.bn_relu_conv2d(features, mean1, invstd1, bn1_weight, bn1_bias, conv1,
                                                               None, _ONE, [0, 0], _ONE, 1, norm1.use_batch_stats,
