@@ -11,7 +11,12 @@ here. So:
    kernel, its argument types, its constexpr values and its compile options.
 2. Here, without the interpreter, each distinct launch is compiled with triton.compile for sm_90
    (as the GPU would compile it), its shared memory is checked against the SM's, and ptxas -v
-   tells its registers and spills.
+   tells its registers and spills. Each launch is compiled a second time with its int32 arguments
+   widened to int64, to show that it compiles: Triton specialises an integer argument of 2**31 or
+   more (sizes and strides of tensors past 2**31 elements) as int64, which the small tensors
+   recorded here never reach. Registers and spills are reported for the recorded launches only:
+   widening every argument at once is a worst case no real launch makes (a kernel that guards its
+   sizes, as the 1x1 convolution's does, never sees most of them as int64).
 
 Prints one line per kernel; exits 0 when every launch compiled within the shared-memory limit, 1
 otherwise.
@@ -178,6 +183,13 @@ def compile_launch(entry: dict) -> tuple[int, int, int]:
     return compiled.metadata.shared, registers, spills
 
 
+def _widened(entry: dict) -> dict | None:
+    """The launch as a tensor past 2**31 elements makes it: every int32 argument int64 (None when it has none)."""
+    if "i32" not in entry["signature"].values():
+        return None
+    return dict(entry, signature={name: "i64" if kind == "i32" else kind for name, kind in entry["signature"].items()})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # step 1, in the child process
@@ -201,13 +213,18 @@ def main() -> int:
         by_kernel.setdefault(f"{entry['module']}.{entry['kernel']}", []).append(entry)
     failed = False
     for kernel, entries in sorted(by_kernel.items()):
+        widened = []
+        for entry in map(_widened, entries):
+            if entry is not None and entry not in widened:  # two small launches may widen to the same one
+                widened.append(entry)
         try:
             results = [compile_launch(entry) for entry in entries]
+            shared_widened = max((compile_launch(entry)[0] for entry in widened), default=0)
         except Exception as error:  # the compiler's own message is what the reader needs
             print(f"FAILED  {kernel}: {type(error).__name__}: {error}")
             failed = True
             continue
-        shared = max(r[0] for r in results)
+        shared = max([r[0] for r in results] + [shared_widened])
         registers = max(r[1] for r in results)
         spilling = [r[2] for r in results if r[2]]
         # Spills are reported, not failed: Triton, not cnnfast, allocates the registers, and a few
@@ -215,7 +232,8 @@ def main() -> int:
         spills = f"{len(spilling)} spill (at most {max(spilling)} bytes)" if spilling else "none spills"
         ok = shared <= SHARED_MEMORY_LIMIT
         failed |= not ok
-        print(f"{'ok     ' if ok else 'FAILED '} {kernel}: {len(entries)} launch variants for sm_{CAPABILITY}, "
+        print(f"{'ok     ' if ok else 'FAILED '} {kernel}: {len(entries)} launch variants for sm_{CAPABILITY} "
+              f"(and {len(widened)} with int64 sizes), "
               f"at most {shared / 1024:.1f} KiB shared (limit {SHARED_MEMORY_LIMIT // 1024}) and "
               f"{registers} registers; {spills}")
     return 1 if failed else 0

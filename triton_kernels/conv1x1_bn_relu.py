@@ -47,8 +47,10 @@ import torch
 _TILES_16BIT = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
 # Full-precision fp32 dots run on the FMA units (fp64 on the DMMA units), which hold a whole
 # BLOCK_K slice of both operands in registers: 16-deep steps (the least tl.dot takes) and a
-# 64 x 64 tile; 32-deep steps spilled.
-_TILES_FULL = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=3)
+# 64 x 64 tile; 32-deep steps spilled, and so did the forward's prologue with a third pipeline
+# stage (12-20 bytes, Triton 3.6; two stages, 128 registers, none), on units that compute rather
+# than wait for memory.
+_TILES_FULL = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2)
 
 # Weight gradient: its output (Co x Ci) has few tiles and its reduction (N * H * W positions) is
 # long, so the reduction is split into ranges, each a program. Enough programs for a few waves on

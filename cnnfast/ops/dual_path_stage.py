@@ -213,7 +213,11 @@ class _DualPathStageFunction(torch.autograd.Function):
         memory_format = _checks.output_memory_format(buffer)
         grad_buffer = grad_output.clone(memory_format=memory_format)
         scratch = None  # a block's input, cat([incoming residual, dense channels]), for c1x1_a
-        grad_residual = grad_buffer[:, :r]
+        # c1x1_c's output gradient: the residual's (accumulated here, in place) then the block's new
+        # dense channels (copied in per block), so that no block concatenates the two.
+        grad_c = torch.empty_like(grad_buffer[:, :r + inc], memory_format=memory_format)
+        grad_c[:, :r].copy_(grad_buffer[:, :r])
+        grad_residual = grad_c[:, :r]
         grad_parameters = [None] * len(parameters)
         grad_input = None
         incomings = list(kept[0::3])
@@ -228,9 +232,8 @@ class _DualPathStageFunction(torch.autograd.Function):
             incoming = incomings.pop()
             unit_a, unit_b, unit_c = units[-3:]
             new = slice(r + (2 + block) * inc, r + (3 + block) * inc)
-            grad_c = torch.cat([grad_residual, grad_buffer[:, new]], 1)
+            grad_c[:, r:].copy_(grad_buffer[:, new])
             grad_b, *grads_c = unit_c.backward(grad_c, b, *norms[-2:], backend, True, needs[first + 6:])
-            del grad_c
             grad_a, *grads_b = unit_b.backward(grad_b, a, *norms[-4:-2], backend, True, needs[first + 3:])
             del grad_b
             mean_a, invstd_a = norms[-6:-4]
@@ -243,7 +246,7 @@ class _DualPathStageFunction(torch.autograd.Function):
                 grad_x_a, *grads_a = unit_a.backward(grad_a, scratch[:, :new.start], mean_a, invstd_a, backend,
                                                      True, needs_a)
                 grad_buffer[:, r:new.start] += grad_x_a[:, r:]
-                grad_residual = grad_residual + grad_x_a[:, :r]
+                grad_residual += grad_x_a[:, :r]
                 del grad_x_a
             else:
                 need_input = ctx.needs_input_grad[0]
