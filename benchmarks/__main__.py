@@ -21,6 +21,7 @@ from benchmarks import (cases_alexnet, cases_bn_relu_conv, cases_densenet, cases
                         targets)
 
 CASE_MODULES = (cases_alexnet, cases_bn_relu_conv, cases_densenet, cases_models)
+MODEL_MODULES = (cases_densenet, cases_models)  # whole-model training steps
 
 
 def parse_args(argv=None):
@@ -33,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--only", metavar="SUBSTRING",
                         help="run the cases whose label (e.g. 'LRN 5 8x96x55x55 fp32 fwd+bwd cnnfast[cpu]') "
                              "contains SUBSTRING (any case), with their eager-torch baselines")
+    parser.add_argument("--no-model-compile", action="store_true",
+                        help="on a GPU, time whole models without their torch.compile twin (each takes minutes "
+                             "to compile, per dtype); the op rows keep theirs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="directory for the results files (default: benchmarks/results)")
     return parser.parse_args(argv)
@@ -56,7 +60,10 @@ def main(argv=None) -> int:
     else:
         settings = harness.Settings()
     variants, notes = harness.variants(device)
-    cases = select([c for m in CASE_MODULES for c in m.cases(device, args.quick, variants)], args.only)
+    model_variants = [v for v in variants if v != "torch.compile"] if args.no_model_compile else variants
+    cases = select([c for m in CASE_MODULES
+                    for c in m.cases(device, args.quick, model_variants if m in MODEL_MODULES else variants)],
+                   args.only)
     if not cases:
         raise SystemExit(f"benchmarks: no case matches --only {args.only!r}")
     meta = harness.metadata(device)  # before running: the commit and date the run started from
@@ -81,6 +88,8 @@ def main(argv=None) -> int:
                      for r in rows if "skipped" in r or "error" in r]
     if args.only:
         notes.append(f"partial run: --only {args.only!r}")
+    if args.no_model_compile and device == "cuda":
+        notes.append("whole models ran without their torch.compile twin (--no-model-compile)")
     if device == "cpu" and other is not None and other > 0.1:
         notes.append(f"other processes kept {other:.2f} of {meta['cpu_cores']} cores busy during the run: "
                      "CPU times are inflated (in steps of the scheduler's tick) and noisy; rerun on a quiet machine")

@@ -35,6 +35,7 @@ timeout "${1:-150}" python3 -m pytest -q -n 8 -k "cuda" tests >"$OUT/tests.log" 
 echo "tests: exit $? in $((SECONDS - start)) s; $(tail -1 "$OUT/tests.log")"
 
 start=$SECONDS
-timeout "${2:-300}" python3 -m benchmarks --out "$OUT/bench" ${3:+--only "$3"} >"$OUT/bench.log" 2>&1
+# Whole models without their torch.compile twins: ten compilations of minutes each do not fit a call.
+timeout "${2:-300}" python3 -m benchmarks --no-model-compile --out "$OUT/bench" ${3:+--only "$3"} >"$OUT/bench.log" 2>&1
 echo "benchmarks: exit $? in $((SECONDS - start)) s"
 sed -n '/^Targets:/,$p' "$OUT/bench.log"
