@@ -31,9 +31,11 @@ def parse_args(argv=None):
                         help="where to run (auto: cuda when torch sees a GPU)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: batch 2, a few short repeats, no peak-RSS processes")
-    parser.add_argument("--only", metavar="SUBSTRING",
+    parser.add_argument("--only", metavar="SUBSTRING", action="append",
                         help="run the cases whose label (e.g. 'LRN 5 8x96x55x55 fp32 fwd+bwd cnnfast[cpu]') "
-                             "contains SUBSTRING (any case), with their eager-torch baselines")
+                             "contains SUBSTRING (any case), with their eager-torch baselines; repeat it for "
+                             "the cases matching any of them")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="only the cases in this dtype")
     parser.add_argument("--no-model-compile", action="store_true",
                         help="on a GPU, time whole models without their torch.compile twin (each takes minutes "
                              "to compile, per dtype); the op rows keep theirs")
@@ -42,13 +44,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def select(cases, only):
-    """The matching cases plus the eager-torch row of each, so speed-ups can still be computed."""
+def select(cases, only: list[str] | None, dtype: str | None = None):
+    """The cases matching any of `only` (all without) in `dtype` (any without), plus the eager-torch
+    row of each, so speed-ups can still be computed."""
+    cases = [c for c in cases if dtype in (None, c.dtype)]
     if not only:
         return cases
-    only = only.lower()
-    groups = {c.group for c in cases if only in c.label.lower()}
-    return [c for c in cases if only in c.label.lower() or (c.group in groups and c.variant == "torch")]
+    only = [o.lower() for o in only]
+    groups = {c.group for c in cases if any(o in c.label.lower() for o in only)}
+    return [c for c in cases if c.group in groups and (c.variant == "torch" or any(o in c.label.lower() for o in only))]
 
 
 def main(argv=None) -> int:
@@ -63,9 +67,9 @@ def main(argv=None) -> int:
     model_variants = [v for v in variants if v != "torch.compile"] if args.no_model_compile else variants
     cases = select([c for m in CASE_MODULES
                     for c in m.cases(device, args.quick, model_variants if m in MODEL_MODULES else variants)],
-                   args.only)
+                   args.only, args.dtype)
     if not cases:
-        raise SystemExit(f"benchmarks: no case matches --only {args.only!r}")
+        raise SystemExit(f"benchmarks: no case matches --only {args.only!r} --dtype {args.dtype}")
     meta = harness.metadata(device)  # before running: the commit and date the run started from
 
     started, load = time.perf_counter(), harness.BackgroundLoad()
@@ -86,8 +90,8 @@ def main(argv=None) -> int:
     notes = notes + [f"{r['variant']} on {r['case']} {r['shape']} {r['dtype']} {r['pass']} "
                      f"{'skipped' if 'skipped' in r else 'failed'}: {r.get('skipped') or r.get('error')}"
                      for r in rows if "skipped" in r or "error" in r]
-    if args.only:
-        notes.append(f"partial run: --only {args.only!r}")
+    if args.only or args.dtype:
+        notes.append(f"partial run: --only {args.only!r} --dtype {args.dtype}")
     if args.no_model_compile and device == "cuda":
         notes.append("whole models ran without their torch.compile twin (--no-model-compile)")
     if device == "cpu" and other is not None and other > 0.1:

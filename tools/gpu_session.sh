@@ -4,9 +4,12 @@
 # kernels, run the tests that need a GPU, then the GPU benchmarks. Each phase is time-boxed and
 # writes its log under $OUT as it goes, so what a phase that ran out of time wrote still comes back.
 #
-#   bash tools/gpu_session.sh [test seconds] [benchmark seconds] [benchmark --only SUBSTRING]
+#   bash tools/gpu_session.sh [test seconds] [benchmark seconds] [python -m benchmarks arguments...]
 #
-# e.g. `bash tools/gpu_session.sh 150 300` in the tool's run with timeout_s=600. Then copy
+# The whole benchmark is more than a call holds on a GPU (some 260 cases, 56 of them compiled by
+# torch.compile): choose, e.g. with timeout_s=600
+#   bash tools/gpu_session.sh 120 330 --dtype bfloat16 --only LRN --only max-pool --only 1x1 --only DenseNet-121 --only "AlexNet (paper)"
+# and the rest in a second call if time is left. Then copy
 # $OUT/bench/* to benchmarks/results/ (the files carry device, versions, commit and date) and set
 # cnnfast/_backend.py's AUTO_CUDA_CHOICE from the "auto's CUDA backend per op" lines of bench.log.
 # $OUT holds at most seven files: env.txt, build.log, tests.log, bench.log and bench/<device>.{json,md,png}.
@@ -36,6 +39,6 @@ echo "tests: exit $? in $((SECONDS - start)) s; $(tail -1 "$OUT/tests.log")"
 
 start=$SECONDS
 # Whole models without their torch.compile twins: ten compilations of minutes each do not fit a call.
-timeout "${2:-300}" python3 -m benchmarks --no-model-compile --out "$OUT/bench" ${3:+--only "$3"} >"$OUT/bench.log" 2>&1
+timeout "${2:-300}" python3 -m benchmarks --no-model-compile --out "$OUT/bench" "${@:3}" >"$OUT/bench.log" 2>&1
 echo "benchmarks: exit $? in $((SECONDS - start)) s"
 sed -n '/^Targets:/,$p' "$OUT/bench.log"
