@@ -203,8 +203,10 @@ def test_autocast_error_at_most_twice_the_plain_blocks(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] == "cpu"])
-def test_torch_compile_fullgraph_runs_the_block(backend, device):
-    ours, plain, _ = make_blocks()
+@pytest.mark.parametrize("drop_rate", [0.0, 0.25], ids=["no-dropout", "dropout"])
+def test_torch_compile_fullgraph_runs_the_block(backend, device, drop_rate):
+    """With dropout, the compiled block keeps its masks (a traced graph cannot keep generator states)."""
+    ours, plain, _ = make_blocks(drop_rate=drop_rate)
     compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
     with cnnfast.backend(backend):
