@@ -4,7 +4,6 @@ against one process with the whole batch; and the shared-buffer DenseNet under
 DistributedDataParallel (which takes no SyncBatchNorm on CPU) against each half run alone."""
 from __future__ import annotations
 
-import copy
 import io
 import os
 import socket
@@ -45,6 +44,18 @@ def _densenet():
 
 
 MODELS = {"units": _units, "densenet": _densenet, "densenet-ddp": _densenet}
+
+
+def _torch_nn_twin(name):
+    """MODELS[name] in torch.nn ops, with the same parameters and buffers in the same order: the
+    independent whole-batch reference."""
+    model = MODELS[name]()
+    if name == "units":
+        return torch.nn.Sequential(*[torch.nn.Sequential(unit.bn, torch.nn.ReLU(), unit.conv) for unit in model])
+    for module in model.modules():  # DenseBlock, its layers and the Transition: the plain DenseNet
+        if hasattr(module, "memory_efficient"):
+            module.memory_efficient = False
+    return model
 
 
 def _batches(name):
@@ -138,7 +149,7 @@ needs_distributed = pytest.mark.skipif(not dist.is_available() or not cnnfast.ex
 @pytest.mark.parametrize("name", ["units", "densenet"])
 def test_two_synchronised_ranks_match_one_process_on_the_whole_batch(name):
     results = _spawn(name)
-    expected, expected_buffers = _run(copy.deepcopy(MODELS[name]()), _batches(name))
+    expected, expected_buffers = _run(_torch_nn_twin(name), _batches(name))
     for step, (y, dx, grads) in enumerate(expected):
         ranks = [results[rank][0][step] for rank in range(WORLD)]
         _close(torch.cat([r[0] for r in ranks]), y)
@@ -154,9 +165,10 @@ def test_two_synchronised_ranks_match_one_process_on_the_whole_batch(name):
 @needs_distributed
 def test_shared_buffer_densenet_under_distributed_data_parallel():
     results = _spawn("densenet-ddp")
-    # Without synchronised statistics each rank computes its half alone; DDP sums the gradients
+    # Without synchronised statistics each rank computes its half alone (here: the plain torch.nn
+    # DenseNet on that half); DDP sums the gradients
     # (the test scales its average by WORLD) and gives every rank rank 0's buffers each step.
-    alone = [_run(copy.deepcopy(MODELS["densenet-ddp"]()), _batches("densenet-ddp"), rank) for rank in range(WORLD)]
+    alone = [_run(_torch_nn_twin("densenet-ddp"), _batches("densenet-ddp"), rank) for rank in range(WORLD)]
     for step in range(STEPS):
         for rank in range(WORLD):
             y, dx, grads = results[rank][0][step]

@@ -71,11 +71,11 @@ def test_outputs_are_timms(name):
 
 # ---- the shared-buffer stages against the plain DPN ----------------------------------------------
 
-def compare_steps(ours, reference, x_size, modes=("train", "train", "eval")):
+def compare_steps(ours, reference, x_size, modes=("train", "train", "eval"), device="cpu"):
     reference.load_state_dict(ours.state_dict(), strict=True)
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(2, 3, x_size, x_size, generator=generator, dtype=torch.float64) for _ in modes]
-    assert_training_steps_match(ours, reference, inputs, modes)
+    inputs = [torch.randn(2, 3, x_size, x_size, generator=generator, dtype=torch.float64).to(device) for _ in modes]
+    assert_training_steps_match(ours.to(device), reference.to(device), inputs, modes)
 
 
 # Dropout acts on the pooled features only (timm's drop_rate): once is enough.
@@ -92,12 +92,10 @@ def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
 def test_tiny_dpn_matches_plain_reference_on_each_backend(backend, device):
     """The stages' kernels of each backend (the Triton 1x1 GEMMs read a block's input as the
     buffer's leading channels, and in backward as the scratch copy's)."""
-    if device != "cpu":
-        pytest.skip("the comparison runs on CPU tensors; the GPU runs the same op tests")
     torch.manual_seed(0)
     ours = randomised(models.DPN(**TINY).double())
     with cnnfast.backend(backend):
-        compare_steps(ours, reference_models.DPN(**TINY).double(), 16, ("train", "eval"))
+        compare_steps(ours, reference_models.DPN(**TINY).double(), 16, ("train", "eval"), device)
 
 
 def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
