@@ -105,6 +105,17 @@ def test_saves_less_for_backward_than_torch_nn():
         x = torch.randn(1, 3, size, size)
         saved = [cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))[1] for model in (ours, theirs)]
         assert saved[0] < saved[1], saved
+    # torchvision's AlexNet (the last `theirs` above is the paper's): both keep each pool's input
+    # (the ReLU's output, which the ReLU keeps anyway); per pool output torch keeps an int64 index
+    # and cnnfast a uint8 offset, 7 bytes less. (The paper's LRN stages: their own test.)
+    ours, theirs = models.alexnet(num_classes=10), torch_nn_alexnet(num_classes=10)
+    x = torch.randn(1, 3, 67, 67)
+    saved = [cnnfast.saved_tensor_bytes(model, x, exclude=list(model.parameters()))[1] for model in (ours, theirs)]
+    pooled, t = 0, x
+    for module in theirs.features:
+        t = module(t)
+        pooled += t.numel() if isinstance(module, torch.nn.MaxPool2d) else 0
+    assert saved[1] - saved[0] == 7 * pooled, (saved, pooled)
 
 
 @pytest.mark.parametrize("constructor,head", [(models.alexnet, "classifier.6"),

@@ -72,6 +72,8 @@ def assert_steps_match(backend, ours, theirs, modes, shape=(2, 6, 5, 5), layout=
         y_ref, dx_ref = run_step(theirs, x, grad, seed=step)
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
+        if backend != "reference":  # the shared buffer, and its gradient, in the input's layout
+            assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
         assert_same(ours, theirs)
         for p in list(ours.parameters()) + list(theirs.parameters()):
             p.grad = None
