@@ -196,7 +196,8 @@ def test_opcheck(op_name):
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
 def test_torch_compile_fullgraph(backend, device):
-    module = cnnfast.nn.ReLULRNMaxPool2d(5, alpha=0.5, k=2.0)
+    a = dict(size=5, alpha=0.5, beta=0.75, k=2.0, kernel_size=3, stride=2, padding=0, dilation=1, ceil_mode=False)
+    module = cnnfast.nn.ReLULRNMaxPool2d(**a)
     x = make_input((2, 7, 13, 13), "contiguous", device=device)
     with cnnfast.backend(backend):
         eager = module(x)
@@ -206,7 +207,7 @@ def test_torch_compile_fullgraph(backend, device):
     assert torch.equal(compiled, eager)
     assert torch.equal(dx, dx_eager)
     # ... and so as close to torch.nn's three modules as eager is.
-    theirs = nn.Sequential(nn.ReLU(), nn.LocalResponseNorm(5, alpha=0.5, k=2.0), nn.MaxPool2d(3, 2))
+    theirs = torch_nn(a)
     y_torch = theirs(x)
     (dx_torch,) = torch.autograd.grad(y_torch.sum(), x)
     x64 = x.detach().double().requires_grad_()

@@ -66,13 +66,18 @@ def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list)
     return _DenseBlockFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)
 
 
+def _cpu_noise(like: torch.Tensor, p: float) -> torch.Tensor:
+    """The scaled noise F.dropout multiplies a CPU tensor by, drawn as it draws it."""
+    return torch.empty_like(like).bernoulli_(1 - p).div_(1 - p)
+
+
 def _dropout(x: torch.Tensor, p: float):
     """F.dropout's result and its mask (bool), drawing the same random numbers as F.dropout, so that
     this block and the plain one agree under one seed: the fused kernel on CUDA, on CPU the scaled
     noise F.dropout multiplies by (rebuilt from the mask in backward, the same values)."""
     if x.is_cuda:
         return torch.native_dropout(x, p, True)
-    noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+    noise = _cpu_noise(x, p)
     return x * noise, noise != 0
 
 
@@ -105,7 +110,8 @@ class _DropoutDraw(NamedTuple):
             else:
                 torch.set_rng_state(self.rng_state)
             like = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
-            return _dropout(like, p)[1]
+            # On CUDA the fused kernel is the only way to the same mask (its output is dropped).
+            return torch.native_dropout(like, p, True)[1] if like.is_cuda else _cpu_noise(like, p) != 0
 
 
 class _DenseBlockFunction(torch.autograd.Function):
@@ -124,6 +130,10 @@ class _DenseBlockFunction(torch.autograd.Function):
         means[:c0], variances[:c0] = batch_stats(buffer[:, :c0], config.backend)
         saved_norms, bottlenecks = [], []
         masks, draws = [], []  # per layer, where dropout is on: its mask, or how to draw it again
+        # Masks are drawn again in backward, not kept, except where the generator's state cannot be
+        # kept: torch.compile's tracing and a CUDA graph capture.
+        replay = (config.keep_for_backward and not torch.compiler.is_compiling()
+                  and not (input.is_cuda and torch.cuda.is_current_stream_capturing()))
         for layer, (norm1, norm2) in enumerate(config.norms):
             bn1_weight, bn1_bias, conv1, bn2_weight, bn2_bias, conv2 = parameters[6 * layer:6 * layer + 6]
             c_in = c0 + layer * k
@@ -137,10 +147,6 @@ class _DenseBlockFunction(torch.autograd.Function):
             new = torch.ops.cnnfast.bn_relu_conv2d(bottleneck, mean2, invstd2, bn2_weight, bn2_bias, conv2, None,
                                                    _ONE, _ONE, _ONE, 1, norm2.use_batch_stats, config.backend, "")
             if config.training and config.drop_rate > 0:
-                # Neither torch.compile's tracing nor a CUDA graph capture can keep a generator's
-                # state: there, the mask is kept.
-                replay = (config.keep_for_backward and not torch.compiler.is_compiling()
-                          and not (new.is_cuda and torch.cuda.is_current_stream_capturing()))
                 if replay:
                     draws.append(_DropoutDraw.before(new))
                 new, mask = _dropout(new, config.drop_rate)
