@@ -11,6 +11,7 @@ import torch
 import cnnfast
 from cnnfast import reference_models
 from cnnfast.nn import DenseBlock, Transition
+from cnnfast.ops.batch_norm import acc_dtype
 from helpers import assert_low_precision_close, backend_params
 
 BACKENDS = backend_params()
@@ -236,6 +237,20 @@ def test_transition_matches_torchvision_layout():
     torch.testing.assert_close(dx, dx_ref)
     assert list(ours.state_dict()) == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
                                        "norm.num_batches_tracked", "conv.weight"]
+
+
+def test_transition_keeps_only_its_input_and_the_statistics():
+    # torch.nn keeps the ReLU's output (the convolution's input) and the convolution's output (the
+    # pooling's input) as well; here both are recomputed or never needed.
+    ours = Transition(6, 3)
+    x = torch.randn(2, 6, 8, 8, requires_grad=True)
+    _, saved = cnnfast.saved_tensor_bytes(ours, x, exclude=list(ours.parameters()))
+    statistics = 2 * 6 * torch.empty((), dtype=acc_dtype(x, "cpp")).element_size()  # mean and inverse std
+    assert saved == x.numel() * 4 + statistics
+    ours.memory_efficient = False
+    _, saved_plain = cnnfast.saved_tensor_bytes(ours, x, exclude=list(ours.parameters()))
+    # torch's BatchNorm keeps its fp32 mean and inverse std and the two running buffers instead.
+    assert saved_plain - saved == x.numel() * 4 + 2 * 3 * 8 * 8 * 4 + 4 * 6 * 4 - statistics
 
 
 @pytest.mark.parametrize("change", ["one layer's drop_rate", "one layer in eval"])

@@ -27,3 +27,8 @@ def fusable_conv(conv: nn.Module) -> bool:
 
 def fusable_activation(relu: nn.Module) -> bool:
     return type(relu) is nn.ReLU and not has_hooks(relu)
+
+
+def fusable_avg_pool(pool: nn.Module) -> bool:
+    # A divisor_override changes the averages, which cnnfast's pooling does not reproduce.
+    return type(pool) is nn.AvgPool2d and pool.divisor_override is None and not has_hooks(pool)

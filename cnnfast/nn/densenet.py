@@ -9,7 +9,7 @@ from torch import nn
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn.conv import bn_relu_conv_modules
-from cnnfast.ops.avg_pool2d import avg_pool2d
+from cnnfast.nn.sequential import FusedSequential
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
 
@@ -105,8 +105,9 @@ class DenseBlock(nn.ModuleDict):
 
 class Transition(nn.Sequential):
     """BN-ReLU-Conv1x1 then 2x2 average pooling between dense blocks: torchvision's _Transition
-    (children norm, relu, conv, pool). memory_efficient=True runs BN-ReLU-conv as BNReLUConv2d and
-    a pooling that keeps nothing for backward: of its input, only x is kept."""
+    (children norm, relu, conv, pool). memory_efficient=True runs its children as FusedSequential
+    does: BN-ReLU-conv as one op and a pooling that keeps nothing for backward, so of its input,
+    only x is kept."""
 
     def __init__(self, num_input_features: int, num_output_features: int, memory_efficient: bool = True):
         super().__init__()
@@ -117,8 +118,4 @@ class Transition(nn.Sequential):
         self.memory_efficient = memory_efficient
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.memory_efficient or self.pool.divisor_override is not None:
-            return super().forward(input)
-        pool = self.pool
-        return avg_pool2d(bn_relu_conv_modules(self.norm, self.conv, input), pool.kernel_size, pool.stride,
-                          pool.padding, pool.ceil_mode, pool.count_include_pad)
+        return (FusedSequential.forward if self.memory_efficient else nn.Sequential.forward)(self, input)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnfast.nn._fusable import fusable_activation, fusable_conv, fusable_norm, has_hooks
+from cnnfast.nn._fusable import fusable_activation, fusable_avg_pool, fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.residual import bn_add_relu_module
+from cnnfast.ops.avg_pool2d import avg_pool2d
 from cnnfast.ops.relu_lrn_max_pool2d import relu_lrn_max_pool2d
 
 
@@ -34,11 +35,12 @@ def _run_length(modules: list[nn.Module], i: int) -> int:
 
 
 def fusable_runs(sequential: nn.Sequential) -> int:
-    """The number of runs in `sequential` that FusedSequential runs as one op."""
+    """The number of runs in `sequential` that FusedSequential runs through one of cnnfast's ops
+    (an average pooling counts as one)."""
     modules, i, runs = list(sequential), 0, 0
     while i < len(modules):
         length = _run_length(modules, i)
-        runs += length > 1
+        runs += length > 1 or fusable_avg_pool(modules[i])
         i += length
     return runs
 
@@ -48,7 +50,9 @@ class FusedSequential(nn.Sequential):
     without hooks: cnnfast/nn/_fusable.py):
     - BatchNorm2d -> ReLU -> Conv2d: one BN-ReLU-conv (keeps the BN's input; relu(bn(x)) recomputed);
     - BatchNorm2d -> ReLU otherwise: one BN-ReLU (keeps the BN's input, never the ReLU's output);
-    - ReLU -> LocalResponseNorm -> MaxPool2d: one ReLU-LRN-max-pool (keeps the input and a uint8 argmax).
+    - ReLU -> LocalResponseNorm -> MaxPool2d: one ReLU-LRN-max-pool (keeps the input and a uint8 argmax);
+    - AvgPool2d (4-d input, no divisor_override): a pooling that keeps nothing (torch's keeps its
+      input, though its backward reads only the shape: a DenseNet transition's convolution output).
     The plan is read from the children at each call, so replacing a child (fuse_for_inference
     replacing a folded BatchNorm with nn.Identity) is followed."""
 
@@ -57,7 +61,9 @@ class FusedSequential(nn.Sequential):
         while i < len(modules):
             length = _run_length(modules, i)
             a, b, c = _window(modules, i)
-            if length == 1:
+            if length == 1 and fusable_avg_pool(a) and input.dim() == 4:
+                input = avg_pool2d(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad)
+            elif length == 1:
                 input = a(input)
             elif length == 3 and fusable_norm(a):
                 input = bn_relu_conv_modules(a, c, input)
