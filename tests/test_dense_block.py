@@ -239,6 +239,16 @@ def test_transition_matches_torchvision_layout():
                                        "norm.num_batches_tracked", "conv.weight"]
 
 
+def test_transition_follows_a_replaced_activation():
+    torch.manual_seed(0)
+    ours = Transition(6, 3).double()
+    ours.relu = torch.nn.SiLU()
+    plain = copy.deepcopy(ours)
+    plain.memory_efficient = False
+    x = torch.randn(2, 6, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+
+
 def test_transition_keeps_only_its_input_and_the_statistics():
     # torch.nn keeps the ReLU's output (the convolution's input) and the convolution's output (the
     # pooling's input) as well; here both are recomputed or never needed.
