@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from cnnfast._extension import cuda_kernels_built, extension_loaded, require_extension
 
@@ -38,33 +40,54 @@ def _validated(name: str, source: str) -> str:
 
 
 _default = _validated(os.environ.get("CNNFAST_BACKEND", "auto"), "CNNFAST_BACKEND")
-_forced: list[str] = []
+# Per thread, as torch's own modes (no_grad, autocast): a `with cnnfast.backend(...)` block in one
+# thread (a data-loading or serving thread) leaves the ops of the others alone.
+_local = threading.local()
+
+
+def _forced() -> list[str]:
+    if not hasattr(_local, "forced"):
+        _local.forced = []
+    return _local.forced
 
 
 def current_backend() -> str:
-    return _forced[-1] if _forced else _default
+    forced = _forced()
+    return forced[-1] if forced else _default
 
 
 @contextlib.contextmanager
 def backend(name: str):
-    """Runs the ops inside the block on one backend: ``with cnnfast.backend("triton"): ...``"""
-    _forced.append(_validated(name, "cnnfast.backend()"))
+    """Runs the ops inside the block, in this thread, on one backend: ``with cnnfast.backend("triton"): ...``"""
+    forced = _forced()
+    forced.append(_validated(name, "cnnfast.backend()"))
     try:
         yield
     finally:
-        _forced.pop()
+        forced.pop()
+
+
+def _functorch_or_forward_ad(tensors) -> bool:
+    """Whether a tensor is under a torch.func transform (grad, vmap, jvp) or carries a forward-mode
+    tangent: cnnfast's kernels have reverse-mode formulas only, which those transforms cannot use
+    (forward-mode AD would silently drop the tangent), so plain torch ops run these calls."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(t is not None and (torch._C._functorch.is_functorch_wrapped_tensor(t)
+                                  or forward_ad.unpack_dual(t).tangent is not None) for t in tensors)
 
 
 _warned_missing_extension = False
 
 
-def resolve(op: str, device: torch.device) -> str:
-    """The concrete backend for `op` on `device`: 'cpp' (cnnfast._C's CPU or CUDA kernel),
-    'triton' or 'reference'."""
+def resolve(op: str, input: torch.Tensor, *others: torch.Tensor | None) -> str:
+    """The concrete backend for `op` on `input` (and the op's other tensors): 'cpp' (cnnfast._C's
+    CPU or CUDA kernel), 'triton' or 'reference'."""
     global _warned_missing_extension
     name = current_backend()
-    if name == "reference":
+    if name == "reference" or _functorch_or_forward_ad((input, *others)):
         return "reference"
+    device = input.device
     if name == "triton":
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("cnnfast: the 'triton' backend runs CPU tensors only under TRITON_INTERPRET=1 "

@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnfast import _layouts
 from cnnfast.nn._fusable import fusable_activation, has_hooks
-from cnnfast.nn.densenet import DenseBlock
+from cnnfast.nn.densenet import DenseBlock, why_not_shared_buffer
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.sequential import FusedSequential, fusable_runs
@@ -64,15 +64,29 @@ def _max_pool(m: nn.MaxPool2d) -> nn.Module:
 _FUSED_SUBCLASSES: dict[type, type] = {}
 
 
+def fused_subclass(cls: type) -> type:
+    """FusedSequential's forward on a Sequential subclass `cls`, made once per class. Made at run
+    time, it cannot be found by name: its instances pickle (torch.save of a whole model, spawned
+    workers) as `cls`, by reference, and this function, which makes the class again on loading."""
+    if cls not in _FUSED_SUBCLASSES:
+        def __reduce_ex__(self, protocol):
+            return _new_fused, (cls,), self.__dict__
+
+        _FUSED_SUBCLASSES[cls] = type(f"Fused{cls.__name__}", (FusedSequential, cls), {"__reduce_ex__": __reduce_ex__})
+    return _FUSED_SUBCLASSES[cls]
+
+
+def _new_fused(cls: type) -> nn.Module:
+    fused = fused_subclass(cls)
+    return fused.__new__(fused)
+
+
 def _sequential(m: nn.Sequential) -> nn.Module:
     if type(m) is nn.Sequential:
         return _adopt(FusedSequential, m, [name for name, _ in m.named_children()])
     # A subclass without a forward of its own (torchvision's _Transition): the same object, its
     # class given FusedSequential's forward, so isinstance checks and its attributes still hold.
-    cls = type(m)
-    if cls not in _FUSED_SUBCLASSES:
-        _FUSED_SUBCLASSES[cls] = type(f"Fused{cls.__name__}", (FusedSequential, cls), {})
-    m.__class__ = _FUSED_SUBCLASSES[cls]
+    m.__class__ = fused_subclass(type(m))
     return m
 
 
@@ -95,12 +109,18 @@ def _dense_block(m: nn.Module) -> nn.Module:
         block = DenseBlock(len(layers), first.norm1.num_features, first.conv1.out_channels // growth_rate,
                            growth_rate, float(first.drop_rate))
     for old, new in zip(layers, block.values()):
-        for child in ("norm1", "conv1", "norm2", "conv2"):
+        for child in ("norm1", "relu1", "conv1", "norm2", "relu2", "conv2"):
             setattr(new, child, getattr(old, child))
         new.drop_rate = float(old.drop_rate)
         new.training = old.training
     block.training = m.training
     return block
+
+
+def _dense_block_refusal(m: nn.Module) -> str | None:
+    # The layers are rebuilt as cnnfast's: their own hooks would be lost, and the shared buffer
+    # computes only the layer torchvision builds.
+    return next(filter(None, map(why_not_shared_buffer, m.children())), None)
 
 
 class Rule(NamedTuple):
@@ -130,7 +150,7 @@ RULES = (
     Rule("torchvision ResNet block / stem",
          lambda m: _layouts.resnet_layout(m) is not None and type(m).__module__ != "cnnfast.models.resnet",
          _resnet_piece, _resnet_refusal),
-    Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block),
+    Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block, _dense_block_refusal),
 )
 
 

@@ -474,6 +474,8 @@ def call(**changes):
     (call(running_mean=None), ValueError, "running_mean"),
     (call(running_var=None, training=True), ValueError, "both be None"),
     (call(momentum="fast"), TypeError, "momentum"),
+    (call(weight=torch.ones(3, dtype=torch.float64)), TypeError, "weight must be torch.float32"),
+    (call(input=torch.randn(2, 3, 4, 4, dtype=torch.float64), identity=None), TypeError, "running_mean"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):

@@ -389,6 +389,12 @@ def call(**changes):
     (call(running_mean=None), ValueError, "running_mean"),
     (call(running_var=None, training=True), ValueError, "both be None"),
     (call(input=torch.randn(2, 3, 2, 2)), ValueError, "larger than the padded input"),
+    # dtypes as torch's BatchNorm and F.conv2d take them (outside autocast), never a silent cast
+    (call(input=torch.randn(2, 3, 5, 5, dtype=torch.float64)), TypeError, "running_mean must be torch.float64"),
+    (call(bn_weight=torch.ones(3, dtype=torch.float64)), TypeError, "bn_weight"),
+    (call(input=torch.randn(2, 3, 5, 5, dtype=torch.bfloat16), running_mean=torch.zeros(3, dtype=torch.float64)),
+     TypeError, "running_mean must be torch.bfloat16 or torch.float32"),
+    (call(weight=torch.randn(4, 3, 3, 3, dtype=torch.float64)), TypeError, "weight must have input's dtype"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):

@@ -4,6 +4,9 @@ the same state_dict keys, fewer bytes saved for backward."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -101,6 +104,17 @@ def test_sequential_runs_become_one_op_each_with_the_same_numbers():
     torch.testing.assert_close(converted(x), original(x), rtol=1e-10, atol=1e-10)
 
 
+def test_unbatched_input_runs_the_modules_where_the_fused_op_takes_batches_only():
+    # torch.nn takes a [C, H, W] input through Conv2d, ReLU, LocalResponseNorm, MaxPool2d and AvgPool2d.
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.LocalResponseNorm(3, alpha=1e-2), nn.MaxPool2d(3, 2),
+                             nn.AvgPool2d(2)).double()
+    converted, _ = cnnfast.convert(original)
+    assert cnnfast.nn.sequential.fusable_runs(converted) == 2
+    x = torch.randn(3, 13, 13, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), original(x), rtol=1e-12, atol=1e-12)
+
+
 def test_inplace_conversion_keeps_the_parameter_tensors():
     original = tiny_resnet()
     parameters = {name: p for name, p in original.named_parameters()}
@@ -179,6 +193,22 @@ def test_sequential_subclasses_stay_instances_of_their_class():
     assert isinstance(transition, cnnfast.nn.FusedSequential)
 
 
+def test_a_converted_model_with_sequential_subclasses_saves_whole(tmp_path):
+    # The fused subclass is made at run time: torch.save of the whole model (and spawned workers)
+    # must still find it, in a process that has not made it yet too.
+    converted, _ = cnnfast.convert(tiny_densenet())
+    path = tmp_path / "model.pt"
+    torch.save(converted, path)
+    code = (f"import torch, cnnfast; m = torch.load({str(path)!r}, weights_only=False); "
+            "t = m.features.transition1; print(type(t).__name__, isinstance(t, cnnfast.nn.FusedSequential))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.stdout.split() == ["Fused_Transition", "True"], result.stderr
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(loaded.eval()(x), converted.eval()(x), rtol=0, atol=0)
+
+
 def test_modules_with_hooks_or_another_activation_are_left_alone():
     model = tiny_resnet()
     model.layer1[0].register_forward_hook(lambda module, args, output: None)
@@ -191,6 +221,24 @@ def test_modules_with_hooks_or_another_activation_are_left_alone():
     assert "ResNet" in {old for _, old, _ in report.swapped}  # the top keeps its ReLU: swapped
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     assert_step_matches(converted, model, x)
+
+
+@pytest.mark.parametrize("change", ["activation", "hook", "group norm"])
+def test_dense_blocks_the_shared_buffer_cannot_compute_are_left_alone(change):
+    model = tiny_densenet()
+    layer = model.features.denseblock2.denselayer1
+    if change == "activation":
+        layer.relu2 = nn.SiLU()
+    elif change == "hook":
+        layer.register_forward_hook(lambda module, args, output: None)
+    else:
+        layer.norm1 = nn.GroupNorm(1, layer.norm1.num_features).double()
+    converted, report = cnnfast.convert(model)
+    left = {name: why for name, _, why in report.left_alone}
+    assert list(left) == ["features.denseblock2"]
+    assert {"activation": "activation", "hook": "hooks", "group norm": "norm"}[change] in left["features.denseblock2"]
+    assert isinstance(converted.features.denseblock1, cnnfast.nn.DenseBlock)
+    assert_step_matches(converted, model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
 def test_fused_runs_with_hooked_or_non_zero_padded_modules_run_the_plain_modules():

@@ -225,6 +225,35 @@ def test_torch_compile_fullgraph_runs_the_block(backend, device, drop_rate):
     assert_same(ours, plain)
 
 
+@pytest.mark.parametrize("change", ["activation", "conv bias", "5x5 conv", "reflect padding", "hooks"])
+def test_a_layer_changed_after_construction_runs_as_its_modules(change):
+    # The shared buffer computes only the layer as built; anything else runs layer by layer, hooks
+    # included (Grad-CAM, feature extraction), with the plain block's numbers.
+    ours, plain, _ = make_blocks()
+    calls = []
+    for block in (ours, plain):
+        layer = block.denselayer2
+        if change == "activation":
+            layer.relu2 = torch.nn.SiLU()
+        elif change == "conv bias":
+            layer.conv1.bias = torch.nn.Parameter(torch.linspace(-1, 1, layer.conv1.out_channels, dtype=torch.float64))
+        elif change == "5x5 conv":
+            torch.manual_seed(1)
+            layer.conv2 = torch.nn.Conv2d(layer.conv2.in_channels, 4, 5, padding=2, bias=False).double()
+        elif change == "reflect padding":
+            layer.conv2.padding_mode = "reflect"
+        else:
+            layer.register_forward_hook(lambda *args: calls.append("layer"))
+            layer.conv2.register_forward_hook(lambda *args: calls.append("conv2"))
+    x, grad = torch.randn(2, 6, 5, 5, dtype=torch.float64), torch.randn(2, 18, 5, 5, dtype=torch.float64)
+    y, dx = run_step(ours.train(), x, grad, seed=0)
+    y_ref, dx_ref = run_step(plain.train(), x, grad, seed=0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    assert_same(ours, plain)
+    assert calls == (["conv2", "layer"] * 2 if change == "hooks" else [])
+
+
 def test_transition_matches_torchvision_layout():
     torch.manual_seed(0)
     ours = Transition(6, 3).double()
@@ -294,6 +323,18 @@ def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
                     bn.running_mean = bn.running_var = None
         with pytest.raises(ValueError, match="more than 1 value per channel"):
             block(torch.randn(1, 6, 1, 1))
+
+
+def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does():
+    # nn.BatchNorm2d counts the step before it checks: the torch.nn block counts its first BatchNorm
+    # only, and with momentum=None the count weighs every later running average.
+    ours, plain, reference = make_blocks()
+    for block in (ours, plain, reference):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            block.train()(torch.randn(1, 6, 1, 1, dtype=torch.float64))
+    counts = [{name: int(b) for name, b in block.named_buffers() if name.endswith("num_batches_tracked")}
+              for block in (ours, plain, reference)]
+    assert counts[0] == counts[1] == counts[2] and sum(counts[2].values()) == 1
 
 
 def test_bad_input_names_the_problem():

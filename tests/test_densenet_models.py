@@ -93,7 +93,8 @@ def test_other_num_classes_replaces_only_the_classifier(tmp_path):
     source = models.densenet_bc(10, 4)
     path = tmp_path / "checkpoint.pth"
     torch.save(source.state_dict(), path)
-    loaded = models.densenet_bc(10, 4, num_classes=3, weights=path)
+    with pytest.warns(UserWarning, match="classifier.weight \\[10, .*classifier.weight \\[3, "):
+        loaded = models.densenet_bc(10, 4, num_classes=3, weights=path)
     assert loaded.classifier.out_features == 3
     for name, tensor in source.state_dict().items():
         if not name.startswith("classifier."):

@@ -113,6 +113,29 @@ def test_memory_efficient_false_is_the_same_model():
     compare_steps(ours, plain, 32, ("train",))
 
 
+@pytest.mark.parametrize("change", ["hooks", "conv bias", "convert_sync_bn"])
+def test_blocks_changed_after_construction_run_block_by_block(change):
+    torch.manual_seed(0)
+    ours = randomised(models.DPN(**TINY).double())
+    calls = []
+    block = ours.features.conv3_2
+    if change == "hooks":
+        block.register_forward_hook(lambda *args: calls.append("block"))
+        block.c3x3_b.conv.register_forward_hook(lambda *args: calls.append("conv"))
+    elif change == "conv bias":
+        block.c1x1_a.conv.bias = torch.nn.Parameter(torch.linspace(-1, 1, block.c1x1_a.conv.out_channels,
+                                                                   dtype=torch.float64))
+    else:  # statistics to be shared across ranks: the stage op has no all-reduce
+        block.c1x1_a.process_group = "a group"
+    assert not cnnfast.nn.dpn._block_as_built(block)
+    plain = models.DPN(**TINY, memory_efficient=False).double()
+    if change == "conv bias":
+        plain.features.conv3_2.c1x1_a.conv.bias = torch.nn.Parameter(torch.zeros_like(block.c1x1_a.conv.bias))
+    if change != "convert_sync_bn":
+        compare_steps(ours, plain, 32, ("train", "eval"))
+    assert calls == (["conv", "block"] * 2 if change == "hooks" else [])
+
+
 def test_dpn68_training_step_matches_plain_reference():
     """The real dpn68 (groups 32, 12 blocks in its third stage), one training step at 40x40 (the last
     stage at 3x3: see dpn_fixture_weights.deterministic_input), residuals replayed in backward."""
@@ -214,12 +237,42 @@ def test_stage_errors_name_the_problem():
         models.DPN(k_sec=(1, 2), inc_sec=(4,))
 
 
+@pytest.mark.parametrize("size", [4, 8], ids=["at-the-input", "past-the-stride"])
+def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does(size):
+    # nn.BatchNorm2d counts the step before it checks: the plain blocks count every BatchNorm up to
+    # the first that sees one value per channel, none after it.
+    ours = models.DPN(**TINY)
+    plain = models.DPN(**TINY, memory_efficient=False)
+    plain.load_state_dict(ours.state_dict())
+    for model in (ours, plain):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            model.train()(torch.randn(1, 3, size, size))
+    counts = [{name: int(b) for name, b in model.named_buffers() if name.endswith("num_batches_tracked")}
+              for model in (ours, plain)]
+    assert counts[0] == counts[1] and 0 < sum(counts[1].values()) < len(counts[1])
+
+
 def test_num_classes_zero_returns_pooled_features():
     model = models.DPN(**{**TINY, "num_classes": 0}).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
 
 
 # ---- weights ---------------------------------------------------------------------------------------
+
+def test_headless_checkpoints_and_models_load_all_but_the_classifier(tmp_path):
+    # timm's num_classes=0: a feature extractor without classifier parameters.
+    tiny = {**TINY, "num_classes": 1000}
+    path = tmp_path / "dpn.pth"
+    source = models.DPN(**tiny)
+    torch.save(source.state_dict(), path)
+    with pytest.warns(UserWarning, match="classifier.*no parameters"):
+        headless = models.dpn68(**{**tiny, "num_classes": 0}, weights=path)
+    assert all(torch.equal(headless.state_dict()[k], v) for k, v in source.state_dict().items()
+               if not k.startswith("classifier."))
+    torch.save(headless.state_dict(), path)
+    with pytest.warns(UserWarning, match="checkpoint's classifier \\(no parameters\\)"):
+        models.dpn68(**tiny, weights=path)
+
 
 def test_weights_argument_loads_strictly_and_other_num_classes_replaces_the_classifier(tmp_path):
     small = dict(k_sec=(1, 2, 1, 1), k_r=32, groups=4)  # dpn68b's structure, narrower and shallower
@@ -232,7 +285,8 @@ def test_weights_argument_loads_strictly_and_other_num_classes_replaces_the_clas
     source.eval(), same.eval()
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(same(x), source(x), rtol=0, atol=0)
-    other = models.dpn68b(num_classes=3, weights=path, **small)
+    with pytest.warns(UserWarning, match="fresh initialisation"):
+        other = models.dpn68b(num_classes=3, weights=path, **small)
     assert other.classifier.out_channels == 3
     for name, tensor in source.state_dict().items():
         if not name.startswith("classifier."):

@@ -1,6 +1,7 @@
 """Local response normalisation against torch.nn and cnnfast.reference, on every backend here."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +177,9 @@ def test_empty_batch_gives_empty_result(backend, device):
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_numpy_hyper_parameters_are_taken_as_torch_takes_them():
+    x = torch.randn(2, 6, 4, 4)
+    ours = cnnfast.nn.LocalResponseNorm(np.int64(3), np.float32(1e-2), np.float64(0.75), np.float32(2.0))(x)
+    torch.testing.assert_close(ours, torch.nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0)(x))

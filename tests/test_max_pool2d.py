@@ -2,6 +2,7 @@
 int64 indices, and gradients bit for bit (ties, NaN, -inf and padding included)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,7 +159,11 @@ def test_empty_batch_gives_empty_result(backend, device):
 @pytest.mark.parametrize("call,error,words", [
     (lambda: cnnfast.functional.max_pool2d(torch.randn(5, 5), 2), ValueError, "input"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 3, 5, 5), 2), ValueError, "input"),
-    (lambda: cnnfast.functional.max_pool2d(torch.ones(1, 2, 5, 5, dtype=torch.int32), 2), TypeError, "input"),
+    (lambda: cnnfast.functional.max_pool2d(torch.ones(1, 2, 5, 5, dtype=torch.bool), 2), TypeError, "input"),
+    (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), 2.0), TypeError, "kernel_size"),
+    (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), True), TypeError, "kernel_size"),
+    # Window offsets are int32: torch's own limit is the same order (ints of 32 bits).
+    (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 1, 2, 2), 70001, 1, 35000), ValueError, "kernel_size"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 0, 5, 5), 2), ValueError, "input"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), 0), ValueError, "kernel_size"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), (2, 2, 2)), ValueError, "kernel_size"),
@@ -172,6 +177,22 @@ def test_empty_batch_gives_empty_result(backend, device):
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+def test_arguments_torch_takes_as_ints_are_taken():
+    # numpy integers (from a config or a sweep) and integer 0-d tensors, as torch.nn.MaxPool2d takes them.
+    x = torch.randn(1, 2, 7, 7)
+    ours = cnnfast.nn.MaxPool2d(np.int64(3), stride=torch.tensor(2), padding=np.int32(1))(x)
+    torch.testing.assert_close(ours, F.max_pool2d(x, 3, 2, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_integer_input_pools_as_torch(dtype):
+    # Label maps and masks: no gradient, nothing to keep; cnnfast.convert swaps every MaxPool2d.
+    x = torch.randint(0, 100, (2, 3, 7, 7)).to(dtype)
+    ours, indices = cnnfast.functional.max_pool2d(x, 3, 2, 1, return_indices=True)
+    theirs, their_indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert ours.dtype == dtype and torch.equal(ours, theirs) and torch.equal(indices, their_indices)
 
 
 def test_direct_op_call_with_bad_window_raises_instead_of_reading_out_of_bounds():

@@ -3,6 +3,7 @@ model family."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -14,8 +15,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
     """Loads `path` (a state_dict, or a dict holding one under 'state_dict' / 'model'; keys may carry
     DistributedDataParallel's 'module.' prefix) into `model`
     with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
-    module named `classifier`) has a different shape than the model's (another num_classes), the
-    model keeps its freshly initialised classifier and everything else is loaded: transfer learning."""
+    module named `classifier`) does not fit the model's (another num_classes, or none at all), the
+    model keeps its freshly initialised classifier and everything else is loaded, with a warning
+    that says so: transfer learning."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights: no checkpoint file at {os.fspath(path)!r} (cnnfast downloads nothing; "
                                 f"pass the path of a local file)")
@@ -27,12 +29,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
         state = {k[len("module."):]: v for k, v in state.items()}
     state = remap(dict(state))
     own = model.state_dict()
-    head = [k for k in state if k.startswith(classifier + ".")]
-    if any(k in own and state[k].shape != own[k].shape for k in head):
-        for k in head:
-            state[k] = own[k]
+    in_head = lambda key: key.startswith(classifier + ".")  # noqa: E731
+    theirs = {k: tuple(v.shape) for k, v in state.items() if in_head(k)}
+    ours = {k: tuple(v.shape) for k, v in own.items() if in_head(k)}
+    if theirs != ours:  # another num_classes, or a headless (num_classes=0) model or checkpoint
+        warnings.warn(f"weights: the checkpoint's {classifier} ({_describe(theirs)}) does not fit the model's "
+                      f"({_describe(ours)}): everything else is loaded and {classifier} keeps its fresh "
+                      f"initialisation (transfer learning); pass the checkpoint's num_classes to load it too",
+                      stacklevel=3)
+        state = {k: v for k, v in state.items() if not in_head(k)}
+        state.update({k: v for k, v in own.items() if in_head(k)})
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _describe(head: dict) -> str:
+    return ", ".join(f"{k} {list(shape)}" for k, shape in head.items()) or "no parameters"
 
 
 def build(make: Callable[..., nn.Module], weights, kwargs: dict,

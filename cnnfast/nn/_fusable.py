@@ -25,6 +25,14 @@ def fusable_conv(conv: nn.Module) -> bool:
             and not has_hooks(conv) and not parametrize.is_parametrized(conv))
 
 
+def plain_conv(conv: nn.Module, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1) -> bool:
+    """A fusable, bias-free nn.Conv2d of exactly this geometry: what a block op (the shared-buffer
+    DenseNet block, the DPN stage) computes with, reading only the weight."""
+    return (fusable_conv(conv) and conv.bias is None and conv.kernel_size == (kernel, kernel)
+            and conv.stride == (stride, stride) and conv.padding == (padding, padding) and conv.dilation == (1, 1)
+            and conv.groups == groups)
+
+
 def fusable_activation(relu: nn.Module) -> bool:
     return type(relu) is nn.ReLU and not has_hooks(relu)
 

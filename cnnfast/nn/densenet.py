@@ -8,8 +8,10 @@ from torch import nn
 
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.nn._fusable import fusable_activation, fusable_norm, has_hooks, plain_conv
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.sequential import FusedSequential
+from cnnfast.ops.batch_norm import check_values_per_channel
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
 
@@ -37,14 +39,38 @@ class DenseLayer(nn.Module):
     def forward(self, input) -> torch.Tensor:
         features = torch.cat(input, 1) if isinstance(input, (list, tuple)) else input
         if self.memory_efficient:
-            bottleneck = bn_relu_conv_modules(self.norm1, self.conv1, features)
-            new = bn_relu_conv_modules(self.norm2, self.conv2, bottleneck)
+            bottleneck = _unit(self.norm1, self.relu1, self.conv1, features)
+            new = _unit(self.norm2, self.relu2, self.conv2, bottleneck)
         else:
             bottleneck = self.conv1(self.relu1(self.norm1(features)))
             new = self.conv2(self.relu2(self.norm2(bottleneck)))
         if self.drop_rate > 0:
             new = F.dropout(new, p=self.drop_rate, training=self.training)
         return new
+
+
+def _unit(norm: nn.Module, relu: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv(relu(norm(x))): fused where relu is a plain nn.ReLU (the norm and conv checked by
+    bn_relu_conv_modules), otherwise as the modules are."""
+    if fusable_activation(relu):
+        return bn_relu_conv_modules(norm, conv, x)
+    return conv(relu(norm(x)))
+
+
+def why_not_shared_buffer(layer: nn.Module) -> str | None:
+    """Why the shared-buffer block cannot compute `layer` (a DenseLayer or torchvision's _DenseLayer)
+    exactly, or None: it runs BatchNorm2d -> ReLU -> bias-free 1x1 conv -> BatchNorm2d -> ReLU ->
+    bias-free 3x3 conv (padding 1) from the parameters alone, and no hook of the layer or its
+    children would run (Grad-CAM, feature extraction)."""
+    if has_hooks(layer):
+        return "a dense layer has hooks, which would no longer run"
+    if not (fusable_norm(layer.norm1) and fusable_norm(layer.norm2)):
+        return "a dense layer's norm is not a plain BatchNorm2d without hooks"
+    if not (fusable_activation(layer.relu1) and fusable_activation(layer.relu2)):
+        return "a dense layer's activation is not a plain nn.ReLU without hooks"
+    if not (plain_conv(layer.conv1, 1) and plain_conv(layer.conv2, 3, padding=1)):
+        return "a dense layer's convolutions are not bias-free 1x1 and 3x3 (padding 1) nn.Conv2d without hooks"
+    return None
 
 
 class DenseBlock(nn.ModuleDict):
@@ -77,14 +103,16 @@ class DenseBlock(nn.ModuleDict):
         if layers and input.shape[1] != layers[0].norm1.num_features:
             raise ValueError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
                              f"{input.shape[1]}")
-        backend = resolve("bn_relu_conv2d", input.device) if self.memory_efficient else "reference"
+        backend = resolve("bn_relu_conv2d", input) if self.memory_efficient else "reference"
         # Statistics shared across ranks (nn.SyncBatchNorm, e.g. from convert_sync_bn) need an
         # all-reduce per BatchNorm, which the shared-buffer block does not do: such a block runs
         # layer by layer (each unit still recomputing BN-ReLU, the concatenations kept).
         synchronised = self.training and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules())
         # Dropout as each layer has it set; layers set apart from the others run layer by layer.
         uniform = len({(layer.drop_rate, layer.training) for layer in layers}) <= 1
-        if backend == "reference" or synchronised or not uniform or not layers:
+        # A layer changed after construction (another activation or convolution, a hook) runs by itself.
+        as_built = all(type(layer) is DenseLayer and why_not_shared_buffer(layer) is None for layer in layers)
+        if backend == "reference" or synchronised or not uniform or not layers or not as_built:
             features = [input]
             for layer in layers:
                 features.append(layer(features))
@@ -93,8 +121,12 @@ class DenseBlock(nn.ModuleDict):
 
     def _shared_buffer_forward(self, input, layers, backend):
         norms, parameters = [], []
-        for layer in layers:
-            norms.append(tuple(BatchNormArgs(*batch_norm_step(bn), bn.eps) for bn in (layer.norm1, layer.norm2)))
+        for i, layer in enumerate(layers):
+            first = batch_norm_step(layer.norm1)
+            if i == 0:  # where the torch.nn block fails, before any later BatchNorm counts the step
+                check_values_per_channel(input, first.use_batch_stats)
+            norms.append((BatchNormArgs(*first, layer.norm1.eps),
+                          BatchNormArgs(*batch_norm_step(layer.norm2), layer.norm2.eps)))
             conv1, _ = autocast_conv_parameters(layer.conv1.weight, None, input.device.type)
             conv2, _ = autocast_conv_parameters(layer.conv2.weight, None, input.device.type)
             parameters += [layer.norm1.weight, layer.norm1.bias, conv1, layer.norm2.weight, layer.norm2.bias, conv2]

@@ -9,7 +9,9 @@ from torch import nn
 
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
+from cnnfast.nn._fusable import fusable_norm, has_hooks, plain_conv
 from cnnfast.nn.conv import BNReLUConv2d
+from cnnfast.ops.batch_norm import check_values_per_channel
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs
 from cnnfast.ops.dual_path_stage import DualPathStageConfig, dual_path_stage as dual_path_stage_op
@@ -103,12 +105,38 @@ class DualPathBlock(nn.Module):
         return self.c1x1_c.conv.weight
 
 
+def _unit_as_built(unit: nn.Module, kernel: int, stride: int = 1, groups: int = 1) -> bool:
+    return (type(unit) is BNReLUConv2d and not has_hooks(unit) and unit.process_group is None
+            and fusable_norm(unit.bn) and plain_conv(unit.conv, kernel, stride, (kernel - 1) // 2, groups))
+
+
+def _block_as_built(block: nn.Module) -> bool:
+    """Whether the stage op computes `block` exactly: a DualPathBlock whose units are still plain
+    BatchNorm2d -> ReLU -> bias-free convolutions of the geometry it was built with, with no hooks
+    (which would not run) and no statistics shared across ranks (convert_sync_bn)."""
+    if type(block) is not DualPathBlock or has_hooks(block):
+        return False
+    s = block.key_stride
+    units = [(block.c1x1_a, 1, 1, 1), (block.c3x3_b, 3, s, block.groups)]
+    if block.has_proj:
+        units.append((block.projection, 1, s, 1))
+    if block.b:
+        tail = block.c1x1_c
+        tail_ok = (type(tail) is BnAct and not has_hooks(tail) and fusable_norm(tail.bn)
+                   and plain_conv(block.c1x1_c1, 1) and plain_conv(block.c1x1_c2, 1))
+    else:
+        units.append((block.c1x1_c, 1, 1, 1))
+        tail_ok = True
+    return tail_ok and all(_unit_as_built(*unit) for unit in units)
+
+
 def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_residual: bool = False) -> torch.Tensor:
     """A stage of DualPathBlocks (a 'proj' or 'down' block, then 'normal' ones) on `input`: the same
     result as running the blocks one after the other. Memory-efficient blocks run in one shared
     buffer (cnnfast/ops/dual_path_stage.py; recompute_residual=True keeps no residual for backward
     and replays them there); with the 'reference' backend, statistics shared across ranks
-    (nn.SyncBatchNorm) or memory_efficient=False, block by block."""
+    (nn.SyncBatchNorm), memory_efficient=False or blocks changed since they were built (hooks,
+    other modules), block by block."""
     if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
     if input.dim() != 4:
@@ -116,17 +144,29 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     in_channels = blocks[0].c1x1_a.bn.num_features
     if input.shape[1] != in_channels:
         raise ValueError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")
-    backend = resolve("bn_relu_conv2d", input.device) if blocks[0].memory_efficient else "reference"
+    backend = resolve("bn_relu_conv2d", input) if blocks[0].memory_efficient else "reference"
     synchronised = any(isinstance(m, nn.SyncBatchNorm) and m.training for block in blocks for m in block.modules())
-    if backend == "reference" or synchronised or not all(block.memory_efficient for block in blocks):
+    # A block changed after construction (a hook, another module, convert_sync_bn) runs by itself.
+    as_built = all(block.memory_efficient and _block_as_built(block) for block in blocks)
+    if backend == "reference" or synchronised or not as_built:
         for block in blocks:
             input = block(input)
         return input
     norms, parameters = [], []
-    for block in blocks:
+    n, _, h, w = input.shape
+    s = blocks[0].key_stride
+    for index, block in enumerate(blocks):
         units = ([block.projection] if block.has_proj else []) + [block.c1x1_a, block.c3x3_b, block.c1x1_c]
         weights = [unit.conv.weight for unit in units[:-1]] + [block.c1x1_c_weight()]
-        norms.append(tuple(BatchNormArgs(*batch_norm_step(unit.bn), unit.bn.eps) for unit in units))
+        steps = []
+        for unit in units:
+            steps.append(BatchNormArgs(*batch_norm_step(unit.bn), unit.bn.eps))
+            if index == 0:  # where the torch.nn blocks fail, before any later BatchNorm counts the step
+                strided = unit is block.c1x1_c  # reads c3x3_b's output, past its stride
+                shape = torch.Size((n, unit.bn.num_features, (h - 1) // s + 1, (w - 1) // s + 1)) if strided \
+                    else input.shape
+                check_values_per_channel(shape, steps[-1].use_batch_stats)
+        norms.append(tuple(steps))
         for unit, weight in zip(units, weights):
             weight, _ = autocast_conv_parameters(weight, None, input.device.type)
             parameters += [unit.bn.weight, unit.bn.bias, weight]

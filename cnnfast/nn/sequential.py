@@ -23,13 +23,14 @@ def _window(modules: list[nn.Module], i: int):
     return (modules[i:i + 3] + [None, None, None])[:3]
 
 
-def _run_length(modules: list[nn.Module], i: int) -> int:
-    """How many modules from i one fused op covers (1: none)."""
+def _run_length(modules: list[nn.Module], i: int, dims: int = 4) -> int:
+    """How many modules from i one fused op covers (1: none) for an input of `dims` dims."""
     a, b, c = _window(modules, i)
     if fusable_norm(a) and fusable_activation(b):
         return 3 if c is not None and fusable_conv(c) else 2
-    if fusable_activation(a) and type(b) in (nn.LocalResponseNorm, LocalResponseNorm) and not has_hooks(b) \
-            and _is_pool(c):
+    # The fused op takes [N, C, H, W] only: an unbatched [C, H, W] input runs the modules, as torch's.
+    if dims == 4 and fusable_activation(a) and type(b) in (nn.LocalResponseNorm, LocalResponseNorm) \
+            and not has_hooks(b) and _is_pool(c):
         return 3
     return 1
 
@@ -59,7 +60,7 @@ class FusedSequential(nn.Sequential):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         modules, i = list(self), 0
         while i < len(modules):
-            length = _run_length(modules, i)
+            length = _run_length(modules, i, input.dim())
             a, b, c = _window(modules, i)
             if length == 1 and fusable_avg_pool(a) and input.dim() == 4:
                 input = avg_pool2d(input, a.kernel_size, a.stride, a.padding, a.ceil_mode, a.count_include_pad)

@@ -4,11 +4,14 @@ Each check raises with a message that names the argument, before any kernel runs
 """
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Sequence
 
 import torch
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_WINDOW = 2**31 - 1  # elements in a pooling window: its argmax offset is an int32 past 256
 
 
 def check_tensor(value, name: str, op: str) -> None:
@@ -38,8 +41,14 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
 
 
 def check_int(value, name: str, op: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An int, or what torch takes as one: a numpy integer, an integer 0-d tensor (anything with
+    __index__); never a bool or a float."""
+    if isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}") from None
     if value < minimum:
         bound = "positive" if minimum == 1 else f"at least {minimum}"
         raise ValueError(f"{op}: {name} must be {bound}, got {value}")
@@ -47,7 +56,8 @@ def check_int(value, name: str, op: str, minimum: int) -> int:
 
 
 def check_number(value, name: str, op: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real: numpy's floats and ints too (hyper-parameters read from a config or a sweep).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a number, got {value!r}")
     return float(value)
 
@@ -57,7 +67,13 @@ def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
     if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int \
             and min(value) >= minimum:  # the common case, checked at little cost: ops run once per layer
         return tuple(value)
-    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    try:  # one int for both dims (a numpy or 0-d tensor integer too)
+        values = (operator.index(value),) * 2 if not isinstance(value, bool) else tuple(value)
+    except TypeError:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}") from None
     if len(values) == 1:
         values = values * 2
     if len(values) != 2:
@@ -72,10 +88,12 @@ def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, cei
     if any(s == 0 for s in input.shape[-3:]):
         raise ValueError(f"{op}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
     kernel = pair(kernel_size, "kernel_size", op, minimum=1)
-    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
         pair(stride, "stride", op, minimum=1)
     padding = pair(padding, "padding", op, minimum=0)
     dilation = pair(dilation, "dilation", op, minimum=1)
+    if kernel[0] * kernel[1] > MAX_WINDOW:  # window offsets are int32
+        raise ValueError(f"{op}: kernel_size={kernel} has more than 2**31 - 1 elements per window")
     for i in range(2):
         if padding[i] > kernel[i] // 2:
             raise ValueError(f"{op}: padding must be at most half of kernel_size, got padding={padding} "

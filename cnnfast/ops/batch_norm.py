@@ -15,6 +15,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
+from cnnfast.ops._higher_order import refuse_double_backward
 from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.bn_relu"
@@ -89,10 +90,12 @@ def values_per_channel(x: torch.Tensor) -> int:
     return x.shape[0] * math.prod(x.shape[2:])
 
 
-def check_values_per_channel(x: torch.Tensor, training: bool) -> None:
-    """As nn.BatchNorm2d, with its message: batch statistics need more than one value per channel."""
-    if training and values_per_channel(x) == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+def check_values_per_channel(x: torch.Tensor | torch.Size, training: bool) -> None:
+    """As nn.BatchNorm2d, with its message: batch statistics need more than one value per channel.
+    x: the BatchNorm's input, or its shape."""
+    shape = x if isinstance(x, torch.Size) else x.shape
+    if training and shape[0] * math.prod(shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
 def check_running_stats(running_mean, running_var, training: bool, op: str) -> None:
@@ -111,6 +114,18 @@ def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
                          f"got shape {tuple(value.shape)}")
 
 
+def check_batch_norm_parameter(value, name: str, input: torch.Tensor, op: str) -> None:
+    """A BatchNorm weight, bias or running statistic: one value per channel, in input's dtype or,
+    for a float16 / bfloat16 input, float32 (torch's BatchNorm refuses any other mix rather than
+    compute in one of the two precisions silently)."""
+    check_per_channel(value, name, input, op)
+    low_precision = input.dtype in (torch.float16, torch.bfloat16)
+    if value.dtype != input.dtype and not (low_precision and value.dtype == torch.float32):
+        allowed = f"{input.dtype} or torch.float32" if low_precision else str(input.dtype)
+        raise TypeError(f"{op}: {name} must be {allowed} for a {input.dtype} input, as in torch's BatchNorm; got "
+                        f"{value.dtype}")
+
+
 def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """relu(input * scale[c] + shift[c]) for a 4-d input, differentiable in all three."""
     _checks.check_tensor(input, "input", OP)
@@ -118,7 +133,7 @@ def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
     check_per_channel(scale, "scale", input, OP)
     check_per_channel(shift, "shift", input, OP)
     _checks.check_same_device(OP, input=input, scale=scale, shift=shift)
-    return kernels(resolve("bn_relu", input.device)).bn_relu(input, scale, shift)
+    return kernels(resolve("bn_relu", input, scale, shift)).bn_relu(input, scale, shift)
 
 
 # ---- Triton: the *_triton ops run the launchers of triton_kernels/batch_norm.py ----------------
@@ -196,17 +211,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, scale, shift)
 
 
-def refuse_double_backward(grad_output: torch.Tensor) -> None:
-    """The backward formulas run cnnfast's backward kernels, which have no derivatives of their
-    own: with create_graph=True (gradient penalties) they must stop, not give zeros silently."""
-    if torch.is_grad_enabled() and grad_output.requires_grad:
-        raise RuntimeError("cnnfast: double backward (torch.autograd.grad(..., create_graph=True) through "
-                           "bn_relu / bn_relu_conv2d / bn_add_relu) is not supported; use the 'reference' backend for it")
-
-
 def _make_backward(ops: BnReluKernels):
     def backward(ctx, grad_output):
-        refuse_double_backward(grad_output)
+        refuse_double_backward()
         input, scale, shift = ctx.saved_tensors
         grad_input = grad_scale = grad_shift = None
         zeros = torch.zeros_like(scale, dtype=acc_dtype(input, ops.backend))

@@ -25,7 +25,7 @@ from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
 from cnnfast.ops._triton import on_device, triton_module
 from cnnfast.ops.batch_norm import (_make_fake_stats, _new_like, _per_channel, acc_dtype, batch_stats,
-                                    channel_viewable, check_per_channel, check_running_stats,
+                                    channel_viewable, check_batch_norm_parameter, check_running_stats,
                                     check_values_per_channel, normalisation, values_per_channel)
 
 OP = "cnnfast.bn_add_relu"
@@ -62,7 +62,7 @@ def bn_add_relu(input: torch.Tensor, identity: torch.Tensor | None, running_mean
     for name, value in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                         ("bias", bias)):
         if value is not None:
-            check_per_channel(value, name, input, OP)
+            check_batch_norm_parameter(value, name, input, OP)
             tensors[name] = value
     _checks.check_same_device(OP, **tensors)
     check_running_stats(running_mean, running_var, training, OP)
@@ -71,7 +71,7 @@ def bn_add_relu(input: torch.Tensor, identity: torch.Tensor | None, running_mean
     momentum = _checks.check_number(momentum, "momentum", OP)
     eps = _checks.check_number(eps, "eps", OP)
 
-    backend = resolve("bn_add_relu", input.device)
+    backend = resolve("bn_add_relu", input, identity, weight, bias)
     if backend == "reference":
         return reference.bn_add_relu(input, identity, running_mean, running_var, weight, bias, training, momentum,
                                      eps)

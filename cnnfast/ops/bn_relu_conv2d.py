@@ -21,7 +21,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, sync_batch_norm
-from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_per_channel, check_running_stats,
+from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_batch_norm_parameter, check_running_stats,
                                     check_values_per_channel, normalisation, values_per_channel)
 
 OP = "cnnfast.bn_relu_conv2d"
@@ -55,7 +55,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     for name, value in (("running_mean", running_mean), ("running_var", running_var), ("bn_weight", bn_weight),
                         ("bn_bias", bn_bias)):
         if value is not None:
-            check_per_channel(value, name, input, OP)
+            check_batch_norm_parameter(value, name, input, OP)
             tensors[name] = value
     if bias is not None:
         _checks.check_tensor(bias, "bias", OP)
@@ -63,6 +63,13 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
             raise ValueError(f"{OP}: bias must have {weight.shape[0]} values, got shape {tuple(bias.shape)}")
         tensors["bias"] = bias
     _checks.check_same_device(OP, **tensors)
+    # As F.conv2d: outside autocast (which casts them itself) the convolution's input, relu(bn(x)),
+    # and its parameters share a dtype.
+    if not torch.is_autocast_enabled(input.device.type):
+        for name, value in (("weight", weight), ("bias", bias)):
+            if value is not None and value.dtype != input.dtype:
+                raise TypeError(f"{OP}: {name} must have input's dtype {input.dtype} (outside autocast, as "
+                                f"F.conv2d), got {value.dtype}")
     stride = _checks.pair(stride, "stride", OP, minimum=1)
     dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
     padding = conv_padding(padding, weight.shape[-2:], stride, dilation)
@@ -78,7 +85,7 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     momentum = _checks.check_number(momentum, "momentum", OP)
     eps = _checks.check_number(eps, "eps", OP)
 
-    backend = resolve("bn_relu_conv2d", input.device)
+    backend = resolve("bn_relu_conv2d", input, bn_weight, bn_bias, weight, bias)
     if backend == "reference":
         return reference.bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight, bias, stride,
                                         padding, dilation, groups, training, momentum, eps)

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import torch
 
 from cnnfast.ops import _checks
-from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_values_per_channel, normalisation,
-                                    refuse_double_backward)
+from cnnfast.ops._higher_order import refuse_double_backward
+from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_values_per_channel, normalisation
 
 _ONE = [1, 1]
 
@@ -169,7 +169,7 @@ class _DenseBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        refuse_double_backward(grad_output)
+        refuse_double_backward()
         config, c0 = ctx.config, ctx.c0
         k, layers = config.growth_rate, len(config.norms)
         buffer, means, variances, *saved = ctx.saved_tensors

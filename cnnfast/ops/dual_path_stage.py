@@ -32,8 +32,8 @@ from typing import NamedTuple
 import torch
 
 from cnnfast.ops import _checks
-from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_values_per_channel, refuse_double_backward,
-                                    values_per_channel)
+from cnnfast.ops._higher_order import refuse_double_backward
+from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_values_per_channel, values_per_channel
 from cnnfast.ops.dense_block import BatchNormArgs
 
 _ONE = [1, 1]
@@ -199,7 +199,7 @@ class _DualPathStageFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         if grad_output is None:
             return (None,) * (2 + ctx.num_parameters)
-        refuse_double_backward(grad_output)
+        refuse_double_backward()
         config = ctx.config
         r, inc, backend = config.residual_channels, config.increment, config.backend
         input, buffer, *saved = ctx.saved_tensors

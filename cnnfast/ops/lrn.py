@@ -12,6 +12,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
+from cnnfast.ops._higher_order import building_graph, vjp_through
 from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.local_response_norm"
@@ -23,7 +24,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     _checks.check_tensor(input, "input", OP)
     _checks.check_dims(input, "input", OP, minimum=3)
     size, alpha, beta, k = _checks.lrn_arguments(size, alpha, beta, k, OP)
-    backend = resolve("local_response_norm", input.device)
+    backend = resolve("local_response_norm", input)
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)
     if backend == "triton":
@@ -63,7 +64,11 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        return backward_op(grad_output, input, *ctx.arguments), None, None, None, None
+        if building_graph():  # create_graph=True: a gradient with derivatives of its own
+            grad_input = vjp_through(lambda x: reference.local_response_norm(x, *ctx.arguments), input, grad_output)
+        else:
+            grad_input = backward_op(grad_output, input, *ctx.arguments)
+        return grad_input, None, None, None, None
     return backward
 
 

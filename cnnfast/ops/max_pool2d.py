@@ -12,6 +12,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks
+from cnnfast.ops._higher_order import building_graph
 from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.max_pool2d"
@@ -20,11 +21,17 @@ OP = "cnnfast.max_pool2d"
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """torch.nn.functional.max_pool2d, keeping a uint8 argmax for backward."""
+    if isinstance(input, torch.Tensor) and not input.dtype.is_floating_point and not input.dtype.is_complex \
+            and input.dtype != torch.bool:
+        # Integers (label maps, masks) have no gradient, so nothing to keep: torch's own op, as
+        # torch.nn.MaxPool2d pools them (cnnfast.convert swaps every MaxPool2d).
+        return torch.nn.functional.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                              return_indices)
     _checks.check_tensor(input, "input", OP)
     _checks.check_dims(input, "input", OP, allowed=(3, 4))
     kernel, stride, padding, dilation, _ = _checks.pool_window(input, kernel_size, stride, padding, dilation,
                                                                ceil_mode, OP)
-    backend = resolve("max_pool2d", input.device)
+    backend = resolve("max_pool2d", input)
     if backend == "reference":
         output, indices = reference.max_pool2d(input, kernel, stride, padding, dilation, bool(ceil_mode))
         return (output, indices) if return_indices else output
@@ -88,16 +95,30 @@ def _fake_backward(grad_output, offsets, input_hw, kernel_size, stride, padding,
 
 
 def _setup_context(ctx, inputs, output):
-    input, kernel_size, stride, padding, dilation, _ = inputs
+    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
     ctx.save_for_backward(output[1])
     ctx.input_hw = tuple(input.shape[-2:])
     ctx.window = (kernel_size, stride, padding, dilation)
+    ctx.ceil_mode = ceil_mode
+
+
+def _differentiable_backward(grad_output, offsets, input_hw, window, ceil_mode):
+    """The gradient as torch's own max-pool backward computes it from int64 indices: differentiable
+    in grad_output (its derivative gathers at the same argmax). Its `self` argument only gives the
+    input's shape and layout; the values are never read."""
+    shape_only = torch.empty(tuple(offsets.shape[:-2]) + tuple(input_hw), dtype=grad_output.dtype,
+                             device=grad_output.device, memory_format=_checks.output_memory_format(offsets))
+    indices = offsets_to_indices(offsets, input_hw[1], *window)
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad_output, shape_only, *window, ceil_mode, indices)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_output, _grad_offsets):
         (offsets,) = ctx.saved_tensors
-        grad_input = backward_op(grad_output, offsets, ctx.input_hw, *ctx.window)
+        if building_graph():  # create_graph=True: a gradient with derivatives of its own
+            grad_input = _differentiable_backward(grad_output, offsets, ctx.input_hw, ctx.window, ctx.ceil_mode)
+        else:
+            grad_input = backward_op(grad_output, offsets, ctx.input_hw, *ctx.window)
         return grad_input, None, None, None, None, None
     return backward
 

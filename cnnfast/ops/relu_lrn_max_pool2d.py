@@ -13,6 +13,7 @@ from cnnfast import reference
 from cnnfast._backend import resolve
 from cnnfast._extension import extension_loaded
 from cnnfast.ops import _checks, max_pool2d
+from cnnfast.ops._higher_order import building_graph, vjp_through
 from cnnfast.ops._triton import on_device, triton_module
 
 OP = "cnnfast.relu_lrn_max_pool2d"
@@ -28,7 +29,7 @@ def relu_lrn_max_pool2d(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     size, alpha, beta, k = _checks.lrn_arguments(size, alpha, beta, k, OP)
     kernel, stride, padding, dilation, _ = _checks.pool_window(input, kernel_size, stride, padding, dilation,
                                                                ceil_mode, OP)
-    backend = resolve("relu_lrn_max_pool2d", input.device)
+    backend = resolve("relu_lrn_max_pool2d", input)
     if backend == "reference":
         return reference.relu_lrn_max_pool2d(input, size, alpha, beta, k, kernel, stride, padding, dilation,
                                              bool(ceil_mode))
@@ -70,10 +71,22 @@ def _setup_context(ctx, inputs, output):
     ctx.arguments = (size, alpha, beta, k, kernel_size, stride, padding, dilation)
 
 
+def _pooled_at_offsets(input, offsets, size, alpha, beta, k, kernel_size, stride, padding, dilation):
+    """The op's output from torch's own ops, each window taking the value at its saved argmax: the
+    same function as the kernel's near `input`, with torch's derivatives of every order."""
+    normalized = reference.local_response_norm(torch.relu(input), size, alpha, beta, k)
+    indices = max_pool2d.offsets_to_indices(offsets, input.shape[-1], kernel_size, stride, padding, dilation)
+    return normalized.flatten(-2).gather(-1, indices.flatten(-2)).view(offsets.shape)
+
+
 def _make_backward(backward_op):
     def backward(ctx, grad_output, _grad_offsets):
         input, offsets = ctx.saved_tensors
-        return (backward_op(grad_output, offsets, input, *ctx.arguments),) + (None,) * 9
+        if building_graph():  # create_graph=True: a gradient with derivatives of its own
+            grad_input = vjp_through(lambda x: _pooled_at_offsets(x, offsets, *ctx.arguments), input, grad_output)
+        else:
+            grad_input = backward_op(grad_output, offsets, input, *ctx.arguments)
+        return (grad_input,) + (None,) * 9
     return backward
 
 

@@ -51,12 +51,15 @@ std::tuple<at::Tensor, at::Tensor> input_grad_coefficients(const at::Tensor& sca
   return {coef_x, coef_c};
 }
 
-// The backward kernels have no derivatives of their own: with create_graph=True (gradient
-// penalties) stop, rather than give zeros silently (cnnfast/ops/batch_norm.py says the same).
-inline void refuse_double_backward(const at::Tensor& grad_output) {
-  TORCH_CHECK(!(at::GradMode::is_enabled() && grad_output.requires_grad()),
-              "cnnfast: double backward (torch.autograd.grad(..., create_graph=True) through bn_relu / "
-              "bn_relu_conv2d / bn_add_relu) is not supported; use the 'reference' backend for it");
+// The backward kernels have no derivatives of their own. Autograd runs a backward with grad mode on
+// exactly when create_graph=True was asked (gradient penalties): stop then, with or without a
+// grad_output that requires grad, rather than return a gradient whose derivatives are silently
+// zero (cnnfast/ops/_higher_order.py says the same for the Python-side ops).
+inline void refuse_double_backward() {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "cnnfast: double backward (torch.autograd.grad / backward with create_graph=True) through bn_relu / "
+              "bn_relu_conv2d / bn_add_relu / the memory-efficient DenseNet and DPN blocks is not supported; run "
+              "those under `with cnnfast.backend('reference'):` for it");
 }
 
 }  // namespace composite

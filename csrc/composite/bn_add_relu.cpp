@@ -79,7 +79,7 @@ class BnAddReluFunction : public torch::autograd::Function<BnAddReluFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     const Tensor& grad_output = grad_outputs[0];
-    cnnfast::composite::refuse_double_backward(grad_output);
+    cnnfast::composite::refuse_double_backward();
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &mean = saved[2], &invstd = saved[3];
     const OptionalTensor identity = saved[1].defined() ? OptionalTensor(saved[1]) : std::nullopt;

@@ -242,7 +242,7 @@ class BnReluConv2dFunction : public torch::autograd::Function<BnReluConv2dFuncti
                                                  torch::autograd::variable_list grad_outputs) {
     static const auto backward_op = find_op<decltype(bn_relu_conv2d_backward)>("cnnfast::_bn_relu_conv2d_backward");
     const Tensor& grad_output = grad_outputs[0];
-    cnnfast::composite::refuse_double_backward(grad_output);
+    cnnfast::composite::refuse_double_backward();
     const auto saved = ctx->get_saved_variables();
     const OptionalTensor bn_weight = saved[3].defined() ? OptionalTensor(saved[3]) : std::nullopt;
     const OptionalTensor bn_bias = saved[4].defined() ? OptionalTensor(saved[4]) : std::nullopt;
