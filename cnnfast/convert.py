@@ -40,14 +40,16 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _adopt(cls: type, module: nn.Module, children: list[str], attributes: tuple = ()) -> nn.Module:
-    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names,
-    in `module`'s mode (its children keep theirs: a frozen BatchNorm in eval stays in eval)."""
+def _adopt(cls: type, module: nn.Module, children: list[str]) -> nn.Module:
+    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names
+    and its plain attributes (torchvision's stride, inplanes, groups, base_width, ...), in
+    `module`'s mode (its children keep theirs: a frozen BatchNorm in eval stays in eval)."""
     new = cls.__new__(cls)
     nn.Module.__init__(new)
+    for name, value in vars(module).items():
+        if name not in vars(new):  # not nn.Module's own bookkeeping (parameters, hooks, ...)
+            vars(new)[name] = value
     for name in children:
-        setattr(new, name, getattr(module, name))
-    for name in attributes:
         setattr(new, name, getattr(module, name))
     new.training = module.training
     return new
@@ -93,9 +95,7 @@ def _sequential(m: nn.Sequential) -> nn.Module:
 def _resnet_piece(m: nn.Module) -> nn.Module:
     from cnnfast.models import resnet
     cls = getattr(resnet, type(m).__name__)
-    children = [name for name, _ in m.named_children()]
-    attributes = ("stride",) if hasattr(m, "stride") else ()
-    new = _adopt(cls, m, children, attributes)
+    new = _adopt(cls, m, [name for name, _ in m.named_children()])
     if cls is not resnet.ResNet and not hasattr(new, "downsample"):
         new.downsample = None
     return new
@@ -138,6 +138,8 @@ def _plain_sequential(m: nn.Module) -> bool:
 
 
 def _resnet_refusal(m: nn.Module) -> str | None:
+    if type(m.relu) is nn.ReLU and has_hooks(m.relu):
+        return "its relu has hooks, which would no longer run"
     if not fusable_activation(m.relu):
         return f"its activation is {type(m.relu).__name__}, not a plain nn.ReLU"
     return None
@@ -154,11 +156,23 @@ RULES = (
 )
 
 
-def _convert(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
-    for child_name, child in list(module.named_children()):
-        new_child = _convert(child, f"{name}.{child_name}" if name else child_name, report)
+def _convert(module: nn.Module, name: str, report: ConversionReport, done: dict) -> nn.Module:
+    """`module` converted, its children first. `done` maps id(original) -> converted, so that a
+    module registered under two names (or in two places) stays one module, converted once."""
+    if id(module) in done:
+        return done[id(module)][1]
+    for child_name, child in list(module._modules.items()):  # every name, shared children included
+        if child is None:
+            continue
+        new_child = _convert(child, f"{name}.{child_name}" if name else child_name, report, done)
         if new_child is not child:
             setattr(module, child_name, new_child)
+    new = _swap(module, name, report)
+    done[id(module)] = (module, new)  # the original kept alive, so that its id stays its own
+    return new
+
+
+def _swap(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
     for rule in RULES:
         if rule.matches(module):
             why = "it has hooks, which would no longer run" if has_hooks(module) else rule.refuse(module)
@@ -178,10 +192,12 @@ def convert(model: nn.Module, inplace: bool = False):
     -> Conv2d, BatchNorm2d -> ReLU or ReLU -> LocalResponseNorm -> MaxPool2d for a FusedSequential
     (same children, the runs through one op each); torchvision's ResNet BasicBlock / Bottleneck /
     ResNet for cnnfast.models.resnet's and its _DenseBlock for cnnfast.nn.DenseBlock. inplace=False
-    converts a deep copy and leaves `model` as it was."""
+    converts a deep copy and leaves `model` as it was; inplace=True converts `model`'s children in
+    place, but a top module that is itself swapped (a torchvision ResNet) comes back as a new
+    object: use the returned model. A module registered under several names stays one module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.convert: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport()
-    return _convert(model, "", report), report
+    return _convert(model, "", report, {}), report

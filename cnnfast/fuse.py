@@ -51,7 +51,7 @@ def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
     if conv.bias is not None:
         shift = shift + conv.bias.double() * scale
     conv.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(shift.to(conv.weight.dtype))
+    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)  # frozen stays frozen
 
 
 def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:

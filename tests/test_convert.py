@@ -144,6 +144,22 @@ def test_look_alikes_and_sequentials_with_their_own_forward_are_left_alone():
     assert "0 modules swapped" in str(report)
 
 
+def test_a_module_under_two_names_stays_one_module():
+    model = nn.Sequential(nn.ReLU(), nn.LocalResponseNorm(3))
+    model.again = model[1]
+    converted, report = cnnfast.convert(model)
+    assert converted.again is converted[1] and type(converted.again) is cnnfast.nn.LocalResponseNorm
+    assert len(report.swapped) == 1
+
+
+def test_converted_resnet_keeps_torchvisions_attributes():
+    original = tiny_resnet()
+    converted, _ = cnnfast.convert(original)
+    for name in ("inplanes", "groups", "base_width"):
+        assert getattr(converted, name) == getattr(original, name), name
+    assert converted.layer2[0].stride == 2 and converted.layer2[1].downsample is None
+
+
 def test_convert_rejects_what_is_not_a_module():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         cnnfast.convert(torch.zeros(1))
@@ -166,6 +182,12 @@ def test_folding_batch_norm_keeps_eval_outputs(build):
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-9, atol=1e-9)
     assert not any(isinstance(m, nn.Identity) for m in model.modules())  # a copy was folded
+
+
+def test_folding_a_frozen_model_keeps_it_frozen():
+    model = tiny_resnet().eval().requires_grad_(False)
+    fused = cnnfast.fuse_for_inference(model)
+    assert not any(p.requires_grad for p in fused.parameters())
 
 
 def test_folding_needs_eval_mode_and_leaves_pre_activation_units_alone():
@@ -212,10 +234,12 @@ def test_a_converted_model_with_sequential_subclasses_saves_whole(tmp_path):
 def test_modules_with_hooks_or_another_activation_are_left_alone():
     model = tiny_resnet()
     model.layer1[0].register_forward_hook(lambda module, args, output: None)
+    model.layer2[0].relu.register_forward_hook(lambda module, args, output: None)
     model.layer3[0].relu = nn.SiLU()
     converted, report = cnnfast.convert(model)
     left = {name: why for name, _, why in report.left_alone}
     assert "hooks" in left["layer1.0"] and "SiLU" in left["layer3.0"]
+    assert left["layer2.0"] == "its relu has hooks, which would no longer run"
     assert type(converted.layer1[0]) is reference_models.Bottleneck
     assert type(converted.layer3[0]) is reference_models.Bottleneck
     assert "ResNet" in {old for _, old, _ in report.swapped}  # the top keeps its ReLU: swapped

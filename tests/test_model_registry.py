@@ -58,3 +58,32 @@ def test_freeze_backbone_with_a_named_head_and_a_wrong_one():
     assert model[0].weight.requires_grad and not any(p.requires_grad for p in model[2].parameters())
     with pytest.raises(ValueError, match="no module named 'head'"):
         models.freeze_backbone(model, head="head")
+
+
+def test_freeze_backbone_finds_a_head_put_in_place_of_the_models_own():
+    model = models.get_model("alexnet", num_classes=4)
+    model.classifier = torch.nn.Linear(256 * 6 * 6, 3)  # classifier_name says classifier.6
+    models.freeze_backbone(model)
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["classifier.weight",
+                                                                                 "classifier.bias"]
+
+
+def test_freeze_backbone_refuses_a_headless_model():
+    model = models.DPN(k_sec=(1, 1, 1), inc_sec=(4, 4, 4), k_r=8, groups=2, small=True, num_init_features=8,
+                       num_classes=0)
+    with pytest.raises(ValueError, match="no parameters"):
+        models.freeze_backbone(model)
+
+
+def test_weights_from_wrappers_memory_and_whole_model_pickles(tmp_path):
+    source = models.get_model("resnet18", num_classes=3)
+    path = tmp_path / "compiled.pth"
+    torch.save({"_orig_mod." + k: v for k, v in source.state_dict().items()}, path)  # a torch.compile'd model's
+    for weights in (path, source.state_dict()):
+        loaded = models.get_model("resnet18", weights=weights, num_classes=3)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
+    torch.save(source, tmp_path / "whole.pth")
+    with pytest.raises(ValueError, match="state_dict"):
+        models.get_model("resnet18", weights=tmp_path / "whole.pth", num_classes=3)
+    with pytest.raises(TypeError, match="weights: expected the path of a local checkpoint or a state_dict"):
+        models.get_model("resnet18", weights=3)

@@ -114,18 +114,22 @@ def _run_every_triton_op() -> None:
                     for size, beta in ((5, 0.75), (4, 1.3))[:2 if kernel == 3 else 1]:
                         F.relu_lrn_max_pool2d(leaf(2, 6, 19, 19), size, beta=beta, kernel_size=kernel,
                                               stride=stride).sum().backward()
+                # BatchNorm's affine parameters: fp32 for the half types (as under autocast), else the input's.
+                stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+                def parameter(make):
+                    return make(8, dtype=stats_dtype).requires_grad_()
                 x = leaf(2, 8, 5, 6)
                 F.bn_relu(x, torch.rand(8, dtype=dtype).requires_grad_(),
                           torch.randn(8, dtype=dtype).requires_grad_()).sum().backward()
                 # BN-add-ReLU: the same kernels with the residual, and its gradient, switched on.
                 for identity in (leaf(2, 8, 5, 6), None):
-                    F.bn_add_relu(leaf(2, 8, 5, 6), identity, None, None, torch.rand(8, requires_grad=True),
-                                  torch.randn(8, requires_grad=True), training=True).sum().backward()
+                    F.bn_add_relu(leaf(2, 8, 5, 6), identity, None, None, parameter(torch.rand),
+                                  parameter(torch.randn), training=True).sum().backward()
                 for kernel_size in (1, 3):
                     weight = torch.randn(4, 8, kernel_size, kernel_size, dtype=dtype, requires_grad=True)
                     for bias in (None, torch.randn(4, dtype=dtype, requires_grad=True)):
-                        F.bn_relu_conv2d(x, None, None, torch.rand(8, requires_grad=True),
-                                         torch.randn(8, requires_grad=True), weight, bias,
+                        F.bn_relu_conv2d(x, None, None, parameter(torch.rand), parameter(torch.randn), weight, bias,
                                          padding=kernel_size // 2, training=True).sum().backward()
 
 

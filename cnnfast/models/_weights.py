@@ -3,6 +3,7 @@ model family."""
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from typing import Callable
 
@@ -10,23 +11,35 @@ import torch
 from torch import nn
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, classifier: str,
+def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: str,
                  remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
-    """Loads `path` (a state_dict, or a dict holding one under 'state_dict' / 'model'; keys may carry
-    DistributedDataParallel's 'module.' prefix) into `model`
+    """Loads `path` (a file holding a state_dict, or a dict holding one under 'state_dict' / 'model';
+    or such a dict itself; keys may carry DistributedDataParallel's 'module.' or torch.compile's
+    '_orig_mod.' prefix) into `model`
     with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
     module named `classifier`) does not fit the model's (another num_classes, or none at all), the
     model keeps its freshly initialised classifier and everything else is loaded, with a warning
     that says so: transfer learning."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no checkpoint file at {os.fspath(path)!r} (cnnfast downloads nothing; "
-                                f"pass the path of a local file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(path, dict):
+        state = path  # a state_dict already in memory
+    elif not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"weights: expected the path of a local checkpoint or a state_dict, got {type(path).__name__}")
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"weights: no checkpoint file at {path!r} (cnnfast downloads nothing; pass the "
+                                f"path of a local file, or a state_dict)")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"weights: {os.fspath(path)!r} holds more than tensors (a whole pickled model?): save "
+                             f"model.state_dict() and pass that file") from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+    # Prefixes of wrappers: DistributedDataParallel's 'module.', torch.compile's '_orig_mod.'.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     state = remap(dict(state))
     own = model.state_dict()
     in_head = lambda key: key.startswith(classifier + ".")  # noqa: E731

@@ -34,10 +34,11 @@ def get_model(name: str, weights=None, **kwargs) -> nn.Module:
 
 
 def classifier_of(model: nn.Module) -> str:
-    """The name of `model`'s classifier: its `classifier_name` attribute where it has one, otherwise
-    the last nn.Linear (or 1x1 nn.Conv2d head) among its modules."""
+    """The name of `model`'s classifier: its `classifier_name` attribute where the model still has
+    that module, otherwise the last nn.Linear (or 1x1 nn.Conv2d head) among its modules (a user's
+    own head put in place of AlexNet's classifier Sequential, say)."""
     name = getattr(model, "classifier_name", None)
-    if name is not None:
+    if name is not None and name in dict(model.named_modules()):
         return name
     heads = [name for name, m in model.named_modules()
              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
@@ -56,6 +57,9 @@ def freeze_backbone(model: nn.Module, freeze: bool = True, head: str | None = No
     if head not in modules:
         raise ValueError(f"freeze_backbone: model has no module named {head!r}")
     head_parameters = {id(p) for p in modules[head].parameters()}
+    if freeze and not head_parameters:  # a headless model (num_classes=0): nothing would train
+        raise ValueError(f"freeze_backbone: the head {head!r} ({type(modules[head]).__name__}) has no parameters: "
+                         f"freezing would leave nothing to train")
     for parameter in model.parameters():
         parameter.requires_grad_(not freeze or id(parameter) in head_parameters)
     return model
