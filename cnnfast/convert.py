@@ -5,11 +5,13 @@ modules it takes and builds their cnnfast replacement from the same parameter an
 (with inplace=True the very tensors of `model`, so an optimizer built on them keeps working).
 State_dict keys do not change, so checkpoints of the original model still load. A module a rule
 takes but cannot stand in for exactly (hooks that would no longer run, another activation than
-ReLU) is left alone and reported.
+ReLU, tensors registered where cnnfast's module has no place for them, a compiled module) is left
+alone and reported.
 """
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -40,18 +42,15 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _adopt(cls: type, module: nn.Module, children: list[str]) -> nn.Module:
-    """An instance of `cls` holding `module`'s own child modules (same tensors) under the same names
-    and its plain attributes (torchvision's stride, inplanes, groups, base_width, ...), in
-    `module`'s mode (its children keep theirs: a frozen BatchNorm in eval stays in eval)."""
+def _adopt(cls: type, module: nn.Module) -> nn.Module:
+    """An instance of `cls` that is `module` in all but its class: its children, parameters and
+    buffers (registered on it directly too), state_dict hooks, plain attributes (torchvision's
+    stride, inplanes, groups, base_width, ...) and mode. nn.Module's dicts are shared with `module`,
+    not copied, so handles of hooks registered on `module` still remove them. (_swap refuses the
+    modules whose instance holds something bound to the old object: Module.compile()'s cache, an
+    instance-level forward.)"""
     new = cls.__new__(cls)
-    nn.Module.__init__(new)
-    for name, value in vars(module).items():
-        if name not in vars(new):  # not nn.Module's own bookkeeping (parameters, hooks, ...)
-            vars(new)[name] = value
-    for name in children:
-        setattr(new, name, getattr(module, name))
-    new.training = module.training
+    vars(new).update(vars(module))
     return new
 
 
@@ -85,7 +84,7 @@ def _new_fused(cls: type) -> nn.Module:
 
 def _sequential(m: nn.Sequential) -> nn.Module:
     if type(m) is nn.Sequential:
-        return _adopt(FusedSequential, m, [name for name, _ in m.named_children()])
+        return _adopt(FusedSequential, m)
     # A subclass without a forward of its own (torchvision's _Transition): the same object, its
     # class given FusedSequential's forward, so isinstance checks and its attributes still hold.
     m.__class__ = fused_subclass(type(m))
@@ -95,7 +94,7 @@ def _sequential(m: nn.Sequential) -> nn.Module:
 def _resnet_piece(m: nn.Module) -> nn.Module:
     from cnnfast.models import resnet
     cls = getattr(resnet, type(m).__name__)
-    new = _adopt(cls, m, [name for name, _ in m.named_children()])
+    new = _adopt(cls, m)
     if cls is not resnet.ResNet and not hasattr(new, "downsample"):
         new.downsample = None
     return new
@@ -156,11 +155,25 @@ RULES = (
 )
 
 
+def _is_compiled(module: nn.Module) -> bool:
+    """Whether `module` is torch.compile's wrapper, whose compiled code calls the module it wrapped,
+    whatever convert puts in that module's place. (Looked up, not imported: importing dynamo
+    doubles cnnfast's import time, and without it there is no such wrapper.)"""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+
+
+_COMPILED_WHY = "is compiled (torch.compile): convert the model first, then compile what convert returns"
+
+
 def _convert(module: nn.Module, name: str, report: ConversionReport, done: dict) -> nn.Module:
     """`module` converted, its children first. `done` maps id(original) -> converted, so that a
     module registered under two names (or in two places) stays one module, converted once."""
     if id(module) in done:
         return done[id(module)][1]
+    if _is_compiled(module):
+        report.left_alone.append((name, type(module).__name__, _COMPILED_WHY))
+        return module
     for child_name, child in list(module._modules.items()):  # every name, shared children included
         if child is None:
             continue
@@ -172,15 +185,48 @@ def _convert(module: nn.Module, name: str, report: ConversionReport, done: dict)
     return new
 
 
+def _why_not_swappable(module: nn.Module) -> str | None:
+    """Why no rule may swap `module`, whatever it is, or None."""
+    if has_hooks(module):
+        return "it has hooks, which would no longer run"
+    if "_compiled_call_impl" in vars(module) and module._compiled_call_impl is not None:
+        # Module.compile() keeps a call bound to this object: a swapped module would still run it.
+        return "it was compiled with Module.compile(): convert before compiling"
+    if "forward" in vars(module):
+        return "its forward is replaced on the instance, which cnnfast's forward would not run"
+    if any(getattr(module, hooks, None) for hooks in _STATE_DICT_HOOKS):
+        # torch binds them to this object (a weak reference): they would be called with a dead module.
+        return "it has state_dict hooks, which would no longer run"
+    return None
+
+
+_STATE_DICT_HOOKS = ("_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                     "_load_state_dict_post_hooks")
+
+
+def _what_would_be_lost(module: nn.Module, new: nn.Module) -> str | None:
+    """What `module`'s tree holds that its replacement `new` does not: tensors registered where
+    cnnfast's module has no place for them (a buffer on an nn.MaxPool2d, a parameter on a dense
+    layer), hooks on the modules a rule rebuilds (torchvision's dense layers)."""
+    lost = module.state_dict().keys() - new.state_dict().keys()
+    if lost:
+        return f"its {', '.join(sorted(lost)[:3])} would have no place in cnnfast's module"
+    kept = {id(m) for m in new.modules()}
+    if any(id(m) not in kept and _why_not_swappable(m) for m in module.modules() if m is not module):
+        return "a module inside it has hooks, which would no longer run"
+    return None
+
+
 def _swap(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
     for rule in RULES:
         if rule.matches(module):
-            why = "it has hooks, which would no longer run" if has_hooks(module) else rule.refuse(module)
-            if why is not None:
-                report.left_alone.append((name, type(module).__name__, why))
-                return module
             old = type(module).__name__
-            new = rule.build(module)
+            why = _why_not_swappable(module) or rule.refuse(module)
+            new = rule.build(module) if why is None else module
+            why = why or _what_would_be_lost(module, new)
+            if why is not None:
+                report.left_alone.append((name, old, why))
+                return module
             report.swapped.append((name, old, f"cnnfast {type(new).__name__}"))
             return new
     return module
@@ -197,6 +243,8 @@ def convert(model: nn.Module, inplace: bool = False):
     object: use the returned model. A module registered under several names stays one module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.convert: model must be an nn.Module, got {type(model).__name__}")
+    if _is_compiled(model):
+        raise TypeError(f"cnnfast.convert: model {_COMPILED_WHY}")
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport()

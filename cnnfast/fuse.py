@@ -51,7 +51,14 @@ def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
     if conv.bias is not None:
         shift = shift + conv.bias.double() * scale
     conv.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)  # frozen stays frozen
+    # Trainable where any folded-in tensor was (BitFit-style fine-tuning trains biases only);
+    # frozen where all were.
+    trains = any(t is not None and t.requires_grad for t in (conv.weight, conv.bias, bn.weight, bn.bias))
+    if conv.bias is not None:  # the same Parameter object, so an optimizer holding it keeps working
+        conv.bias.copy_(shift.to(conv.bias.dtype))
+        conv.bias.requires_grad_(trains)
+    else:
+        conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=trains)
 
 
 def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:

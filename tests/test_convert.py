@@ -160,6 +160,38 @@ def test_converted_resnet_keeps_torchvisions_attributes():
     assert converted.layer2[0].stride == 2 and converted.layer2[1].downsample is None
 
 
+def test_tensors_and_state_dict_hooks_registered_on_converted_modules_are_kept_or_refused():
+    model = tiny_resnet()
+    model.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64))  # on the swapped top
+    model.layer1[0].register_parameter("gate", nn.Parameter(torch.ones(1, dtype=torch.float64)))
+    model.maxpool.register_buffer("stray", torch.ones(1))  # cnnfast's MaxPool2d is built anew: no place for it
+    model.layer2[0].register_load_state_dict_pre_hook(lambda *args, **kwargs: None)
+    converted, report = cnnfast.convert(model, inplace=True)
+    assert converted.state_dict().keys() == model.state_dict().keys()
+    assert converted.mean is model.mean and converted.layer1[0].gate is model.layer1[0].gate
+    left = {name: why for name, _, why in report.left_alone}
+    assert left == {"maxpool": "its stray would have no place in cnnfast's module",
+                    "layer2.0": "it has state_dict hooks, which would no longer run"}
+    assert type(converted.layer1[0]) is models.resnet.Bottleneck
+
+
+def test_compiled_modules_and_instance_forwards_are_left_alone():
+    # Module.compile() and an instance-level forward are bound to the original object: a swapped
+    # module would still run them. (inplace: a deep copy drops Module.compile()'s cache.)
+    model = tiny_resnet()
+    model.layer1[0].compile(backend="eager")
+    model.layer2[0].forward = model.layer2[0].forward
+    model.layer3 = torch.compile(model.layer3, backend="eager")
+    converted, report = cnnfast.convert(model, inplace=True)
+    left = {name: why for name, _, why in report.left_alone}
+    assert left["layer1.0"] == "it was compiled with Module.compile(): convert before compiling"
+    assert left["layer2.0"] == "its forward is replaced on the instance, which cnnfast's forward would not run"
+    assert left["layer3"].startswith("is compiled (torch.compile)")
+    assert type(converted.layer4[0]) is models.resnet.Bottleneck
+    with pytest.raises(TypeError, match="convert the model first, then compile"):
+        cnnfast.convert(torch.compile(tiny_resnet(), backend="eager"))
+
+
 def test_convert_rejects_what_is_not_a_module():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         cnnfast.convert(torch.zeros(1))
@@ -188,6 +220,15 @@ def test_folding_a_frozen_model_keeps_it_frozen():
     model = tiny_resnet().eval().requires_grad_(False)
     fused = cnnfast.fuse_for_inference(model)
     assert not any(p.requires_grad for p in fused.parameters())
+
+
+def test_folding_keeps_a_trainable_bias_trainable_and_the_same_parameter():
+    # BitFit-style fine-tuning: weights frozen, biases trained.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4)).eval()
+    model[0].weight.requires_grad_(False)
+    bias = model[0].bias
+    fused = cnnfast.fuse_for_inference(model, inplace=True)
+    assert fused[0].bias is bias and bias.requires_grad and not fused[0].weight.requires_grad
 
 
 def test_folding_needs_eval_mode_and_leaves_pre_activation_units_alone():

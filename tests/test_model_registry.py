@@ -68,11 +68,34 @@ def test_freeze_backbone_finds_a_head_put_in_place_of_the_models_own():
                                                                                  "classifier.bias"]
 
 
-def test_freeze_backbone_refuses_a_headless_model():
-    model = models.DPN(k_sec=(1, 1, 1), inc_sec=(4, 4, 4), k_r=8, groups=2, small=True, num_init_features=8,
-                       num_classes=0)
+def test_freeze_backbone_finds_the_last_layer_of_a_longer_head():
+    model = models.get_model("alexnet", num_classes=4)
+    model.classifier = torch.nn.Sequential(*model.classifier[:6], torch.nn.Linear(4096, 512), torch.nn.ReLU(),
+                                           torch.nn.Linear(512, 3))  # classifier.6 is a middle layer now
+    models.freeze_backbone(model)
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["classifier.8.weight",
+                                                                                 "classifier.8.bias"]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: models.resnet18(num_classes=0),  # a Linear with no outputs
+    lambda: models.DPN(k_sec=(1, 1, 1), inc_sec=(4, 4, 4), k_r=8, groups=2, small=True, num_init_features=8,
+                       num_classes=0)], ids=["resnet", "dpn"])
+def test_freeze_backbone_refuses_a_headless_model(build):
     with pytest.raises(ValueError, match="no parameters"):
-        models.freeze_backbone(model)
+        models.freeze_backbone(build())
+
+
+def test_weights_under_nested_wrappers_and_training_script_layouts():
+    source = models.get_model("resnet18", num_classes=3)
+    state = source.state_dict()
+    layouts = [{"_orig_mod.module." + k: v for k, v in state.items()},  # torch.compile of a DDP model
+               {"module._orig_mod." + k: v for k, v in state.items()},  # DDP of a compiled model
+               {"n_averaged": torch.tensor(4), **{"module." + k: v for k, v in state.items()}},  # AveragedModel
+               {"epoch": 3, "model_state_dict": state}]  # PyTorch's tutorial checkpoint
+    for weights in layouts:
+        loaded = models.get_model("resnet18", weights=weights, num_classes=3)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
 
 
 def test_weights_from_wrappers_memory_and_whole_model_pickles(tmp_path):

@@ -13,9 +13,9 @@ from torch import nn
 
 def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: str,
                  remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
-    """Loads `path` (a file holding a state_dict, or a dict holding one under 'state_dict' / 'model';
-    or such a dict itself; keys may carry DistributedDataParallel's 'module.' or torch.compile's
-    '_orig_mod.' prefix) into `model`
+    """Loads `path` (a file holding a state_dict, or a dict holding one under 'state_dict' /
+    'model_state_dict' / 'model'; or such a dict itself; keys may carry the prefixes of
+    DistributedDataParallel, AveragedModel and torch.compile) into `model`
     with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
     module named `classifier`) does not fit the model's (another num_classes, or none at all), the
     model keeps its freshly initialised classifier and everything else is loaded, with a warning
@@ -25,21 +25,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
     elif not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"weights: expected the path of a local checkpoint or a state_dict, got {type(path).__name__}")
     elif not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no checkpoint file at {path!r} (cnnfast downloads nothing; pass the "
-                                f"path of a local file, or a state_dict)")
+        raise FileNotFoundError(f"weights: no checkpoint file at {os.fspath(path)!r} (cnnfast downloads nothing; "
+                                f"pass the path of a local file, or a state_dict)")
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise ValueError(f"weights: {os.fspath(path)!r} holds more than tensors (a whole pickled model?): save "
-                             f"model.state_dict() and pass that file") from error
-    for key in ("state_dict", "model"):
+            # torch's message names what the file holds besides tensors; weights_only stays on, as
+            # unpickling anything else runs code from the file.
+            raise ValueError(f"weights: {os.fspath(path)!r} holds more than tensors ({error}). If it is a whole "
+                             f"pickled model, save its state_dict(); if you trust the file, pass what "
+                             f"torch.load(path, weights_only=False) gives (a state_dict, or a dict holding one)") \
+                from error
+    for key in ("state_dict", "model_state_dict", "model"):  # training scripts' and PyTorch tutorials' layouts
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    # Prefixes of wrappers: DistributedDataParallel's 'module.', torch.compile's '_orig_mod.'.
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = _unwrapped(dict(state))
     state = remap(dict(state))
     own = model.state_dict()
     in_head = lambda key: key.startswith(classifier + ".")  # noqa: E731
@@ -54,6 +55,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
         state.update({k: v for k, v in own.items() if in_head(k)})
     model.load_state_dict(state, strict=True)
     return model
+
+
+# Prefixes of wrappers: DistributedDataParallel's and AveragedModel's 'module.', torch.compile's '_orig_mod.'.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrapped(state: dict) -> dict:
+    """`state` without the prefixes of wrappers, nested in any order (DDP of a compiled model, or
+    a compiled DDP), and without torch.optim.swa_utils.AveragedModel's step counter."""
+    if "n_averaged" in state and all(k.startswith("module.") for k in state if k != "n_averaged"):
+        state.pop("n_averaged")
+    while True:
+        prefix = next((p for p in _WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
 
 
 def _describe(head: dict) -> str:

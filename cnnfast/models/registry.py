@@ -34,14 +34,20 @@ def get_model(name: str, weights=None, **kwargs) -> nn.Module:
 
 
 def classifier_of(model: nn.Module) -> str:
-    """The name of `model`'s classifier: its `classifier_name` attribute where the model still has
-    that module, otherwise the last nn.Linear (or 1x1 nn.Conv2d head) among its modules (a user's
-    own head put in place of AlexNet's classifier Sequential, say)."""
+    """The name of `model`'s classifier: its `classifier_name` module where that holds the last
+    nn.Linear (or 1x1 nn.Conv2d) among its modules, or none (a headless model), otherwise that last
+    one. So a head Sequential replacing ResNet's fc trains whole, and a user's own head put in place
+    of AlexNet's classifier, longer than torchvision's, is found (its `classifier.6` is a middle
+    layer then)."""
     name = getattr(model, "classifier_name", None)
-    if name is not None and name in dict(model.named_modules()):
-        return name
-    heads = [name for name, m in model.named_modules()
+    modules = dict(model.named_modules())
+    heads = [key for key, m in modules.items()
              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
+    inside = lambda key: key == name or key.startswith(f"{name}.")  # noqa: E731
+    # The named module, unless it holds a head that is not the last one (a middle layer now); a
+    # named module holding no head at all (num_classes=0, an Identity) is the head of a headless model.
+    if name in modules and (not any(map(inside, heads)) or inside(heads[-1])):
+        return name
     if not heads:
         raise ValueError(f"cnnfast.models: found no classifier in {type(model).__name__}; name it (head=)")
     return heads[-1]
@@ -57,7 +63,8 @@ def freeze_backbone(model: nn.Module, freeze: bool = True, head: str | None = No
     if head not in modules:
         raise ValueError(f"freeze_backbone: model has no module named {head!r}")
     head_parameters = {id(p) for p in modules[head].parameters()}
-    if freeze and not head_parameters:  # a headless model (num_classes=0): nothing would train
+    # A headless model (num_classes=0: no head, or a Linear with no outputs): nothing would train.
+    if freeze and sum(p.numel() for p in modules[head].parameters()) == 0:
         raise ValueError(f"freeze_backbone: the head {head!r} ({type(modules[head]).__name__}) has no parameters: "
                          f"freezing would leave nothing to train")
     for parameter in model.parameters():
