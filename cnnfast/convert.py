@@ -185,6 +185,10 @@ def _convert(module: nn.Module, name: str, report: ConversionReport, done: dict)
     return new
 
 
+_STATE_DICT_HOOKS = ("_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                     "_load_state_dict_post_hooks")
+
+
 def _why_not_swappable(module: nn.Module) -> str | None:
     """Why no rule may swap `module`, whatever it is, or None."""
     if has_hooks(module):
@@ -200,10 +204,6 @@ def _why_not_swappable(module: nn.Module) -> str | None:
     return None
 
 
-_STATE_DICT_HOOKS = ("_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-                     "_load_state_dict_post_hooks")
-
-
 def _what_would_be_lost(module: nn.Module, new: nn.Module) -> str | None:
     """What `module`'s tree holds that its replacement `new` does not: tensors registered where
     cnnfast's module has no place for them (a buffer on an nn.MaxPool2d, a parameter on a dense
@@ -212,8 +212,10 @@ def _what_would_be_lost(module: nn.Module, new: nn.Module) -> str | None:
     if lost:
         return f"its {', '.join(sorted(lost)[:3])} would have no place in cnnfast's module"
     kept = {id(m) for m in new.modules()}
-    if any(id(m) not in kept and _why_not_swappable(m) for m in module.modules() if m is not module):
-        return "a module inside it has hooks, which would no longer run"
+    for inner_name, inner in module.named_modules():
+        why = _why_not_swappable(inner) if inner is not module and id(inner) not in kept else None
+        if why is not None:
+            return f"its {inner_name} is rebuilt, but {why}"
     return None
 
 
@@ -222,8 +224,9 @@ def _swap(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
         if rule.matches(module):
             old = type(module).__name__
             why = _why_not_swappable(module) or rule.refuse(module)
-            new = rule.build(module) if why is None else module
-            why = why or _what_would_be_lost(module, new)
+            if why is None:
+                new = rule.build(module)
+                why = _what_would_be_lost(module, new)
             if why is not None:
                 report.left_alone.append((name, old, why))
                 return module

@@ -175,6 +175,17 @@ def test_tensors_and_state_dict_hooks_registered_on_converted_modules_are_kept_o
     assert type(converted.layer1[0]) is models.resnet.Bottleneck
 
 
+def test_a_dense_block_whose_layer_has_state_dict_hooks_is_left_alone():
+    # convert rebuilds torchvision's dense layers as cnnfast's: hooks bound to them would be lost.
+    model = tiny_densenet()
+    model.features.denseblock2.denselayer1.register_load_state_dict_pre_hook(lambda *args, **kwargs: None)
+    converted, report = cnnfast.convert(model)
+    left = {name: why for name, _, why in report.left_alone}
+    assert left == {"features.denseblock2": "its denselayer1 is rebuilt, but it has state_dict hooks, which would "
+                                            "no longer run"}
+    assert type(converted.features.denseblock1) is cnnfast.nn.DenseBlock
+
+
 def test_compiled_modules_and_instance_forwards_are_left_alone():
     # Module.compile() and an instance-level forward are bound to the original object: a swapped
     # module would still run them. (inplace: a deep copy drops Module.compile()'s cache.)

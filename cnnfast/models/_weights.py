@@ -40,8 +40,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
     for key in ("state_dict", "model_state_dict", "model"):  # training scripts' and PyTorch tutorials' layouts
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = _unwrapped(dict(state))
-    state = remap(dict(state))
+    state = remap(_unwrapped(dict(state)))
     own = model.state_dict()
     in_head = lambda key: key.startswith(classifier + ".")  # noqa: E731
     theirs = {k: tuple(v.shape) for k, v in state.items() if in_head(k)}
