@@ -1,11 +1,14 @@
 """python -m benchmarks: cnnfast against eager torch and torch.compile, side by side in one run.
 
-Prints a table and writes <out>/<device-name>.json, .md and .png.
+Prints a table and writes <out>/<device-name>.json, .md and .png; a run of part of the cases
+(--only, --dtype) writes <device-name>-partial.*, and a smoke test (--quick) <device-name>-quick.*,
+so that neither replaces the full results. `python -m benchmarks.merge` puts partial runs together.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -55,6 +58,14 @@ def select(cases, only: list[str] | None, dtype: str | None = None):
     return [c for c in cases if c.group in groups and (c.variant == "torch" or any(o in c.label.lower() for o in only))]
 
 
+def results_name(device_name: str, args) -> str:
+    """Only a whole run replaces <device>.json (the committed results): a partial run's rows go to
+    <device>-partial.json, for benchmarks.merge, and a smoke test's to <device>-quick.json."""
+    if args.quick:
+        return device_name + "-quick"
+    return device_name + ("-partial" if args.only or args.dtype else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = harness.detect_device(args.device)
@@ -98,23 +109,16 @@ def main(argv=None) -> int:
         notes.append(f"other processes kept {other:.2f} of {meta['cpu_cores']} cores busy during the run: "
                      "CPU times are inflated (in steps of the scheduler's tick) and noisy; rerun on a quiet machine")
     result = {
-        "metadata": {**meta, "run_seconds": round(elapsed, 1), "quick": args.quick,
-                     "other_processes_cores_busy": other},
+        "metadata": {**meta, "arguments": shlex.join(argv if argv is not None else sys.argv[1:]),
+                     "run_seconds": round(elapsed, 1), "quick": args.quick, "other_processes_cores_busy": other},
         "device_type": device,
         "settings": vars(settings),
         "copy_gbps": copy_gbps,
         "rows": rows,
-        "targets": targets.evaluate(rows, device),
-        "backend_choice": targets.backend_choice(rows) if device == "cuda" else [],
         "notes": notes,
     }
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / meta["device"]
-    report.write_json(stem.with_suffix(".json"), result)
-    report.draw_chart(stem.with_suffix(".png"), rows, f"cnnfast vs torch — {meta['device_description']} — "
-                                                      f"{meta['commit']} — {meta['date']}")
-    report.write_markdown(stem.with_suffix(".md"), result, stem.with_suffix(".png").name)
+    targets.summarise(result)
+    stem = report.write_results(args.out, results_name(meta["device"], args), result)
 
     print(report.table(rows, device))
     print("\nTargets:")

@@ -79,7 +79,8 @@ def write_json(path: Path, result: dict) -> None:
 def write_markdown(path: Path, result: dict, chart_name: str) -> None:
     meta, device = result["metadata"], result["device_type"]
     lines = [f"# cnnfast benchmarks: {meta['device']}", ""]
-    lines += [f"- {key}: {value}" for key, value in meta.items()]
+    for key, value in meta.items():  # a merged file's "runs" is a list: one line each
+        lines += [f"- {key}:"] + [f"  - {v}" for v in value] if isinstance(value, list) else [f"- {key}: {value}"]
     lines += [f"- settings: {json.dumps(result['settings'])}", ""]
     lines += ["Times are medians after warm-up (torch.compile's compilation excluded); speed-up and "
               "saved-bytes ratio are against eager torch on the same case. Saved = distinct storages kept "
@@ -99,6 +100,18 @@ def write_markdown(path: Path, result: dict, chart_name: str) -> None:
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     lines += [f"![speed-up and saved bytes against torch]({chart_name})", ""]
     path.write_text("\n".join(lines))
+
+
+def write_results(out_dir: Path, name: str, result: dict) -> Path:
+    """Writes <out_dir>/<name>.json, .md and .png; returns <out_dir>/<name>."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / name
+    meta = result["metadata"]
+    write_json(stem.with_suffix(".json"), result)
+    draw_chart(stem.with_suffix(".png"), result["rows"],
+               f"cnnfast vs torch — {meta['device_description']} — {meta['commit']} — {meta['date']}")
+    write_markdown(stem.with_suffix(".md"), result, stem.with_suffix(".png").name)
+    return stem
 
 
 def _grouped_barh(ax, groups: list[str], variants: list[str], value) -> None:

@@ -128,3 +128,10 @@ def backend_choice(rows: list[dict]) -> list[dict]:
                         "triton_wins": sum(r < 1 for r in ratios), "auto_cuda_choice": AUTO_CUDA_CHOICE.get(key),
                         "agrees": AUTO_CUDA_CHOICE.get(key) == faster})
     return choices
+
+
+def summarise(result: dict) -> None:
+    """Sets a results dict's "targets" and, on a GPU, "backend_choice" from its (derived) rows."""
+    rows, device = result["rows"], result["device_type"]
+    result["targets"] = evaluate(rows, device)
+    result["backend_choice"] = backend_choice(rows) if device == "cuda" else []

@@ -9,10 +9,12 @@
 # The whole benchmark is more than a call holds on a GPU (some 260 cases, 56 of them compiled by
 # torch.compile): choose, e.g. with timeout_s=600
 #   bash tools/gpu_session.sh 120 330 --dtype bfloat16 --only LRN --only max-pool --only 1x1 --only DenseNet-121 --only "AlexNet (paper)"
-# and the rest in a second call if time is left. Then copy
-# $OUT/bench/* to benchmarks/results/ (the files carry device, versions, commit and date) and set
-# cnnfast/_backend.py's AUTO_CUDA_CHOICE from the "auto's CUDA backend per op" lines of bench.log.
-# $OUT holds at most seven files: env.txt, build.log, tests.log, bench.log and bench/<device>.{json,md,png}.
+# and the rest in a second call if time is left. A run with --only or --dtype writes
+# $OUT/bench/<device>-partial.{json,md,png}; put the calls' runs into benchmarks/results/ with
+#   python -m benchmarks.merge <first call's files_at>/bench/*.json <second call's>/bench/*.json
+# (the files carry device, versions, commit and date) and set cnnfast/_backend.py's
+# AUTO_CUDA_CHOICE from the "auto's CUDA backend per op" lines of bench.log or the merged .md.
+# $OUT holds at most seven files: env.txt, build.log, tests.log, bench.log and bench/<device>[-partial].{json,md,png}.
 set -u
 OUT=${OUT:-/tmp/cnnfast-gpu}
 mkdir -p "$OUT"

@@ -1,0 +1,97 @@
+"""Where the benchmarks write their results, and how benchmarks.merge puts partial runs together.
+(The numbers themselves are the benchmarks' business, not the tests'.)"""
+import json
+
+import pytest
+
+from benchmarks import __main__ as bench
+from benchmarks import merge
+
+LRN_FWD = "LRN 5 2x96x55x55 fp32 fwd cnnfast"
+POOL_FWD = "max-pool 3/2 2x96x55x55 fp32 fwd cnnfast"
+
+
+@pytest.mark.parametrize("argv, name", [
+    ([], "dev"),
+    (["--no-model-compile"], "dev"),
+    (["--only", "LRN"], "dev-partial"),
+    (["--dtype", "bfloat16"], "dev-partial"),
+    (["--quick"], "dev-quick"),
+    (["--quick", "--only", "LRN"], "dev-quick"),
+])
+def test_only_a_whole_run_takes_the_device_name(argv, name):
+    assert bench.results_name("dev", bench.parse_args(argv)) == name
+
+
+def _run(tmp_path, *only):
+    out = tmp_path / "run"
+    argv = ["--quick", "--device", "cpu", "--out", str(out)] + [a for o in only for a in ("--only", o)]
+    assert bench.main(argv) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3 and all(f.rsplit(".", 1)[0].endswith("-quick") for f in files), files
+    result = json.loads(next(out.glob("*.json")).read_text())
+    for path in out.iterdir():
+        path.unlink()
+    return result
+
+
+def test_partial_runs_merge_into_one_results_file(tmp_path):
+    first = _run(tmp_path, LRN_FWD, POOL_FWD)
+    second = _run(tmp_path, LRN_FWD)
+    assert first["metadata"]["arguments"].startswith("--quick --device cpu")
+
+    merged_dir = tmp_path / "merged"
+    path = tmp_path / "first.json"
+    path.write_text(json.dumps(first))
+    path2 = tmp_path / "second.json"
+    path2.write_text(json.dumps(second))
+    assert merge.main([str(path), str(path2), "--out", str(merged_dir)]) == 0
+    device = first["metadata"]["device"]
+    assert sorted(p.name for p in merged_dir.iterdir()) == [f"{device}.{ext}" for ext in ("json", "md", "png")]
+
+    result = json.loads((merged_dir / f"{device}.json").read_text())
+    by_case = {(r["case"], r["variant"]): r for r in result["rows"]}
+    assert len(result["rows"]) == 4
+    # The LRN comparison comes from the later run, whole; max-pool only the first run measured.
+    assert by_case[("LRN 5", "torch")]["median_ms"] == next(r["median_ms"] for r in second["rows"]
+                                                          if r["variant"] == "torch")
+    assert {r["run"] for r in result["rows"] if r["case"] == "LRN 5"} == {1}
+    assert {r["run"] for r in result["rows"] if r["case"].startswith("max-pool")} == {0}
+    lrn = by_case[("LRN 5", "cnnfast[cpu]")]
+    assert lrn["speedup"] == pytest.approx(by_case[("LRN 5", "torch")]["median_ms"] / lrn["median_ms"])
+    assert len(result["metadata"]["runs"]) == 2 and "2 of its 4 rows kept" in result["metadata"]["runs"][0]
+    assert {t["target"] for t in result["targets"]} == {t["target"] for t in first["targets"]}
+    assert "run 0: partial run" in " ".join(result["notes"])
+    markdown = (merged_dir / f"{device}.md").read_text()
+    assert "- runs:\n  - run 0: commit" in markdown
+
+
+def _synthetic(**metadata):
+    rows = [{"op": "lrn", "case": "LRN 5", "shape": "2x3x4x4", "dtype": "fp32", "pass": "fwd", "variant": v,
+             "median_ms": ms} for v, ms in (("torch", 2.0), ("cnnfast[cpu]", 1.0))]
+    meta = {"device": "cpu-x-2cores", "device_description": "x, 2 cores", "torch": "2.13.0", "triton": "3.6.0",
+            "cuda": None, "cpu_cores": 2, "cpu_threads": 2, "commit": "abc", "date": "2026-12-06", "quick": False}
+    return {"metadata": {**meta, **metadata}, "device_type": "cpu", "settings": {}, "copy_gbps": {}, "rows": rows,
+            "notes": []}
+
+
+def test_merge_refuses_runs_of_different_stacks():
+    with pytest.raises(ValueError, match=r"torch \('2.13.0' vs '2.12.0' in run 1\)"):
+        merge.merge([_synthetic(), _synthetic(torch="2.12.0")])
+    with pytest.raises(ValueError, match="--quick"):
+        merge.merge([_synthetic(), _synthetic(quick=True)])
+    with pytest.raises(ValueError, match="no runs"):
+        merge.merge([])
+
+
+def test_merge_names_runs_of_different_commits():
+    result = merge.merge([_synthetic(), _synthetic(commit="def")])
+    assert result["metadata"]["commit"] == "abc, def"
+    assert any("different commits" in n for n in result["notes"])
+    assert [r["run"] for r in result["rows"]] == [1, 1]
+    assert result["rows"][1]["speedup"] == 2.0
+
+
+def test_merge_cli_says_what_it_cannot_read(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read"):
+        merge.main([str(tmp_path / "missing.json")])
