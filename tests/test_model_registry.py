@@ -92,7 +92,10 @@ def test_weights_under_nested_wrappers_and_training_script_layouts():
     layouts = [{"_orig_mod.module." + k: v for k, v in state.items()},  # torch.compile of a DDP model
                {"module._orig_mod." + k: v for k, v in state.items()},  # DDP of a compiled model
                {"n_averaged": torch.tensor(4), **{"module." + k: v for k, v in state.items()}},  # AveragedModel
-               {"epoch": 3, "model_state_dict": state}]  # PyTorch's tutorial checkpoint
+               {"epoch": 3, "model_state_dict": state},  # PyTorch's tutorial checkpoint
+               {"epoch": 3, "state_dict": {"model." + k: v for k, v in state.items()}},  # Lightning's (self.model)
+               {"net._orig_mod." + k: v for k, v in state.items()},  # a compiled model held as self.net
+               {"module.net." + k: v for k, v in state.items()}]  # DDP of a module holding the model
     for weights in layouts:
         loaded = models.get_model("resnet18", weights=weights, num_classes=3)
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())

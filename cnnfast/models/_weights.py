@@ -15,7 +15,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
                  remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
     """Loads `path` (a file holding a state_dict, or a dict holding one under 'state_dict' /
     'model_state_dict' / 'model'; or such a dict itself; keys may carry the prefixes of
-    DistributedDataParallel, AveragedModel and torch.compile) into `model`
+    DistributedDataParallel, AveragedModel and torch.compile, and of the attribute of a module holding
+    the model, as in Lightning's checkpoints) into `model`
     with strict=True, after `remap` (for older key names). Where the checkpoint's classifier (the
     module named `classifier`) does not fit the model's (another num_classes, or none at all), the
     model keeps its freshly initialised classifier and everything else is loaded, with a warning
@@ -40,8 +41,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
     for key in ("state_dict", "model_state_dict", "model"):  # training scripts' and PyTorch tutorials' layouts
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    state = remap(_unwrapped(dict(state)))
     own = model.state_dict()
+    state = remap(_unwrapped(dict(state), set(own)))
     in_head = lambda key: key.startswith(classifier + ".")  # noqa: E731
     theirs = {k: tuple(v.shape) for k, v in state.items() if in_head(k)}
     ours = {k: tuple(v.shape) for k, v in own.items() if in_head(k)}
@@ -60,11 +61,26 @@ def load_weights(model: nn.Module, path: str | os.PathLike | dict, classifier: s
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _unwrapped(state: dict) -> dict:
+def _unwrapped(state: dict, own_keys: set[str]) -> dict:
     """`state` without the prefixes of wrappers, nested in any order (DDP of a compiled model, or
-    a compiled DDP), and without torch.optim.swa_utils.AveragedModel's step counter."""
+    a compiled DDP), and without torch.optim.swa_utils.AveragedModel's step counter. Where then no
+    key is one of the model's (`own_keys`) and all start with one name, that name is the attribute
+    of a module holding the model (a LightningModule's `self.model`, any `self.net`): it goes too,
+    where that makes keys match (else load_state_dict reports the keys as they were)."""
     if "n_averaged" in state and all(k.startswith("module.") for k in state if k != "n_averaged"):
-        state.pop("n_averaged")
+        state = {k: v for k, v in state.items() if k != "n_averaged"}
+    state = candidate = _without_wrappers(state)
+    while candidate and own_keys.isdisjoint(candidate) and all("." in k for k in candidate):
+        holders = {k.partition(".")[0] for k in candidate}
+        if len(holders) != 1:
+            break
+        candidate = _without_wrappers({k.partition(".")[2]: v for k, v in candidate.items()})
+        if not own_keys.isdisjoint(candidate):
+            return candidate
+    return state
+
+
+def _without_wrappers(state: dict) -> dict:
     while True:
         prefix = next((p for p in _WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None)
         if prefix is None:
