@@ -7,10 +7,11 @@ from torch import nn
 
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import fusable_conv, fusable_norm
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
-class BNReLUConv2d(nn.Module):
+class BNReLUConv2d(NotScriptable, nn.Module):
     """conv(relu(bn(x))), the pre-activation unit of DenseNet, DPN and pre-activation ResNets.
 
     Its parameters live in `bn` (an nn.BatchNorm2d) and `conv` (an nn.Conv2d), so its state_dict

@@ -9,6 +9,7 @@ from torch import nn
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn._fusable import fusable_activation, fusable_norm, has_hooks, plain_conv
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.sequential import FusedSequential
 from cnnfast.ops.batch_norm import check_values_per_channel
@@ -16,7 +17,7 @@ from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(NotScriptable, nn.Module):
     """BN-ReLU-Conv1x1 (to bn_size * growth_rate channels) then BN-ReLU-Conv3x3 (to growth_rate),
     then dropout: torchvision's _DenseLayer, same submodules (norm1, relu1, conv1, norm2, relu2,
     conv2). Takes a tensor or a list of tensors (concatenated along channels) and returns the
@@ -73,7 +74,7 @@ def why_not_shared_buffer(layer: nn.Module) -> str | None:
     return None
 
 
-class DenseBlock(nn.ModuleDict):
+class DenseBlock(NotScriptable, nn.ModuleDict):
     """num_layers DenseLayers, each fed every earlier output: torchvision's _DenseBlock (children
     denselayer1, denselayer2, ...). Returns the input followed by every layer's new channels.
 
@@ -112,7 +113,10 @@ class DenseBlock(nn.ModuleDict):
         uniform = len({(layer.drop_rate, layer.training) for layer in layers}) <= 1
         # A layer changed after construction (another activation or convolution, a hook) runs by itself.
         as_built = all(type(layer) is DenseLayer and why_not_shared_buffer(layer) is None for layer in layers)
-        if backend == "reference" or synchronised or not uniform or not layers or not as_built:
+        # torch.jit.trace cannot record the block-level autograd.Function (it fails inside the
+        # tracer); traced, the block runs layer by layer, the same numbers through traceable ops.
+        tracing = torch.jit.is_tracing()
+        if backend == "reference" or synchronised or not uniform or not layers or not as_built or tracing:
             features = [input]
             for layer in layers:
                 features.append(layer(features))
@@ -135,7 +139,7 @@ class DenseBlock(nn.ModuleDict):
         return dense_block(input, config, parameters)
 
 
-class Transition(nn.Sequential):
+class Transition(NotScriptable, nn.Sequential):
     """BN-ReLU-Conv1x1 then 2x2 average pooling between dense blocks: torchvision's _Transition
     (children norm, relu, conv, pool). memory_efficient=True runs its children as FusedSequential
     does: BN-ReLU-conv as one op and a pooling that keeps nothing for backward, so of its input,

@@ -10,6 +10,7 @@ from torch import nn
 from cnnfast._backend import resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn._fusable import fusable_norm, has_hooks, plain_conv
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import BNReLUConv2d
 from cnnfast.ops.batch_norm import check_values_per_channel
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
@@ -20,7 +21,7 @@ from cnnfast.ops.dual_path_stage import DualPathStageConfig, dual_path_stage as 
 BN_EPS = 1e-3
 
 
-class BnAct(nn.Module):
+class BnAct(NotScriptable, nn.Module):
     """relu(bn(x)): timm's BnAct, whose BatchNormAct2d keeps its keys under `bn`."""
 
     def __init__(self, in_chs: int):
@@ -40,7 +41,7 @@ def _plain(unit: BNReLUConv2d, x: torch.Tensor) -> torch.Tensor:
     return unit.conv(F.relu(unit.bn(x)))
 
 
-class DualPathBlock(nn.Module):
+class DualPathBlock(NotScriptable, nn.Module):
     """timm's DualPathBlock (timm 1.0.x: one tensor in, one out): x = cat([residual, dense]) ->
     cat([residual + out1, dense, out2]), with the projection c1x1_w_s1 / c1x1_w_s2 in a stage's
     first block ('proj' / 'down'), c1x1_a, the grouped c3x3_b, and c1x1_c (or, with b=True, BnAct
@@ -148,7 +149,8 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     synchronised = any(isinstance(m, nn.SyncBatchNorm) and m.training for block in blocks for m in block.modules())
     # A block changed after construction (a hook, another module, convert_sync_bn) runs by itself.
     as_built = all(block.memory_efficient and _block_as_built(block) for block in blocks)
-    if backend == "reference" or synchronised or not as_built:
+    # torch.jit.trace cannot record the stage's autograd.Function: traced, it runs block by block.
+    if backend == "reference" or synchronised or not as_built or torch.jit.is_tracing():
         for block in blocks:
             input = block(input)
         return input

@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.lrn import local_response_norm
 
 
-class LocalResponseNorm(nn.Module):
+class LocalResponseNorm(NotScriptable, nn.Module):
     """torch.nn.LocalResponseNorm (same arguments, repr and numbers) in one pass over memory,
     keeping only its input for backward."""
 

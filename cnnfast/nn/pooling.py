@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.max_pool2d import max_pool2d
 
 
-class MaxPool2d(nn.Module):
+class MaxPool2d(NotScriptable, nn.Module):
     """torch.nn.MaxPool2d (same arguments, repr and semantics) that keeps a uint8 argmax for
     backward instead of the input."""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.relu_lrn_max_pool2d import relu_lrn_max_pool2d
 
 
-class ReLULRNMaxPool2d(nn.Module):
+class ReLULRNMaxPool2d(NotScriptable, nn.Module):
     """nn.ReLU() -> nn.LocalResponseNorm(size, alpha, beta, k) -> nn.MaxPool2d(kernel_size, stride,
     padding, dilation, ceil_mode) in one kernel that never writes the two intermediates, keeping
     only its input and a uint8 argmax for backward. alpha follows torch's convention (divided by

@@ -6,11 +6,12 @@ from torch import nn
 
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import FUSABLE_NORM_TYPES, fusable_norm
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops import sync_batch_norm
 from cnnfast.ops.bn_add_relu import bn_add_relu, check_identity
 
 
-class BNAddReLU(nn.BatchNorm2d):
+class BNAddReLU(NotScriptable, nn.BatchNorm2d):
     """nn.BatchNorm2d whose forward(input, identity=None) returns relu(bn(input) + identity), the
     tail of torchvision's BasicBlock and Bottleneck (identity None: relu(bn(input)), the stem).
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cnnfast.nn._fusable import fusable_activation, fusable_avg_pool, fusable_conv, fusable_norm, has_hooks
+from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
@@ -46,7 +47,7 @@ def fusable_runs(sequential: nn.Sequential) -> int:
     return runs
 
 
-class FusedSequential(nn.Sequential):
+class FusedSequential(NotScriptable, nn.Sequential):
     """Runs its children in order, as nn.Sequential, except (where the modules are plain torch ones
     without hooks: cnnfast/nn/_fusable.py):
     - BatchNorm2d -> ReLU -> Conv2d: one BN-ReLU-conv (keeps the BN's input; relu(bn(x)) recomputed);

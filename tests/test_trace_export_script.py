@@ -1,0 +1,82 @@
+"""Deployment paths: torch.jit.trace and torch.export record cnnfast's modules and models with
+their numbers; torch.jit.script, which cannot compile them, says so and names what works."""
+import copy
+
+import pytest
+import torch
+
+import cnnfast
+from cnnfast import models
+from cnnfast.models.dpn import DPN
+
+# torch 2.13 deprecates TorchScript, and the tracer warns where the input checks read shapes.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+
+TINY_DENSENET = dict(growth_rate=4, block_config=(2, 3), num_init_features=8, num_classes=5, small_inputs=True)
+TINY_DPN = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)
+
+MODELS = {
+    "densenet": lambda: models.DenseNet(**TINY_DENSENET),
+    "dpn": lambda: DPN(**TINY_DPN),
+    "resnet18": lambda: models.resnet18(num_classes=5),
+    "alexnet_paper": lambda: models.alexnet_paper(num_classes=5),
+}
+INPUT_SIZE = {"alexnet_paper": 227}
+
+
+def _model_and_input(name):
+    torch.manual_seed(0)
+    return MODELS[name](), torch.randn(2, 3, INPUT_SIZE.get(name, 32), INPUT_SIZE.get(name, 32))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_traced_model_gives_the_eager_outputs_gradients_and_running_stats(name):
+    model, x = _model_and_input(name)
+    eager = copy.deepcopy(model).eval()
+    traced = torch.jit.trace(copy.deepcopy(model).eval(), (x,), check_trace=False)
+    torch.testing.assert_close(traced(x), eager(x))
+
+    eager = copy.deepcopy(model)
+    torch.manual_seed(1)  # the same dropout masks
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    torch.manual_seed(1)
+    eager(x)  # the step tracing ran
+    torch.manual_seed(2)
+    out = traced(x)
+    torch.manual_seed(2)
+    expected = eager(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for (key, p), q in zip(model.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m: f"{key}: {m}")
+    for (key, b), c in zip(model.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(b, c, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("name", ["densenet", "dpn"])
+def test_exported_model_gives_the_eager_outputs(name):
+    model, x = _model_and_input(name)
+    model.eval()
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
+MODULES = [
+    lambda: cnnfast.nn.LocalResponseNorm(3),
+    lambda: cnnfast.nn.MaxPool2d(3, 2),
+    lambda: cnnfast.nn.ReLULRNMaxPool2d(3, 3, 2),
+    lambda: cnnfast.nn.BNReLUConv2d(4, 4, 3, padding=1),
+    lambda: cnnfast.nn.BNAddReLU(4),
+    lambda: cnnfast.nn.DenseBlock(2, 4, 2, 2),
+    lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), cnnfast.nn.MaxPool2d(2)),
+    lambda: models.resnet18(num_classes=5),
+]
+
+
+@pytest.mark.parametrize("make", MODULES)
+def test_script_is_refused_naming_the_module_and_what_works(make):
+    module = make()
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.script: cnnfast\.nn\.\w+\.\w+ cannot be compiled by "
+                                           r"TorchScript.*torch\.jit\.trace, torch\.export\.export"):
+        torch.jit.script(module)
