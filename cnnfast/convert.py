@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cnnfast import _layouts
-from cnnfast.nn._fusable import fusable_activation, has_hooks
+from cnnfast.nn._fusable import has_hooks
 from cnnfast.nn.densenet import DenseBlock, why_not_shared_buffer
 from cnnfast.nn.normalization import LocalResponseNorm
 from cnnfast.nn.pooling import MaxPool2d
@@ -137,9 +137,9 @@ def _plain_sequential(m: nn.Module) -> bool:
 
 
 def _resnet_refusal(m: nn.Module) -> str | None:
-    if type(m.relu) is nn.ReLU and has_hooks(m.relu):
-        return "its relu has hooks, which would no longer run"
-    if not fusable_activation(m.relu):
+    # A relu with hooks (Grad-CAM, guided backprop) is no reason: cnnfast's block calls it, unfused,
+    # for as long as it has them (cnnfast/models/resnet.py).
+    if type(m.relu) is not nn.ReLU:
         return f"its activation is {type(m.relu).__name__}, not a plain nn.ReLU"
     return None
 

@@ -286,17 +286,20 @@ def test_a_converted_model_with_sequential_subclasses_saves_whole(tmp_path):
 def test_modules_with_hooks_or_another_activation_are_left_alone():
     model = tiny_resnet()
     model.layer1[0].register_forward_hook(lambda module, args, output: None)
-    model.layer2[0].relu.register_forward_hook(lambda module, args, output: None)
+    relu_calls = []
+    model.layer2[0].relu.register_forward_hook(lambda module, args, output: relu_calls.append(1))
     model.layer3[0].relu = nn.SiLU()
     converted, report = cnnfast.convert(model)
     left = {name: why for name, _, why in report.left_alone}
     assert "hooks" in left["layer1.0"] and "SiLU" in left["layer3.0"]
-    assert left["layer2.0"] == "its relu has hooks, which would no longer run"
+    assert "layer2.0" not in left  # cnnfast's block calls a hooked relu, unfused
+    assert type(converted.layer2[0]) is cnnfast.models.resnet.Bottleneck
     assert type(converted.layer1[0]) is reference_models.Bottleneck
     assert type(converted.layer3[0]) is reference_models.Bottleneck
     assert "ResNet" in {old for _, old, _ in report.swapped}  # the top keeps its ReLU: swapped
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     assert_step_matches(converted, model, x)
+    assert len(relu_calls) == 2 * 3  # three calls a forward, in each model
 
 
 @pytest.mark.parametrize("change", ["activation", "hook", "group norm"])

@@ -150,3 +150,29 @@ def test_a_norm_layer_other_than_batch_norm_runs_the_plain_modules():
     theirs.double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     assert_step_matches(ours, theirs, x)
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck], ids=["basic", "bottleneck"])
+def test_hooked_or_replaced_relus_run_as_in_torchvision(block):
+    # Guided backprop and Grad-CAM hook every nn.ReLU; other recipes swap the activation.
+    torch.manual_seed(0)
+    ours, theirs = tiny_pair(block)
+    calls = {"ours": [], "theirs": []}
+    for key, model in (("ours", ours), ("theirs", theirs)):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.ReLU):
+                # Guided backprop: only positive gradients flow back through each ReLU (a full
+                # backward hook needs inplace=False, in torchvision's model as in any).
+                module.inplace = False
+                module.register_full_backward_hook(lambda m, grad_in, grad_out: (grad_in[0].clamp(min=0),))
+                module.register_forward_hook(lambda m, i, o, name=name, key=key: calls[key].append(name))
+    assert_step_matches(ours.train(), theirs.train(), torch.randn(2, 3, 33, 30, dtype=torch.float64))
+    assert calls["ours"] == calls["theirs"] and len(calls["ours"]) == 1 + 5 * (2 if block is BasicBlock else 3)  # the stem, then per block
+
+    ours, theirs = tiny_pair(block)
+    for model in (ours, theirs):
+        for name, module in list(model.named_modules()):
+            if isinstance(module, torch.nn.ReLU):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, torch.nn.SiLU())
+    assert_step_matches(ours.train(), theirs.train(), torch.randn(2, 3, 33, 30, dtype=torch.float64))

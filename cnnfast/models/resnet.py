@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnfast.models._weights import build
+from cnnfast.nn._fusable import fusable_activation
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.pooling import MaxPool2d
 from cnnfast.nn.residual import bn_add_relu_module
@@ -61,14 +62,22 @@ class BasicBlock(nn.Module):
             raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
-        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
+        self.relu = nn.ReLU(inplace=True)  # applied by the fused ops while a plain nn.ReLU without hooks
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fusable_activation(self.relu):  # hooked or replaced (guided backprop, another activation)
+            return self._forward_as_torchvision(x)
         return _tail(self.bn2, bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x)), x, self.downsample)
+
+    def _forward_as_torchvision(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -88,20 +97,29 @@ class Bottleneck(nn.Module):
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
+        self.relu = nn.ReLU(inplace=True)  # applied by the fused ops while a plain nn.ReLU without hooks
         self.downsample = downsample
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fusable_activation(self.relu):  # hooked or replaced (guided backprop, another activation)
+            return self._forward_as_torchvision(x)
         out = bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x))
         return _tail(self.bn3, bn_relu_conv_modules(self.bn2, self.conv3, out), x, self.downsample)
+
+    def _forward_as_torchvision(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class ResNet(nn.Module):
     """torchvision.models.ResNet: the same arguments, children and keys (conv1, bn1, relu, maxpool,
-    layer1..layer4, avgpool, fc). The ReLUs are part of the fused ops: replacing a `relu` child
-    with another activation changes nothing here (cnnfast.convert leaves such torchvision models
-    alone)."""
+    layer1..layer4, avgpool, fc). The ReLUs are part of the fused ops while each `relu` child is a
+    plain nn.ReLU without hooks; where one is replaced or hooked (another activation, guided
+    backprop, Grad-CAM), its block or the stem runs as torchvision's, calling it."""
     classifier_name = "fc"  # replaced when a checkpoint's num_classes differs; kept by freeze_backbone
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int = 1000,
@@ -120,7 +138,7 @@ class ResNet(nn.Module):
         self.base_width = width_per_group
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)  # torchvision's attribute; the fused ops apply the ReLUs
+        self.relu = nn.ReLU(inplace=True)  # applied by the fused ops while a plain nn.ReLU without hooks
         # Keeps a uint8 argmax for backward; the ReLU output it pools is never stored.
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, 64, layers[0])
@@ -160,7 +178,9 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(bn_add_relu_module(self.bn1, self.conv1(x)))
+        x = self.conv1(x)
+        # The stem's relu fused while it is a plain nn.ReLU without hooks, as in the blocks.
+        x = self.maxpool(bn_add_relu_module(self.bn1, x) if fusable_activation(self.relu) else self.relu(self.bn1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
