@@ -45,18 +45,19 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     _checks.check_dims(input, "input", OP, allowed=(4,))
     _checks.check_tensor(weight, "weight", OP)
     _checks.check_dims(weight, "weight", OP, allowed=(4,))
-    groups = _checks.check_int(groups, "groups", OP, minimum=1)
-    channels = input.shape[1]
-    if weight.shape[0] % groups or weight.shape[1] * groups != channels:
-        raise ValueError(f"{OP}: weight of shape {tuple(weight.shape)} with groups={groups} does not take input "
-                         f"with {channels} channels (expected weight.shape[1] * groups == {channels} and "
-                         f"weight.shape[0] divisible by groups)")
+    # The BatchNorm's parameters first: it runs first, so a mismatch there is named as torch names it.
     tensors = {"input": input, "weight": weight}
     for name, value in (("running_mean", running_mean), ("running_var", running_var), ("bn_weight", bn_weight),
                         ("bn_bias", bn_bias)):
         if value is not None:
             check_batch_norm_parameter(value, name, input, OP)
             tensors[name] = value
+    groups = _checks.check_int(groups, "groups", OP, minimum=1)
+    channels = input.shape[1]
+    if weight.shape[0] % groups or weight.shape[1] * groups != channels:
+        raise ValueError(f"{OP}: weight of shape {tuple(weight.shape)} with groups={groups} does not take input "
+                         f"with {channels} channels (expected weight.shape[1] * groups == {channels} and "
+                         f"weight.shape[0] divisible by groups)")
     if bias is not None:
         _checks.check_tensor(bias, "bias", OP)
         if bias.shape != (weight.shape[0],):
