@@ -115,6 +115,15 @@ def test_unbatched_input_runs_the_modules_where_the_fused_op_takes_batches_only(
     torch.testing.assert_close(converted(x), original(x), rtol=1e-12, atol=1e-12)
 
 
+def test_integer_input_pools_as_torch():
+    # torch pools integer tensors (max and average alike); a converted pool does too.
+    original = nn.Sequential(nn.MaxPool2d(2), nn.AvgPool2d(2))
+    converted, _ = cnnfast.convert(original)
+    assert cnnfast.nn.sequential.fusable_runs(converted) == 1
+    x = torch.randint(-50, 50, (2, 3, 8, 8))
+    assert torch.equal(converted(x), original(x))
+
+
 def test_inplace_conversion_keeps_the_parameter_tensors():
     original = tiny_resnet()
     parameters = {name: p for name, p in original.named_parameters()}

@@ -345,3 +345,10 @@ def test_bad_input_names_the_problem():
         block(torch.randn(2, 5, 5, 5))
     with pytest.raises(ValueError, match="drop_rate"):
         DenseBlock(2, 6, 2, 4, drop_rate=1.0)
+    # As torch's BatchNorm and conv2d: no silent computation in one of two precisions.
+    with pytest.raises(TypeError, match=r"BatchNorm running_mean of denselayer1 \(norm1 -> conv1\) must be "
+                                        r"torch.float64 for a torch.float64 input"):
+        block(torch.randn(2, 6, 5, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"conv weight of denselayer1 \(norm1 -> conv1\) must have input's dtype "
+                                        r"torch.bfloat16"):
+        block(torch.randn(2, 6, 5, 5, dtype=torch.bfloat16))

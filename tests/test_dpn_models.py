@@ -231,6 +231,10 @@ def test_stage_errors_name_the_problem():
         dual_path_stage(blocks[1:], torch.randn(2, 28, 8, 8))
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         dual_path_stage(blocks, torch.randn(1, 16, 1, 1))
+    with pytest.raises(TypeError, match="BatchNorm running_mean of block 1's c1x1_w must be torch.float64"):
+        dual_path_stage(blocks, torch.randn(2, 16, 8, 8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="conv weight of block 1's c1x1_w must have input's dtype torch.float16"):
+        dual_path_stage(blocks, torch.randn(2, 16, 8, 8, dtype=torch.float16))
     with pytest.raises(ValueError, match="block_type must be"):
         DualPathBlock(16, 8, 8, 16, 4, 4, "dense")
     with pytest.raises(ValueError, match="k_sec and inc_sec"):

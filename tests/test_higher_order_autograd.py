@@ -11,6 +11,7 @@ from torch.autograd import forward_ad
 
 import cnnfast
 from cnnfast import reference
+from cnnfast.ops.avg_pool2d import avg_pool2d
 
 from helpers import backend_params
 
@@ -106,7 +107,9 @@ def test_batch_norm_ops_double_backward_on_the_reference_backend(name):
 
 ALL_OPS = {**POOL_AND_LRN, **{name: (lambda x, f=ours, s=shape: f(x, torch.ones(s, dtype=x.dtype)),
                                      lambda x, f=theirs, s=shape: f(x, torch.ones(s, dtype=x.dtype)))
-                              for name, (ours, theirs, shape) in BATCH_NORM_OPS.items()}}
+                              for name, (ours, theirs, shape) in BATCH_NORM_OPS.items()},
+           # The average pool of DenseNet's transitions (cnnfast.nn.Transition, convert's FusedSequential).
+           "avg_pool2d": (lambda x: avg_pool2d(x, 2, 2), lambda x: F.avg_pool2d(x, 2, 2))}
 
 
 @pytest.mark.parametrize("name", ALL_OPS)

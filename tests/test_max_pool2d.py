@@ -24,6 +24,10 @@ GEOMETRIES = [
     ((2, 3, 8, 8), 2, None, 0, 1, False),             # stride defaults to kernel_size
     ((3, 9, 11), 3, 2, 0, 1, False),                  # 3-d (unbatched) input
     ((1, 2, 20, 19), 17, 1, 8, 1, False),             # 289-element window: int32 offsets
+    # Rows with windows inside the input but no such column (the C++ kernel once looped forever):
+    ((1, 2, 5, 2), 3, 1, 1, 1, False),                # 3/1/1 on a map 2 wide
+    ((1, 2, 8, 3), 5, 1, 2, 1, False),                # SPP's 5/1/2 on a map 3 wide
+    ((1, 2, 1, 2), (1, 3), (1, 2), (0, 1), 1, True),  # 1x3 windows on one row of 2
 ]
 LAYOUTS = ["contiguous", "channels_last", "transposed"]
 

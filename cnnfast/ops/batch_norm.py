@@ -119,10 +119,15 @@ def check_batch_norm_parameter(value, name: str, input: torch.Tensor, op: str) -
     for a float16 / bfloat16 input, float32 (torch's BatchNorm refuses any other mix rather than
     compute in one of the two precisions silently)."""
     check_per_channel(value, name, input, op)
-    low_precision = input.dtype in (torch.float16, torch.bfloat16)
-    if value.dtype != input.dtype and not (low_precision and value.dtype == torch.float32):
-        allowed = f"{input.dtype} or torch.float32" if low_precision else str(input.dtype)
-        raise TypeError(f"{op}: {name} must be {allowed} for a {input.dtype} input, as in torch's BatchNorm; got "
+    check_batch_norm_dtype(value, name, input.dtype, op)
+
+
+def check_batch_norm_dtype(value: torch.Tensor, name: str, dtype: torch.dtype, op: str) -> None:
+    """check_batch_norm_parameter's dtype rule alone, for an input of `dtype`."""
+    low_precision = dtype in (torch.float16, torch.bfloat16)
+    if value.dtype != dtype and not (low_precision and value.dtype == torch.float32):
+        allowed = f"{dtype} or torch.float32" if low_precision else str(dtype)
+        raise TypeError(f"{op}: {name} must be {allowed} for a {dtype} input, as in torch's BatchNorm; got "
                         f"{value.dtype}")
 
 

@@ -26,7 +26,8 @@ import torch
 
 from cnnfast.ops import _checks
 from cnnfast.ops._higher_order import refuse_double_backward
-from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_values_per_channel, normalisation
+from cnnfast.ops.batch_norm import (acc_dtype, batch_stats, check_batch_norm_dtype, check_values_per_channel,
+                                   normalisation)
 
 _ONE = [1, 1]
 
@@ -56,11 +57,32 @@ class DenseBlockConfig(NamedTuple):
     keep_for_backward: bool = True  # False without autograd: bottlenecks and masks are freed at once
 
 
+def check_unit_dtypes(input: torch.Tensor, norms: list[BatchNormArgs], parameters: list, names: list[str],
+                      op: str) -> None:
+    """The dtypes bn_relu_conv2d checks, for each BN-ReLU-conv unit of a block or stage: `norms` and
+    `names` per unit, `parameters` (BN weight, BN bias, conv weight) per unit. Every unit's kernels
+    run in input's dtype, so a mismatch would otherwise compute silently in one of the precisions."""
+    autocast = torch.is_autocast_enabled(input.device.type)  # the conv weights come cast already
+    for index, (norm, name) in enumerate(zip(norms, names)):
+        bn_weight, bn_bias, conv_weight = parameters[3 * index:3 * index + 3]
+        for kind, value in (("running_mean", norm.running_mean), ("running_var", norm.running_var),
+                            ("weight", bn_weight), ("bias", bn_bias)):
+            if value is not None:
+                check_batch_norm_dtype(value, f"the BatchNorm {kind} of {name}", input.dtype, op)
+        if not autocast and conv_weight.dtype != input.dtype:
+            raise TypeError(f"{op}: the conv weight of {name} must have input's dtype {input.dtype} (outside autocast, "
+                            f"as F.conv2d), got {conv_weight.dtype}")
+
+
 def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list) -> torch.Tensor:
     """The block's output [N, C0 + L*k, H, W]: the input followed by each layer's new features.
 
     `parameters` holds, for each layer, norm1's weight and bias, conv1's weight, norm2's weight and
     bias and conv2's weight (BatchNorm weights and biases may be None: affine=False)."""
+    check_unit_dtypes(input, [norm for pair in config.norms for norm in pair], parameters,
+                      [f"denselayer{layer + 1} (norm{unit} -> conv{unit})" for layer in range(len(config.norms))
+                       for unit in (1, 2)],
+                      "cnnfast.dense_block")
     check_values_per_channel(input, any(norm.use_batch_stats for pair in config.norms for norm in pair))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
     return _DenseBlockFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)

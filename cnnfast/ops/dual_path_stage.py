@@ -34,7 +34,7 @@ import torch
 from cnnfast.ops import _checks
 from cnnfast.ops._higher_order import refuse_double_backward
 from cnnfast.ops.batch_norm import acc_dtype, batch_stats, check_values_per_channel, values_per_channel
-from cnnfast.ops.dense_block import BatchNormArgs
+from cnnfast.ops.dense_block import BatchNormArgs, check_unit_dtypes
 
 _ONE = [1, 1]
 
@@ -87,6 +87,10 @@ def dual_path_stage(input: torch.Tensor, config: DualPathStageConfig, parameters
     if len(parameters) != expected or len(config.norms[0]) != 4 or any(len(n) != 3 for n in config.norms[1:]):
         raise ValueError(f"dual_path_stage: expected {expected} parameters for {len(config.norms)} blocks, got "
                          f"{len(parameters)}")
+    names = [f"block {block + 1}'s {unit}" for block, norms in enumerate(config.norms)
+             for unit in (("c1x1_w", "c1x1_a", "c3x3_b", "c1x1_c") if block == 0 else ("c1x1_a", "c3x3_b", "c1x1_c"))]
+    check_unit_dtypes(input, [norm for block in config.norms for norm in block], parameters, names,
+                      "cnnfast.dual_path_stage")
     check_values_per_channel(input, any(norm.use_batch_stats for block in config.norms for norm in block))
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *parameters))
     return _DualPathStageFunction.apply(input, config._replace(keep_for_backward=keep), *parameters)

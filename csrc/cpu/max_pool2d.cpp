@@ -31,7 +31,7 @@ void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int
         const bool inside = oh >= oh_first && oh < oh_last;
         const int64_t lo = inside ? ow_first : g.out_w, hi = inside ? ow_last : g.out_w;
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          if (ow == lo) {
+          if (ow == lo && hi > lo) {  // an empty interior (hi == lo) would send ow back to lo - 1 forever
             const scalar_t* window = image + (oh * W::stride_h(g) - W::pad_h(g)) * g.in_w +
                                      (lo * W::stride_w(g) - W::pad_w(g));
             cpu::pool_interior<W>(window, hi - lo, W::stride_w(g), g.in_w, 1, g, out + row + lo, offsets + row + lo,
