@@ -1,5 +1,6 @@
 """Two CPU processes (gloo), each with half the batch. With synchronised batch statistics
-(convert_sync_bn: BNReLUConv2d units, and a DenseNet whose BatchNorms become nn.SyncBatchNorm)
+(convert_sync_bn: BNReLUConv2d units, BNAddReLU, and a DenseNet whose BatchNorms become
+nn.SyncBatchNorm)
 against one process with the whole batch; and the shared-buffer DenseNet under
 DistributedDataParallel (which takes no SyncBatchNorm on CPU) against each half run alone."""
 from __future__ import annotations
@@ -43,12 +44,34 @@ def _densenet():
     return torch.nn.Sequential(cnnfast.nn.DenseBlock(2, 4, 2, 2), cnnfast.nn.Transition(8, 3)).double()
 
 
-MODELS = {"units": _units, "densenet": _densenet, "densenet-ddp": _densenet}
+class _ResidualTail(torch.nn.Module):
+    """relu(bn(x) + identity) then a 1x1 conv: through BNAddReLU, or (its twin) torch.nn ops."""
+
+    def __init__(self, fused: bool = True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.bn = cnnfast.nn.BNAddReLU(4, momentum=None) if fused else torch.nn.BatchNorm2d(4, momentum=None)
+        with torch.no_grad():
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-0.5, 0.5)
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        identity = x.flip(1)  # a function of x, so the gradient flows through both paths
+        if isinstance(self.bn, cnnfast.nn.BNAddReLU):
+            return self.conv(self.bn(x, identity))
+        return self.conv(torch.relu(self.bn(x) + identity))
+
+
+MODELS = {"units": _units, "densenet": _densenet, "densenet-ddp": _densenet,
+          "bn-add-relu": lambda: _ResidualTail().double()}
 
 
 def _torch_nn_twin(name):
     """MODELS[name] in torch.nn ops, with the same parameters and buffers in the same order: the
     independent whole-batch reference."""
+    if name == "bn-add-relu":
+        return _ResidualTail(fused=False).double()
     model = MODELS[name]()
     if name == "units":
         return torch.nn.Sequential(*[torch.nn.Sequential(unit.bn, torch.nn.ReLU(), unit.conv) for unit in model])
@@ -60,13 +83,13 @@ def _torch_nn_twin(name):
 
 def _batches(name):
     generator = torch.Generator().manual_seed(1)
-    if name == "units":
+    if name in ("units", "bn-add-relu"):
         # Even halves keep the slicing simple; the last step gives each rank a single 1x1 sample,
         # one value per channel per rank, which is fine once the statistics are shared.
         shapes = [(6, 5, 4)] * (STEPS - 1) + [(2, 1, 1)]
     else:  # the transition halves H and W
         shapes = [(6, 4, 6)] * STEPS
-    out = (lambda h, w: (h, w)) if name == "units" else (lambda h, w: (h // 2, w // 2))
+    out = (lambda h, w: (h, w)) if name in ("units", "bn-add-relu") else (lambda h, w: (h // 2, w // 2))
     return [(torch.randn(n, 4, h, w, generator=generator, dtype=torch.float64) + 0.5,
              torch.randn(n, 3, *out(h, w), generator=generator, dtype=torch.float64)) for n, h, w in shapes]
 
@@ -146,7 +169,7 @@ needs_distributed = pytest.mark.skipif(not dist.is_available() or not cnnfast.ex
 
 
 @needs_distributed
-@pytest.mark.parametrize("name", ["units", "densenet"])
+@pytest.mark.parametrize("name", ["units", "densenet", "bn-add-relu"])
 def test_two_synchronised_ranks_match_one_process_on_the_whole_batch(name):
     results = _spawn(name)
     expected, expected_buffers = _run(_torch_nn_twin(name), _batches(name))
@@ -197,3 +220,12 @@ def test_convert_sync_bn_marks_cnnfast_units_and_converts_plain_batch_norm():
     assert converted is model and model[0].process_group is group
     assert isinstance(model[0].bn, torch.nn.BatchNorm2d)  # the unit synchronises its own statistics
     assert isinstance(model[1], torch.nn.SyncBatchNorm)
+    # BNAddReLU synchronises its own statistics: it stays one (torch's converter would drop its
+    # add and ReLU), and, outside a process group, runs as before.
+    tail = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), cnnfast.nn.BNAddReLU(4))
+    x = torch.randn(2, 3, 5, 5)
+    before = tail(x)
+    assert cnnfast.nn.convert_sync_bn(tail, group) is tail and tail[1].process_group is group
+    assert type(tail[1]) is cnnfast.nn.BNAddReLU
+    cnnfast.nn.convert_sync_bn(tail)  # the default group: the whole world, none here
+    torch.testing.assert_close(tail(x), before)

@@ -30,7 +30,9 @@ def batch_norm_step(bn: nn.modules.batchnorm._BatchNorm) -> BatchNormStep:
 def sync_group(bn: nn.modules.batchnorm._BatchNorm):
     """The process group whose ranks share `bn`'s batch statistics this step: an nn.SyncBatchNorm's
     (made by nn.SyncBatchNorm.convert_sync_batchnorm or cnnfast.nn.convert_sync_bn) in training,
-    as nn.SyncBatchNorm synchronises; None otherwise."""
-    if isinstance(bn, nn.SyncBatchNorm) and bn.training:
+    as nn.SyncBatchNorm synchronises, or that of a BNAddReLU marked by convert_sync_bn; None otherwise."""
+    if not bn.training:
+        return None
+    if isinstance(bn, nn.SyncBatchNorm):
         return bn.process_group or torch.distributed.group.WORLD
-    return None
+    return getattr(bn, "process_group", None)

@@ -8,6 +8,7 @@ from torch import nn
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import fusable_conv, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
+from cnnfast.nn.residual import BNAddReLU
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -93,13 +94,13 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
 
 
 def convert_sync_bn(module: nn.Module, process_group=None) -> nn.Module:
-    """In the spirit of nn.SyncBatchNorm.convert_sync_batchnorm: every BNReLUConv2d in `module`
-    shares its batch statistics across the ranks of `process_group` (default: the whole world),
-    and every other BatchNorm layer becomes an nn.SyncBatchNorm. Converts in place where it can
+    """In the spirit of nn.SyncBatchNorm.convert_sync_batchnorm: every BNReLUConv2d and BNAddReLU in
+    `module` shares its batch statistics across the ranks of `process_group` (default: the whole
+    world), and every other BatchNorm layer becomes an nn.SyncBatchNorm. Converts in place where it can
     and returns the module (a new one when `module` is itself a plain BatchNorm layer)."""
     if process_group is None:
         process_group = torch.distributed.group.WORLD
-    if isinstance(module, BNReLUConv2d):
+    if isinstance(module, (BNReLUConv2d, BNAddReLU)):  # they synchronise their own statistics
         module.process_group = process_group
         return module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):

@@ -19,7 +19,12 @@ class BNAddReLU(NotScriptable, nn.BatchNorm2d):
     (a torchvision block's `bn2` / `bn3` loads into it) and code that looks for BatchNorm layers
     finds it. Training and eval follow nn.BatchNorm2d exactly. Kept for backward: input, identity
     and per-channel statistics; never the output.
+
+    cnnfast.nn.convert_sync_bn shares its batch statistics across ranks (its `process_group`); torch's
+    nn.SyncBatchNorm.convert_sync_batchnorm would replace it with a plain SyncBatchNorm, without the
+    add and the ReLU.
     """
+    process_group = None  # set by cnnfast.nn.convert_sync_bn: the ranks sharing the batch statistics
 
     def forward(self, input: torch.Tensor, identity: torch.Tensor | None = None) -> torch.Tensor:
         return bn_add_relu_module(self, input, identity)
@@ -52,13 +57,20 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
     Run as the plain modules instead: a `bn` the op cannot stand in for (cnnfast/nn/_fusable.py: an
     nn.Identity left by cnnfast.fuse_for_inference, a FrozenBatchNorm2d, hooks), and an
     nn.SyncBatchNorm whose statistics are shared across ranks in training (the op has no
-    all-reduce; the ReLU's output is then kept, as torch keeps it)."""
+    all-reduce; the ReLU's output is then kept, as torch keeps it). A BNAddReLU sharing its
+    statistics across ranks runs them in differentiable torch ops (sync_batch_norm.batch_norm_across_ranks)."""
     # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
     if input.dim() != 4:
         raise ValueError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
     check_identity(input, identity, "BNAddReLU")
     own = isinstance(bn, BNAddReLU)  # called from its forward: its own hooks run around this call
-    if not (own or fusable_norm(bn)) or sync_batch_norm.group_name(sync_group(bn)):
+    group = sync_batch_norm.group_name(sync_group(bn))
+    if own and group:  # marked by convert_sync_bn: BatchNorm across the ranks, then add and ReLU
+        step = batch_norm_step(bn)
+        out = sync_batch_norm.batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias,
+                                                      step.momentum, bn.eps, group)
+        return torch.relu(out if identity is None else out + identity)
+    if not (own or fusable_norm(bn)) or group:
         out = nn.BatchNorm2d.forward(bn, input) if own else bn(input)
         return torch.relu(out if identity is None else out + identity)
     step = batch_norm_step(bn)

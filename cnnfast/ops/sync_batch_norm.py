@@ -47,3 +47,40 @@ def global_moments(mean: torch.Tensor, var: torch.Tensor, count: int, name: str)
     torch.distributed.all_reduce(deviations, group=group)
     return global_mean, deviations / total, total
 
+
+
+def batch_norm_across_ranks(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                            weight: torch.Tensor | None, bias: torch.Tensor | None, momentum: float, eps: float,
+                            name: str) -> torch.Tensor:
+    """F.batch_norm in training with the statistics of every rank's batch together, as
+    nn.SyncBatchNorm computes them, in differentiable torch ops: torch.distributed.nn's all-reduce
+    carries the gradients of the shared statistics back across the ranks. For the modules whose
+    fused op has no all-reduce (BNAddReLU); unlike nn.SyncBatchNorm it also runs CPU tensors (gloo).
+    The running statistics take the group's mean and unbiased variance, with `momentum` (the step's
+    factor: cnnfast/nn/_batch_norm_step.py)."""
+    from torch.distributed.nn.functional import all_reduce  # differentiable, unlike torch.distributed's
+
+    group = _group(name)
+    dims = [0, *range(2, input.dim())]
+    shape = [1, -1] + [1] * (input.dim() - 2)
+    x = input.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+    count = x.numel() // x.shape[1]
+    sums = all_reduce(torch.cat([x.sum(dims), x.new_full((1,), float(count))]), group=group)
+    total = sums[-1]
+    if int(total.item()) < 2:  # the same total on every rank: all of them raise together
+        raise ValueError("Expected more than 1 value per channel when training, got one value per channel over all "
+                         "ranks of the process group")
+    mean = sums[:-1] / total
+    centred = x - mean.view(shape)
+    var = all_reduce(centred.square().sum(dims), group=group) / total  # biased: what normalises
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        if running_var is not None:
+            running_var.lerp_((var * total / (total - 1)).to(running_var.dtype), momentum)
+    out = centred * torch.rsqrt(var + eps).view(shape)
+    if weight is not None:
+        out = out * weight.view(shape)
+    if bias is not None:
+        out = out + bias.view(shape)
+    return out.to(input.dtype)
