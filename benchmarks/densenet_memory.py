@@ -16,7 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-if os.environ.pop("TRITON_INTERPRET", None):
+# Run as a program only: a test importing this module must leave the interpreter switched on for
+# the tests collected after it.
+if __name__ == "__main__" and os.environ.pop("TRITON_INTERPRET", None):
     print("benchmarks: ignoring TRITON_INTERPRET (the benchmarks never run the Triton interpreter)", file=sys.stderr)
 
 import matplotlib  # noqa: E402

@@ -1,8 +1,10 @@
 """Where the benchmarks write their results, and how benchmarks.merge puts partial runs together.
 (The numbers themselves are the benchmarks' business, not the tests'.)"""
 import json
+import os
 
 import pytest
+import torch
 
 from benchmarks import __main__ as bench
 from benchmarks import merge
@@ -95,3 +97,11 @@ def test_merge_names_runs_of_different_commits():
 def test_merge_cli_says_what_it_cannot_read(tmp_path):
     with pytest.raises(SystemExit, match="cannot read"):
         merge.main([str(tmp_path / "missing.json")])
+
+
+def test_the_benchmarks_leave_the_triton_interpreter_to_the_tests(tmp_path):
+    # The benchmarks switch the interpreter off when run as a program; imported and run here,
+    # they must not, or every Triton test collected after this file would be skipped.
+    _run(tmp_path, LRN_FWD)
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
