@@ -183,3 +183,13 @@ def test_numpy_hyper_parameters_are_taken_as_torch_takes_them():
     x = torch.randn(2, 6, 4, 4)
     ours = cnnfast.nn.LocalResponseNorm(np.int64(3), np.float32(1e-2), np.float64(0.75), np.float32(2.0))(x)
     torch.testing.assert_close(ours, torch.nn.LocalResponseNorm(3, 1e-2, 0.75, 2.0)(x))
+
+
+def test_one_element_tensor_hyper_parameters_are_taken_as_torch_takes_them():
+    x = torch.randn(2, 6, 4, 4)
+    ours = cnnfast.functional.local_response_norm(x, torch.tensor(3), torch.tensor(1e-2),
+                                                  torch.tensor(0.75, dtype=torch.float64), torch.tensor(2))
+    torch.testing.assert_close(ours, F.local_response_norm(x, 3, 1e-2, 0.75, 2.0))
+    # torch would differentiate such a tensor; cnnfast says it would not, rather than drop the gradient.
+    with pytest.raises(TypeError, match="alpha is a tensor that requires grad"):
+        cnnfast.functional.local_response_norm(x, 3, torch.tensor(1e-2, requires_grad=True))

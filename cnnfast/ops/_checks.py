@@ -56,7 +56,14 @@ def check_int(value, name: str, op: str, minimum: int) -> int:
 
 
 def check_number(value, name: str, op: str) -> float:
-    # numbers.Real: numpy's floats and ints too (hyper-parameters read from a config or a sweep).
+    # numbers.Real: numpy's floats and ints too (hyper-parameters read from a config or a sweep);
+    # and, as torch's functions take them, one-element real tensors, read once as a constant.
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype not in (torch.bool,) \
+            and not value.is_complex():
+        if value.requires_grad:
+            raise TypeError(f"{op}: {name} is a tensor that requires grad; cnnfast takes it as a constant and "
+                            f"would not differentiate it: pass float({name}), or {name}.detach()")
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a number, got {value!r}")
     return float(value)
