@@ -241,7 +241,8 @@ def convert(model: nn.Module, inplace: bool = False):
     -> Conv2d, BatchNorm2d -> ReLU or ReLU -> LocalResponseNorm -> MaxPool2d for a FusedSequential
     (same children, the runs through one op each); torchvision's ResNet BasicBlock / Bottleneck /
     ResNet for cnnfast.models.resnet's and its _DenseBlock for cnnfast.nn.DenseBlock. inplace=False
-    converts a deep copy and leaves `model` as it was; inplace=True converts `model`'s children in
+    converts a deep copy and leaves `model` as it was (a copy torch leaves uncompiled: call
+    .compile() on what convert returns where `model` had been); inplace=True converts `model`'s children in
     place, but a top module that is itself swapped (a torchvision ResNet) comes back as a new
     object: use the returned model. A module registered under several names stays one module."""
     if not isinstance(model, nn.Module):
