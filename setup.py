@@ -59,10 +59,7 @@ setup(
     name="cnnfast",
     version="0.1.0",
     description="Fast, memory-lean CNN kernels for PyTorch",
-    packages=["cnnfast", "cnnfast.ops", "cnnfast.nn", "cnnfast.models", "cnnfast.triton_kernels"],
-    # The Triton kernels live at the top of the repository (triton_kernels/) and install inside
-    # cnnfast, so that they never collide with another distribution's `triton_kernels`.
-    package_dir={"cnnfast.triton_kernels": "triton_kernels"},
+    # The packages (and where triton_kernels/ installs) are listed once, in pyproject.toml.
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
