@@ -6,7 +6,7 @@ a results file is taken the same way.
   CUDA events where triton is missing; CPU -> `time.perf_counter` over repeats, within a time
   budget per case, the variants of one comparison interleaved; always after warm-up, and never
   counting torch.compile's compilation;
-- memory, three ways (DESIGN.md, "Memory"): bytes saved for backward (`cnnfast.saved_tensor_bytes`,
+- memory, three ways: bytes saved for backward (`cnnfast.saved_tensor_bytes`,
   any device; the parameters a case declares are left out: activation memory), the `torch.cuda.max_memory_allocated` delta of one step on a GPU, and the peak RSS
   of one step in a fresh process on a CPU;
 - bandwidth: GB/s of a case's unavoidable traffic, against a device copy of the same tensor

@@ -2,8 +2,8 @@
 
 `CNNFAST_BACKEND=auto|cpu|cuda|triton|reference` (read at import) sets the default;
 `cnnfast.backend(name)` overrides it inside a `with` block. `auto` sends CPU tensors to the C++
-kernels and CUDA tensors to whichever of the CUDA and Triton kernels the benchmarks found faster
-for that op (AUTO_CUDA_CHOICE).
+kernels and CUDA tensors to the kernels AUTO_CUDA_CHOICE names for that op: the CUDA kernels until
+a GPU benchmark has compared them with Triton's (benchmarks/targets.py backend_choice says which).
 """
 from __future__ import annotations
 

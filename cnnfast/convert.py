@@ -147,7 +147,7 @@ def _resnet_refusal(m: nn.Module) -> str | None:
 RULES = (
     Rule("LocalResponseNorm", lambda m: type(m) is nn.LocalResponseNorm, _lrn),
     Rule("MaxPool2d (uint8 argmax)", lambda m: type(m) is nn.MaxPool2d, _max_pool),
-    Rule("Sequential with BN-ReLU(-Conv2d) or ReLU-LRN-MaxPool2d runs", _plain_sequential, _sequential),
+    Rule("Sequential with BN-ReLU(-Conv2d), ReLU-LRN-MaxPool2d runs or AvgPool2d", _plain_sequential, _sequential),
     Rule("torchvision ResNet block / stem",
          lambda m: _layouts.resnet_layout(m) is not None and type(m).__module__ != "cnnfast.models.resnet",
          _resnet_piece, _resnet_refusal),
@@ -238,13 +238,14 @@ def _swap(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
 def convert(model: nn.Module, inplace: bool = False):
     """Returns (converted model, ConversionReport). Swaps, keeping the weights:
     nn.LocalResponseNorm and nn.MaxPool2d for cnnfast's; nn.Sequential holding BatchNorm2d -> ReLU
-    -> Conv2d, BatchNorm2d -> ReLU or ReLU -> LocalResponseNorm -> MaxPool2d for a FusedSequential
-    (same children, the runs through one op each); torchvision's ResNet BasicBlock / Bottleneck /
-    ResNet for cnnfast.models.resnet's and its _DenseBlock for cnnfast.nn.DenseBlock. inplace=False
-    converts a deep copy and leaves `model` as it was (a copy torch leaves uncompiled: call
-    .compile() on what convert returns where `model` had been); inplace=True converts `model`'s children in
-    place, but a top module that is itself swapped (a torchvision ResNet) comes back as a new
-    object: use the returned model. A module registered under several names stays one module."""
+    -> Conv2d, BatchNorm2d -> ReLU or ReLU -> LocalResponseNorm -> MaxPool2d runs or an
+    nn.AvgPool2d for a FusedSequential (same children, the runs through one op each); torchvision's
+    ResNet BasicBlock / Bottleneck / ResNet for cnnfast.models.resnet's and its _DenseBlock for
+    cnnfast.nn.DenseBlock. inplace=False converts a deep copy and leaves `model` as it was (a copy
+    torch leaves uncompiled: call .compile() on what convert returns where `model` had been);
+    inplace=True converts `model`'s children in place, but a top module that is itself swapped (a
+    torchvision ResNet) comes back as a new object: use the returned model. A module registered
+    under several names stays one module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.convert: model must be an nn.Module, got {type(model).__name__}")
     if _is_compiled(model):

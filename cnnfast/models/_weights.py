@@ -94,7 +94,7 @@ def _describe(head: dict) -> str:
 
 def build(make: Callable[..., nn.Module], weights, kwargs: dict,
           remap: Callable[[dict], dict] = lambda state: state) -> nn.Module:
-    """make(**kwargs), then `weights` (a local checkpoint path, or None) loaded into it.
+    """make(**kwargs), then `weights` (a local checkpoint path, a state_dict, or None) loaded into it.
 
     torchvision's `progress` and timm's `pretrained=False` are accepted, so that calls written for
     those libraries run unchanged: both are about downloading, which cnnfast never does.

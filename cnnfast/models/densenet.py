@@ -25,8 +25,8 @@ class DenseNet(nn.Module):
     BN-ReLU recomputed in backward (cnnfast.nn.DenseBlock); False is the plain concatenating
     DenseNet. The same numbers either way.
 
-    small_inputs=True gives the CIFAR stem of the paper (one 3x3 convolution of 2 * growth_rate
-    channels, no pooling) in place of ImageNet's (7x7 stride 2, BN, ReLU, 3x3 max-pool);
+    small_inputs=True gives the CIFAR stem of the paper (one 3x3 convolution of num_init_features
+    channels, no pooling; densenet_bc passes 2 * growth_rate) in place of ImageNet's (7x7 stride 2, BN, ReLU, 3x3 max-pool);
     compression is the transitions' channel factor (0.5 in DenseNet-BC and torchvision)."""
     classifier_name = "classifier"
 

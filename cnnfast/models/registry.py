@@ -24,7 +24,7 @@ def list_models() -> list[str]:
 
 def get_model(name: str, weights=None, **kwargs) -> nn.Module:
     """The model `name` (see list_models()), built with `kwargs` (e.g. num_classes=10). `weights`:
-    a local checkpoint path (nothing is downloaded); a checkpoint for another num_classes loads all
+    a local checkpoint path or a state_dict (nothing is downloaded); a checkpoint for another num_classes loads all
     but the classifier, which stays freshly initialised."""
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), _MODELS, n=3)

@@ -1,4 +1,4 @@
-"""A DenseNet dense block in one shared buffer, BN-ReLU recomputed in backward (../DESIGN.md, Memory).
+"""A DenseNet dense block in one shared buffer, BN-ReLU recomputed in backward.
 
 A naive block concatenates all earlier features before every layer and keeps each concatenation
 and its BN-ReLU output for backward: memory quadratic in depth. Here:
