@@ -64,7 +64,8 @@ def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
 
 def _masked_grad(grad_output, x, scale, shift):
     z = x * _per_channel(scale.to(x.dtype)) + _per_channel(shift.to(x.dtype))
-    return torch.where(z > 0, grad_output.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+    # threshold_backward's rule: stopped where z <= 0, so a NaN z passes the gradient.
+    return torch.where(z <= 0, torch.zeros((), dtype=x.dtype, device=x.device), grad_output.to(x.dtype))
 
 
 def bn_relu_backward_sums(grad_output, input, mean, scale, shift):
@@ -78,7 +79,8 @@ def bn_relu_input_grad(grad_output, input, scale, shift, coef_x, coef_c):
     """dz * scale + x * coef_x + coef_c per channel (csrc/common/batch_norm.h)."""
     x = input.to(_acc(input))
     dz = _masked_grad(grad_output, x, scale, shift)
-    dx = dz * _per_channel(scale.to(x.dtype)) + x * _per_channel(coef_x.to(x.dtype)) + _per_channel(coef_c.to(x.dtype))
+    coef_x = _per_channel(coef_x.to(x.dtype))
+    dx = dz * _per_channel(scale.to(x.dtype)) + torch.where(coef_x == 0, 0, x * coef_x) + _per_channel(coef_c.to(x.dtype))
     return dx.to(input.dtype)
 
 

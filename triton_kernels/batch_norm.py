@@ -7,7 +7,7 @@ Per channel c, over the M = N * H * W values of x:
     mean_c, var_c  the mean and the biased variance (the BN statistics)
     scale = gamma * invstd,  shift = beta - mean * scale      (computed by the caller)
     z = x * scale + shift,   r = max(z, 0)   (a NaN z stays NaN, as torch.relu)
-Backward, with dz = dr where z > 0 else 0 (a NaN z passes nothing, as threshold_backward):
+Backward, with dz = 0 where z <= 0 else dr (a NaN z passes dr, as in threshold_backward):
     sum_dz     = sum(dz)                  (= d beta)
     sum_dz_xmu = sum(dz * (x - mean))     (= d gamma / invstd)
     dx         = dz * scale + x * coef_x + coef_c
@@ -241,7 +241,7 @@ def _backward_reduce_kernel(grad_ptr, x_ptr, r_ptr, mean_ptr, scale_ptr, shift_p
         g = tl.load(grad_ptr + _offsets(n, c, s, g_sn, g_sc, g_ss), mask=mask, other=0.0).to(ACC)
         z = _add_residual(_affine(x, scale, shift), r_ptr, n, c, s, mask, r_sn, r_sc, r_ss, ACC, HAS_RESIDUAL)
         # relu_masked_grad; masked-off lanes add +0 (even with a non-finite mean).
-        dz = tl.where(mask & (z > 0), g, 0.0)
+        dz = tl.where(mask & ~(z <= 0), g, 0.0)
         dz_xmu = tl.where(mask, dz * (x - mean), 0.0)
         sum_dz += tl.sum(dz, axis=1).to(tl.float64)
         sum_dz_xmu += tl.sum(dz_xmu, axis=1).to(tl.float64)
@@ -267,8 +267,10 @@ def _bn_relu_backward_kernel(grad_ptr, x_ptr, r_ptr, scale_ptr, shift_ptr, coef_
     scale = _load_channel(scale_ptr, c, cmask, ACC)
     z = _add_residual(_affine(x, scale, _load_channel(shift_ptr, c, cmask, ACC)), r_ptr, n, c, s, mask,
                       r_sn, r_sc, r_ss, ACC, HAS_RESIDUAL)
-    dz = tl.where(z > 0, g, 0.0)
-    dx = dz * scale + x * _load_channel(coef_x_ptr, c, cmask, ACC) + _load_channel(coef_c_ptr, c, cmask, ACC)
+    dz = tl.where(z <= 0, 0.0, g)  # relu_masked_grad: a NaN z passes the gradient, as in torch
+    coef_x = _load_channel(coef_x_ptr, c, cmask, ACC)
+    # statistics_term: no x term where coef_x is 0 (eval), so an infinite x gives no NaN.
+    dx = dz * scale + tl.where(coef_x == 0, 0.0, x * coef_x) + _load_channel(coef_c_ptr, c, cmask, ACC)
     out = _to_storage(dx, out_ptr.dtype.element_ty, ROUND_BF16)
     tl.store(out_ptr + _offsets(n, c, s, o_sn, o_sc, o_ss), out, mask=mask)
     if RESIDUAL_GRAD:

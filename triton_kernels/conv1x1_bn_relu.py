@@ -8,7 +8,7 @@ of csrc/common/batch_norm.h in front of it,
     out[n, o, s]    = bias[o] + sum_i weight[o, i] * r[n, i, s]
     grad_weight[o, i] = sum_{n, s} grad_out[n, o, s] * r[n, i, s]
     dr[n, i, s]     = sum_o weight[o, i] * grad_out[n, o, s]
-    dz              = dr where z > 0, else 0               (a NaN z passes no gradient)
+    dz              = 0 where z <= 0, else dr              (a NaN z passes dr, as in torch)
     sum_dz[i]       = sum_{n, s} dz,   sum_dz_xmu[i] = sum_{n, s} dz * (x - mean[i])
 
 and r is never written to memory: the forward and the weight gradient recompute it from each x
@@ -215,7 +215,7 @@ def _input_grad_kernel(g_ptr, w_ptr, x_ptr, mean_ptr, scale_ptr, shift_ptr, grad
     shift = tl.load(shift_ptr + i, mask=i_mask, other=0.0)
     mean = tl.load(mean_ptr + i, mask=i_mask, other=0.0)
     z = x * scale[:, None] + shift[:, None]
-    dz = tl.where((z > 0) & tile_mask, acc, 0.0)
+    dz = tl.where(~(z <= 0) & tile_mask, acc, 0.0)  # a NaN z passes the gradient, as in torch
     tl.store(grad_z_ptr + (i64[:, None] * dz_sc + (n * dz_sn + s * dz_ss)[None, :]),
              dz.to(grad_z_ptr.dtype.element_ty), mask=tile_mask)
 

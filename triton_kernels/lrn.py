@@ -62,8 +62,9 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
     elif BETA_KIND == 2:
         p = _div(tl.full(s.shape, 1.0, s.dtype), _sqrt(s))
     else:
-        # libdevice pow does not run under the interpreter; exp2/log2 do, natively as well.
-        p = tl.exp2(-beta * tl.log2(s))
+        # libdevice pow does not run under the interpreter; exp2/log2 do, natively as well. pow(s, 0)
+        # is 1 for every s, where exp2(0 * log2(s)) is NaN for an infinite or zero s.
+        p = tl.where(beta == 0, 1.0, tl.exp2(-beta * tl.log2(s))).to(s.dtype)
     return p
 
 

@@ -2,7 +2,7 @@
 //
 // Training BatchNorm followed by ReLU, written per channel as one multiply-add:
 //   scale = gamma * invstd,  shift = beta - mean * scale,  z = x * scale + shift,  r = max(z, 0)
-// Backward, with dz = (z > 0) ? dr : 0 and M = N * H * W values per channel:
+// Backward, with dz = (z <= 0) ? 0 : dr (a NaN z passes dr) and M = N * H * W values per channel:
 //   sum_dz      = sum(dz)                     (= d beta)
 //   sum_dz_xmu  = sum(dz * (x - mean))        (= d gamma / invstd)
 //   dx          = dz * scale + x * coef_x + coef_c
@@ -87,11 +87,18 @@ CNNFAST_HOST_DEVICE acc_t relu_value(acc_t z) {
   return z < acc_t(0) ? acc_t(0) : z;
 }
 
-// The ReLU mask as torch's threshold_backward applies it: the gradient passes where relu(z) > 0
-// (a NaN z passes none).
+// The ReLU mask as torch's threshold_backward applies it: the gradient stops where relu(z) <= 0,
+// so a NaN z (NaN <= 0 is false) passes it.
 template <typename acc_t>
 CNNFAST_HOST_DEVICE acc_t relu_masked_grad(acc_t grad, acc_t z) {
-  return z > acc_t(0) ? grad : acc_t(0);
+  return z <= acc_t(0) ? acc_t(0) : grad;
+}
+
+// x * coef_x, BN's dependence through the batch statistics, absent where coef_x is 0 (eval): torch's
+// eval backward has no such term, so an infinite x must give dz * scale, not inf * 0 = NaN.
+template <typename acc_t>
+CNNFAST_HOST_DEVICE acc_t statistics_term(acc_t x, acc_t coef_x) {
+  return coef_x == acc_t(0) ? acc_t(0) : x * coef_x;
 }
 
 }  // namespace cnnfast

@@ -326,7 +326,7 @@ template <bool kResidual, typename scalar_t, typename elem_t>
 inline std::array<elem_t, 2> grad_values(scalar_t x, scalar_t grad, const scalar_t* r, const std::array<elem_t, 4>& v) {
   const elem_t xv = static_cast<elem_t>(x);
   const elem_t dz = relu_masked_grad(static_cast<elem_t>(grad), z_value<kResidual>(xv, v[0], v[1], r));
-  return {dz, dz * v[0] + xv * v[2] + v[3]};
+  return {dz, dz * v[0] + statistics_term(xv, v[2]) + v[3]};
 }
 
 // One row (every channel of one position, unit strides) as a loop over __restrict__ parameters:

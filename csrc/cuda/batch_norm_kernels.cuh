@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(kBnThreads) bn_relu_backward_kernel(
       for (int i = 0; i < kBnChunk; ++i) {
         if (p.valid[i]) {
           const acc_t dz = relu_masked_grad(gv[i], bn_z<kResidual>(xv[i], sc, sh, rv, i));
-          dxc[p.offset(i, dxg)] = static_cast<scalar_t>(dz * sc + xv[i] * cx + cc);
+          dxc[p.offset(i, dxg)] = static_cast<scalar_t>(dz * sc + statistics_term(xv[i], cx) + cc);
           if (kResidual && drc != nullptr) drc[p.offset(i, residual.grad_geometry)] = static_cast<scalar_t>(dz);
         }
       }

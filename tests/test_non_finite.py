@@ -1,0 +1,90 @@
+"""Non-finite inputs (NaN, +-inf) through the BatchNorm ops and LRN: the outputs and gradients
+torch's own composition gives, NaN where torch has NaN and finite where it is finite (torch's
+ReLU backward passes the gradient where its output is NaN; its eval BatchNorm backward has no
+term in x, so an infinite x still gets a finite gradient)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnfast
+from helpers import backend_params
+
+BACKENDS = backend_params()
+
+
+def _input(shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    flat = x.view(-1)
+    flat[1], flat[3], flat[6] = float("nan"), float("inf"), float("-inf")
+    return x
+
+
+def _grads(fn, tensors):
+    tensors = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*tensors)
+    grad = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+    return [out.detach(), *torch.autograd.grad(out, tensors, grad, allow_unused=True)]
+
+
+def _assert_same(ours, theirs):
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+def _batch_norm_parameters(channels):
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5
+    bias = torch.rand(channels, generator=generator, dtype=torch.float64) - 0.5
+    mean = torch.randn(channels, generator=generator, dtype=torch.float64)
+    var = torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5
+    return weight, bias, mean, var
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("with_identity", [True, False], ids=["identity", "no_identity"])
+def test_bn_add_relu(backend, device, training, with_identity):
+    x = _input((2, 3, 3, 4)).to(device)
+    identity = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device) if with_identity else None
+    weight, bias, mean, var = (t.to(device) for t in _batch_norm_parameters(3))
+
+    def ours(x, weight, bias):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.bn_add_relu(x, identity, mean.clone(), var.clone(), weight, bias, training)
+
+    def theirs(x, weight, bias):
+        out = F.batch_norm(x, mean.clone(), var.clone(), weight, bias, training)
+        return F.relu(out if identity is None else out + identity)
+
+    _assert_same(_grads(ours, (x, weight, bias)), _grads(theirs, (x, weight, bias)))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_bn_relu_conv2d(backend, device, training):
+    x = _input((2, 3, 4, 4)).to(device)
+    weight, bias, mean, var = (t.to(device) for t in _batch_norm_parameters(3))
+    conv = torch.randn(2, 3, 1, 1, dtype=torch.float64, device=device)
+
+    def ours(x, weight, bias):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.bn_relu_conv2d(x, mean.clone(), var.clone(), weight, bias, conv,
+                                                     training=training)
+
+    def theirs(x, weight, bias):
+        return F.conv2d(F.relu(F.batch_norm(x, mean.clone(), var.clone(), weight, bias, training)), conv)
+
+    _assert_same(_grads(ours, (x, weight, bias)), _grads(theirs, (x, weight, bias)))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("beta", [0.0, 0.75, 1.3])
+def test_lrn_forward(backend, device, beta):
+    # pow(s, 0) is 1 whatever s is: an infinite window still divides by 1 when beta is 0.
+    x = torch.tensor([1.0, float("inf"), 2.0, -3.0], dtype=torch.float64, device=device).view(1, 4, 1, 1)
+    with cnnfast.backend(backend):
+        ours = cnnfast.functional.local_response_norm(x, 3, alpha=0.5, beta=beta, k=1.0)
+    torch.testing.assert_close(ours, F.local_response_norm(x, 3, alpha=0.5, beta=beta, k=1.0), equal_nan=True)
