@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from cnnfast import reference_models
 from cnnfast.models._weights import build
 from cnnfast.nn._fusable import fusable_activation
 from cnnfast.nn.conv import bn_relu_conv_modules
@@ -69,15 +70,9 @@ class BasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not fusable_activation(self.relu):  # hooked or replaced (guided backprop, another activation)
-            return self._forward_as_torchvision(x)
+        if not fusable_activation(self.relu):  # hooked or replaced: torchvision's forward, which calls it
+            return reference_models.BasicBlock.forward(self, x)
         return _tail(self.bn2, bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x)), x, self.downsample)
-
-    def _forward_as_torchvision(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -102,17 +97,10 @@ class Bottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not fusable_activation(self.relu):  # hooked or replaced (guided backprop, another activation)
-            return self._forward_as_torchvision(x)
+        if not fusable_activation(self.relu):  # hooked or replaced: torchvision's forward, which calls it
+            return reference_models.Bottleneck.forward(self, x)
         out = bn_relu_conv_modules(self.bn1, self.conv2, self.conv1(x))
         return _tail(self.bn3, bn_relu_conv_modules(self.bn2, self.conv3, out), x, self.downsample)
-
-    def _forward_as_torchvision(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += x if self.downsample is None else self.downsample(x)
-        return self.relu(out)
 
 
 class ResNet(nn.Module):

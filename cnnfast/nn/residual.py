@@ -70,8 +70,8 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
         out = sync_batch_norm.batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias,
                                                       step.momentum, bn.eps, group)
         return torch.relu(out if identity is None else out + identity)
-    if not (own or fusable_norm(bn)) or group:
-        out = nn.BatchNorm2d.forward(bn, input) if own else bn(input)
+    if not (own or fusable_norm(bn)) or group:  # (never `own` here: a synchronised BNAddReLU ran above)
+        out = bn(input)
         return torch.relu(out if identity is None else out + identity)
     step = batch_norm_step(bn)
     return bn_add_relu(input, identity, step.running_mean, step.running_var, bn.weight, bn.bias,
