@@ -77,6 +77,12 @@ def _functorch_or_forward_ad(tensors) -> bool:
                                   or forward_ad.unpack_dual(t).tangent is not None) for t in tensors)
 
 
+def plain_torch_required(*tensors: torch.Tensor | None) -> bool:
+    """Whether plain torch must run an op on `tensors`: the 'reference' backend is chosen, or a
+    tensor is under a torch.func transform or carries a forward-mode tangent."""
+    return current_backend() == "reference" or _functorch_or_forward_ad(tensors)
+
+
 _warned_missing_extension = False
 
 
@@ -84,9 +90,9 @@ def resolve(op: str, input: torch.Tensor, *others: torch.Tensor | None) -> str:
     """The concrete backend for `op` on `input` (and the op's other tensors): 'cpp' (cnnfast._C's
     CPU or CUDA kernel), 'triton' or 'reference'."""
     global _warned_missing_extension
-    name = current_backend()
-    if name == "reference" or _functorch_or_forward_ad((input, *others)):
+    if plain_torch_required(input, *others):
         return "reference"
+    name = current_backend()
     device = input.device
     if name == "triton":
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -55,11 +55,18 @@ def check_int(value, name: str, op: str, minimum: int) -> int:
     return value
 
 
+def check_conv_dtype(value: torch.Tensor | None, name: str, input: torch.Tensor, op: str) -> None:
+    """As F.conv2d: outside autocast (which casts them itself) a convolution's parameters have its
+    input's dtype."""
+    if value is not None and value.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+        raise TypeError(f"{op}: {name} must have input's dtype {input.dtype} (outside autocast, as F.conv2d), "
+                        f"got {value.dtype}")
+
+
 def check_number(value, name: str, op: str) -> float:
     # numbers.Real: numpy's floats and ints too (hyper-parameters read from a config or a sweep);
     # and, as torch's functions take them, one-element real tensors, read once as a constant.
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype not in (torch.bool,) \
-            and not value.is_complex():
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool and not value.is_complex():
         if value.requires_grad:
             raise TypeError(f"{op}: {name} is a tensor that requires grad; cnnfast takes it as a constant and "
                             f"would not differentiate it: pass float({name}), or {name}.detach()")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cnnfast._backend import _functorch_or_forward_ad, current_backend
+from cnnfast._backend import plain_torch_required
 from cnnfast.ops import _checks
 
 
@@ -34,8 +34,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
                count_include_pad: bool = True) -> torch.Tensor:
     """F.avg_pool2d (4-d input, no divisor_override), keeping nothing for backward."""
     op = "cnnfast.avg_pool2d"
-    if isinstance(input, torch.Tensor) and (not input.is_floating_point() or current_backend() == "reference"
-                                            or _functorch_or_forward_ad((input,))):
+    if isinstance(input, torch.Tensor) and (not input.is_floating_point() or plain_torch_required(input)):
         # Integers (nothing to differentiate), torch.func transforms and forward-mode AD, which
         # the autograd.Function below has no formulas for: torch's own pool.
         return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad)

@@ -64,13 +64,8 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
             raise ValueError(f"{OP}: bias must have {weight.shape[0]} values, got shape {tuple(bias.shape)}")
         tensors["bias"] = bias
     _checks.check_same_device(OP, **tensors)
-    # As F.conv2d: outside autocast (which casts them itself) the convolution's input, relu(bn(x)),
-    # and its parameters share a dtype.
-    if not torch.is_autocast_enabled(input.device.type):
-        for name, value in (("weight", weight), ("bias", bias)):
-            if value is not None and value.dtype != input.dtype:
-                raise TypeError(f"{OP}: {name} must have input's dtype {input.dtype} (outside autocast, as "
-                                f"F.conv2d), got {value.dtype}")
+    _checks.check_conv_dtype(weight, "weight", input, OP)
+    _checks.check_conv_dtype(bias, "bias", input, OP)
     stride = _checks.pair(stride, "stride", OP, minimum=1)
     dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
     padding = conv_padding(padding, weight.shape[-2:], stride, dilation)

@@ -62,16 +62,13 @@ def check_unit_dtypes(input: torch.Tensor, norms: list[BatchNormArgs], parameter
     """The dtypes bn_relu_conv2d checks, for each BN-ReLU-conv unit of a block or stage: `norms` and
     `names` per unit, `parameters` (BN weight, BN bias, conv weight) per unit. Every unit's kernels
     run in input's dtype, so a mismatch would otherwise compute silently in one of the precisions."""
-    autocast = torch.is_autocast_enabled(input.device.type)  # the conv weights come cast already
     for index, (norm, name) in enumerate(zip(norms, names)):
         bn_weight, bn_bias, conv_weight = parameters[3 * index:3 * index + 3]
         for kind, value in (("running_mean", norm.running_mean), ("running_var", norm.running_var),
                             ("weight", bn_weight), ("bias", bn_bias)):
             if value is not None:
                 check_batch_norm_dtype(value, f"the BatchNorm {kind} of {name}", input.dtype, op)
-        if not autocast and conv_weight.dtype != input.dtype:
-            raise TypeError(f"{op}: the conv weight of {name} must have input's dtype {input.dtype} (outside autocast, "
-                            f"as F.conv2d), got {conv_weight.dtype}")
+        _checks.check_conv_dtype(conv_weight, f"the conv weight of {name}", input, op)
 
 
 def dense_block(input: torch.Tensor, config: DenseBlockConfig, parameters: list) -> torch.Tensor:
