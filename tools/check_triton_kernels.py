@@ -9,8 +9,7 @@ here. So:
 1. In a child process under the interpreter, every cnnfast op that launches a Triton kernel runs
    on small CPU tensors in every dtype and layout it takes, and each launch is recorded: the
    kernel, its argument types (annotated scalars as annotated), its constexpr values (as a GPU
-   launch passes them, where the launchers choose otherwise for the interpreter) and its compile
-   options.
+   launch passes them: the launchers are told they are not interpreted) and its compile options.
 2. Here, without the interpreter, each distinct launch is compiled with triton.compile for sm_90
    (as the GPU would compile it), its shared memory is checked against the SM's, and ptxas -v
    tells its registers and spills. Each launch is compiled a second time with its int32 arguments
@@ -95,21 +94,8 @@ def _launch_record(interpreted, args, kwargs) -> dict:
             if value is None:
                 constexprs[parameter.name] = None
     options = {k: v for k, v in kwargs.items() if k not in names}
-    return _as_on_gpu({"module": fn.__module__, "kernel": fn.__name__, "signature": signature,
-                       "constexprs": constexprs, "options": options})
-
-
-def _as_on_gpu(entry: dict) -> dict:
-    """The launch as a GPU makes it. A few constexprs take other values under the interpreter, to
-    work around its bfloat16 (kept as raw 16-bit words): compiling those values would check
-    variants no GPU runs, and leave the ones it runs unchecked."""
-    constexprs = dict(entry["constexprs"])
-    if "ROUND_BF16" in constexprs:  # batch_norm.py: rounds the interpreter's truncating bf16 stores
-        constexprs["ROUND_BF16"] = False
-    bf16 = "*bf16" in entry["signature"].values()
-    if bf16 and constexprs.get("DOT") == {"triton_dtype": "fp32"}:  # conv1x1_bn_relu.py _dot_dtype
-        constexprs["DOT"] = {"triton_dtype": "bf16"}
-    return dict(entry, constexprs=constexprs)
+    return {"module": fn.__module__, "kernel": fn.__name__, "signature": signature, "constexprs": constexprs,
+            "options": options}
 
 
 def _run_every_triton_op() -> None:
@@ -126,8 +112,8 @@ def _run_every_triton_op() -> None:
             for layout in layouts:
                 def leaf(*shape):
                     return torch.randn(*shape).to(dtype=dtype, memory_format=layout).requires_grad_()
-                # Even and odd sizes; beta 0.75 and 0.5 (their own code paths) and the general power.
-                for size, beta in ((4, 0.75), (5, 0.75), (5, 0.5), (5, 1.3)):
+                # Even and odd sizes; beta 0.75, 0.5 and 0 (their own code paths) and the general power.
+                for size, beta in ((4, 0.75), (5, 0.75), (5, 0.5), (5, 0.0), (5, 1.3)):
                     F.local_response_norm(leaf(2, 7, 5, 6), size, beta=beta).sum().backward()
                 # 3/2 windows (the fast path), other windows, and windows too large for uint8 offsets.
                 for kernel, stride in ((3, 2), (2, 1), (17, 1)):
@@ -167,6 +153,14 @@ def record(out: Path) -> None:
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run
+    # The launchers choose a few constexprs otherwise under the interpreter (its bfloat16 is raw
+    # 16-bit words; each such module says so in its _INTERPRETED): record the launches as a GPU
+    # makes them. Only their types matter here, not the numbers the interpreter then computes.
+    import cnnfast.triton_kernels as kernels
+    for path in Path(kernels.__file__).parent.glob("[!_]*.py"):
+        module = importlib.import_module(f"{kernels.__name__}.{path.stem}")
+        if hasattr(module, "_INTERPRETED"):
+            module._INTERPRETED = False
     _run_every_triton_op()
     out.write_text(json.dumps(list(launches.values()), indent=1))
 

@@ -32,6 +32,7 @@ _NUM_WARPS = 4
 _BETA_GENERAL = 0
 _BETA_THREE_QUARTERS = 1
 _BETA_HALF = 2
+_BETA_ZERO = 3  # s^-0 = 1 for every s, infinite or zero too
 
 
 @triton.jit
@@ -61,10 +62,12 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
         p = r * _sqrt(r)
     elif BETA_KIND == 2:
         p = _div(tl.full(s.shape, 1.0, s.dtype), _sqrt(s))
+    elif BETA_KIND == 3:
+        # pow(s, 0) is 1 for every s, where exp2(0 * log2(s)) is NaN for an infinite or zero s.
+        p = tl.full(s.shape, 1.0, s.dtype)
     else:
-        # libdevice pow does not run under the interpreter; exp2/log2 do, natively as well. pow(s, 0)
-        # is 1 for every s, where exp2(0 * log2(s)) is NaN for an infinite or zero s.
-        p = tl.where(beta == 0, 1.0, tl.exp2(-beta * tl.log2(s))).to(s.dtype)
+        # libdevice pow does not run under the interpreter; exp2/log2 do, natively as well.
+        p = tl.exp2(-beta * tl.log2(s))
     return p
 
 
@@ -198,6 +201,8 @@ def _beta_kind(beta: float) -> int:
         return _BETA_THREE_QUARTERS
     if beta == 0.5:
         return _BETA_HALF
+    if beta == 0:
+        return _BETA_ZERO
     return _BETA_GENERAL
 
 
