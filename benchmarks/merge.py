@@ -19,11 +19,6 @@ from benchmarks import report, targets
 SAME_STACK = ("device", "device_description", "torch", "triton", "cuda", "cudnn", "cpu_cores", "cpu_threads")
 
 
-def comparison(row: dict) -> tuple:
-    """The rows that compare with each other (harness.Case.group, as stored in a row)."""
-    return (row["op"], row["shape"], row["dtype"], row["pass"])
-
-
 def merge(runs: list[dict]) -> dict:
     """The results of `runs` (loaded results files, oldest first) as one results dict."""
     if not runs:
@@ -43,10 +38,10 @@ def merge(runs: list[dict]) -> dict:
     latest: dict[tuple, int] = {}  # comparison -> the last run that measured it
     for i, run in enumerate(runs):
         for row in run["rows"]:
-            latest[comparison(row)] = i
+            latest[report.comparison(row)] = i
     rows = []
     for i, run in enumerate(runs):
-        rows += [{**row, "run": i} for row in run["rows"] if latest[comparison(row)] == i]
+        rows += [{**row, "run": i} for row in run["rows"] if latest[report.comparison(row)] == i]
 
     copy_gbps = {}
     for run in runs:
@@ -56,7 +51,7 @@ def merge(runs: list[dict]) -> dict:
     metadata["runs"] = [f"run {i}: commit {run['metadata'].get('commit')}, {run['metadata'].get('date')}, "
                         f"{run['metadata'].get('run_seconds')} s, "
                         f"`python -m benchmarks {run['metadata'].get('arguments', '?')}`, "
-                        f"{sum(latest[comparison(r)] == i for r in run['rows'])} of its {len(run['rows'])} rows kept"
+                        f"{sum(latest[report.comparison(r)] == i for r in run['rows'])} of its {len(run['rows'])} rows kept"
                         for i, run in enumerate(runs)]
     commits = list(dict.fromkeys(run["metadata"].get("commit") for run in runs))
     metadata["commit"] = ", ".join(commits)

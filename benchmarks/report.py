@@ -14,11 +14,17 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 MIB = 2**20
 
 
+def comparison(row: dict) -> tuple:
+    """The rows that compare with each other: same op, shape, dtype and pass (harness.Case.group,
+    as stored in a row)."""
+    return (row["op"], row["shape"], row["dtype"], row["pass"])
+
+
 def derive(rows: list[dict]) -> None:
     """Adds each row's speed-up, saved-bytes and peak-memory ratios against eager torch on the same case."""
-    base = {(r["op"], r["shape"], r["dtype"], r["pass"]): r for r in rows if r["variant"] == "torch"}
+    base = {comparison(r): r for r in rows if r["variant"] == "torch"}
     for r in rows:
-        b = base.get((r["op"], r["shape"], r["dtype"], r["pass"]))
+        b = base.get(comparison(r))
         r["speedup"] = b["median_ms"] / r["median_ms"] if b and "median_ms" in b and "median_ms" in r else None
         r["saved_ratio"] = (r["saved_bytes"] / b["saved_bytes"]
                             if b and b.get("saved_bytes") and "saved_bytes" in r else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from benchmarks.report import comparison
 from cnnfast._backend import AUTO_CUDA_CHOICE
 
 
@@ -20,11 +21,10 @@ def _rows(rows, op, variant, passes=("fwd", "fwd+bwd")):
 
 def _over_compile(rows: list[dict]):
     """Per row: torch.compile's time over this row's (same comparison); None where compile did not run."""
-    compiled = {(r["op"], r["shape"], r["dtype"], r["pass"]): r.get("median_ms")
-                for r in rows if r["variant"] == "torch.compile"}
+    compiled = {comparison(r): r.get("median_ms") for r in rows if r["variant"] == "torch.compile"}
 
     def ratio(r):
-        ms = compiled.get((r["op"], r["shape"], r["dtype"], r["pass"]))
+        ms = compiled.get(comparison(r))
         return ms / r["median_ms"] if ms else None
     return ratio
 
