@@ -3,7 +3,6 @@ architectures of cnnfast/reference_models.py): the same outputs, gradients and r
 the same state_dict keys, fewer bytes saved for backward."""
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import cnnfast
 from cnnfast import models, reference_models
 from cnnfast.models.resnet import BasicBlock, Bottleneck, ResNet
 

@@ -26,7 +26,8 @@ class DenseNet(nn.Module):
     DenseNet. The same numbers either way.
 
     small_inputs=True gives the CIFAR stem of the paper (one 3x3 convolution of num_init_features
-    channels, no pooling; densenet_bc passes 2 * growth_rate) in place of ImageNet's (7x7 stride 2, BN, ReLU, 3x3 max-pool);
+    channels, no pooling; densenet_bc passes 2 * growth_rate) in place of ImageNet's (7x7 stride 2,
+    BN, ReLU, 3x3 max-pool);
     compression is the transitions' channel factor (0.5 in DenseNet-BC and torchvision)."""
     classifier_name = "classifier"
 
