@@ -141,3 +141,8 @@ def assert_step_matches(ours, theirs, x, tol=1e-10):
 def saved_bytes(model, x):
     """Activation bytes kept for backward by a training step of `model` (parameters excluded)."""
     return cnnfast.saved_tensor_bytes(model.train(), x, exclude=list(model.parameters()))[1]
+
+
+# A small DPN (cnnfast.models.dpn.DPN's arguments) with every block type: 'proj', 'down', 'normal',
+# and a stage of one block.
+TINY_DPN = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)

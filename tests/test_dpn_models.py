@@ -15,15 +15,13 @@ from cnnfast import models, reference_models
 from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
-from helpers import (assert_low_precision_close, assert_state_dict_layout, assert_training_steps_match,
+from helpers import (TINY_DPN, assert_low_precision_close, assert_state_dict_layout, assert_training_steps_match,
                      backend_params, state_dict_lines)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
 
 
-# A small DPN with every block type: 'proj', 'down', 'normal', and a stage of one block.
-TINY = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)
 
 
 def randomised(model):
@@ -83,8 +81,8 @@ def compare_steps(ours, reference, x_size, modes=("train", "train", "eval"), dev
                          ids=["c1x1_c", "b-split-c1x1_c1-c1x1_c2-dropout", "b-split-recompute-residual"])
 def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
-    reference = reference_models.DPN(**TINY, b=b, drop_rate=drop_rate).double()
+    ours = randomised(models.DPN(**TINY_DPN, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
+    reference = reference_models.DPN(**TINY_DPN, b=b, drop_rate=drop_rate).double()
     compare_steps(ours, reference, 32)
 
 
@@ -93,14 +91,14 @@ def test_tiny_dpn_matches_plain_reference_on_each_backend(backend, device):
     """The stages' kernels of each backend (the Triton 1x1 GEMMs read a block's input as the
     buffer's leading channels, and in backward as the scratch copy's)."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY).double())
+    ours = randomised(models.DPN(**TINY_DPN).double())
     with cnnfast.backend(backend):
-        compare_steps(ours, reference_models.DPN(**TINY).double(), 16, ("train", "eval"), device)
+        compare_steps(ours, reference_models.DPN(**TINY_DPN).double(), 16, ("train", "eval"), device)
 
 
 def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
     """7x7 stem, odd spatial sizes through the strided projections and 3x3 convolutions."""
-    config = {**TINY, "small": False}
+    config = {**TINY_DPN, "small": False}
     torch.manual_seed(0)
     ours = randomised(models.DPN(**config).double())
     compare_steps(ours, reference_models.DPN(**config).double(), 45, ("train", "eval"))
@@ -108,15 +106,15 @@ def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
 
 def test_memory_efficient_false_is_the_same_model():
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY, b=True).double())
-    plain = models.DPN(**TINY, b=True, memory_efficient=False).double()
+    ours = randomised(models.DPN(**TINY_DPN, b=True).double())
+    plain = models.DPN(**TINY_DPN, b=True, memory_efficient=False).double()
     compare_steps(ours, plain, 32, ("train",))
 
 
 @pytest.mark.parametrize("change", ["hooks", "conv bias", "convert_sync_bn"])
 def test_blocks_changed_after_construction_run_block_by_block(change):
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY).double())
+    ours = randomised(models.DPN(**TINY_DPN).double())
     calls = []
     block = ours.features.conv3_2
     if change == "hooks":
@@ -128,7 +126,7 @@ def test_blocks_changed_after_construction_run_block_by_block(change):
     else:  # statistics to be shared across ranks: the stage op has no all-reduce
         block.c1x1_a.process_group = "a group"
     assert not cnnfast.nn.dpn._block_as_built(block)
-    plain = models.DPN(**TINY, memory_efficient=False).double()
+    plain = models.DPN(**TINY_DPN, memory_efficient=False).double()
     if change == "conv bias":
         plain.features.conv3_2.c1x1_a.conv.bias = torch.nn.Parameter(torch.zeros_like(block.c1x1_a.conv.bias))
     if change != "convert_sync_bn":
@@ -148,8 +146,8 @@ def test_dpn68_training_step_matches_plain_reference():
 
 def test_channels_last_matches_plain_reference():
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY).double()).to(memory_format=torch.channels_last)
-    reference = reference_models.DPN(**TINY).double().to(memory_format=torch.channels_last)
+    ours = randomised(models.DPN(**TINY_DPN).double()).to(memory_format=torch.channels_last)
+    reference = reference_models.DPN(**TINY_DPN).double().to(memory_format=torch.channels_last)
     compare_steps(ours, reference, 32, ("train",))
 
 
@@ -158,10 +156,10 @@ def test_bfloat16_autocast_within_twice_plain_error(mode):
     """Under CPU autocast (bf16 convolutions), against the plain DPN in fp64: output and input
     gradient errors at most twice those of the plain DPN under the same autocast."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY)).train(mode == "train")
-    reference = reference_models.DPN(**TINY).train(mode == "train")
+    ours = randomised(models.DPN(**TINY_DPN)).train(mode == "train")
+    reference = reference_models.DPN(**TINY_DPN).train(mode == "train")
     reference.load_state_dict(ours.state_dict())
-    exact = reference_models.DPN(**TINY).double().train(mode == "train")
+    exact = reference_models.DPN(**TINY_DPN).double().train(mode == "train")
     exact.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     x_exact = x.clone().requires_grad_()
@@ -183,8 +181,8 @@ def test_bfloat16_autocast_within_twice_plain_error(mode):
 def test_stage_without_input_gradient_and_frozen_parameters():
     """A stage whose input needs no gradient, some parameters frozen: the others' gradients as plain."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY).double())
-    reference = reference_models.DPN(**TINY).double()
+    ours = randomised(models.DPN(**TINY_DPN).double())
+    reference = reference_models.DPN(**TINY_DPN).double()
     reference.load_state_dict(ours.state_dict())
     for model in (ours, reference):
         model.features.conv2_2.c1x1_a.requires_grad_(False)
@@ -216,7 +214,7 @@ def test_stages_keep_less_for_backward_than_plain():
 
 
 def test_nothing_is_kept_without_autograd():
-    model = models.DPN(**TINY).double()
+    model = models.DPN(**TINY_DPN).double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         _, saved = cnnfast.saved_tensor_bytes(model, x)
@@ -245,8 +243,8 @@ def test_stage_errors_name_the_problem():
 def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does(size):
     # nn.BatchNorm2d counts the step before it checks: the plain blocks count every BatchNorm up to
     # the first that sees one value per channel, none after it.
-    ours = models.DPN(**TINY)
-    plain = models.DPN(**TINY, memory_efficient=False)
+    ours = models.DPN(**TINY_DPN)
+    plain = models.DPN(**TINY_DPN, memory_efficient=False)
     plain.load_state_dict(ours.state_dict())
     for model in (ours, plain):
         with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -257,7 +255,7 @@ def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does(size):
 
 
 def test_num_classes_zero_returns_pooled_features():
-    model = models.DPN(**{**TINY, "num_classes": 0}).eval()
+    model = models.DPN(**{**TINY_DPN, "num_classes": 0}).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
 
 
@@ -265,7 +263,7 @@ def test_num_classes_zero_returns_pooled_features():
 
 def test_headless_checkpoints_and_models_load_all_but_the_classifier(tmp_path):
     # timm's num_classes=0: a feature extractor without classifier parameters.
-    tiny = {**TINY, "num_classes": 1000}
+    tiny = {**TINY_DPN, "num_classes": 1000}
     path = tmp_path / "dpn.pth"
     source = models.DPN(**tiny)
     torch.save(source.state_dict(), path)

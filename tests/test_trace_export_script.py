@@ -8,12 +8,12 @@ import torch
 import cnnfast
 from cnnfast import models
 from cnnfast.models.dpn import DPN
+from helpers import TINY_DPN
 
 # torch 2.13 deprecates TorchScript, and the tracer warns where the input checks read shapes.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 
 TINY_DENSENET = dict(growth_rate=4, block_config=(2, 3), num_init_features=8, num_classes=5, small_inputs=True)
-TINY_DPN = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)
 
 MODELS = {
     "densenet": lambda: models.DenseNet(**TINY_DENSENET),
