@@ -22,8 +22,6 @@ FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dict
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
 
 
-
-
 def randomised(model):
     """Non-trivial BatchNorm parameters and running statistics."""
     generator = torch.Generator().manual_seed(1)
