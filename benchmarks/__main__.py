@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-model-compile", action="store_true",
                         help="on a GPU, time whole models without their torch.compile twin (each takes minutes "
                              "to compile, per dtype); the op rows keep theirs")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no comparison after this many seconds; the rows measured so far are "
+                             "written as a partial run (as are those of a run stopped by SIGINT or SIGTERM)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
                         help="directory for the results files (default: benchmarks/results)")
     return parser.parse_args(argv)
@@ -60,12 +64,20 @@ def select(cases, only: list[str] | None, dtype: str | None = None):
     return [c for c in cases if c.group in groups and (c.variant == "torch" or any(o in c.label.lower() for o in only))]
 
 
-def results_name(device_name: str, args) -> str:
-    """Only a whole run replaces <device>.json (the committed results): a partial run's rows go to
-    <device>-partial.json, for benchmarks.merge, and a smoke test's to <device>-quick.json."""
+def results_name(device_name: str, args, stopped: str | None = None) -> str:
+    """Only a whole run replaces <device>.json (the committed results): a partial or stopped run's
+    rows go to <device>-partial.json, for benchmarks.merge, and a smoke test's to <device>-quick.json."""
     if args.quick:
         return device_name + "-quick"
-    return device_name + ("-partial" if args.only or args.dtype else "")
+    return device_name + ("-partial" if args.only or args.dtype or stopped else "")
+
+
+def _stop_on_sigterm() -> None:
+    """`timeout` and job schedulers stop a run with SIGTERM: end it as Ctrl-C does, so that the rows
+    measured so far are still written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv=None) -> int:
@@ -86,17 +98,24 @@ def main(argv=None) -> int:
     meta = harness.metadata(device)  # before running: the commit and date the run started from
 
     started, load = time.perf_counter(), harness.BackgroundLoad()
-    rows, copy_gbps = [], {}
+    rows, copy_gbps, stopped = [], {}, None
     groups = list(dict.fromkeys(c.group for c in cases))  # the variants of one comparison run together
     with tqdm(total=len(cases), desc=f"benchmarks ({meta['device']})", unit="case") as bar:
-        for group in groups:
-            members = [c for c in cases if c.group == group]
-            bar.set_postfix_str(members[0].label.rsplit(" ", 1)[0])
-            for case, row in zip(members, harness.measure_group(members, device, settings, copy_gbps)):
-                if "error" in row:
-                    tqdm.write(f"error: {case.label}: {row['error']}")
-                rows.append(row)
-            bar.update(len(members))
+        try:
+            for group in groups:
+                if args.time_limit is not None and time.perf_counter() - started > args.time_limit:
+                    stopped = f"--time-limit {args.time_limit:g} s reached"
+                    break
+                members = [c for c in cases if c.group == group]
+                bar.set_postfix_str(members[0].label.rsplit(" ", 1)[0])
+                measured = harness.measure_group(members, device, settings, copy_gbps)
+                for case, row in zip(members, measured):  # a group's rows are kept whole or not at all
+                    if "error" in row:
+                        tqdm.write(f"error: {case.label}: {row['error']}")
+                rows.extend(measured)
+                bar.update(len(members))
+        except KeyboardInterrupt as interrupt:
+            stopped = f"interrupted ({str(interrupt) or 'SIGINT'})"
     elapsed, other = time.perf_counter() - started, load.cores_busy()
 
     report.derive(rows)
@@ -105,6 +124,9 @@ def main(argv=None) -> int:
                      for r in rows if "skipped" in r or "error" in r]
     if args.only or args.dtype:
         notes.append(f"partial run: --only {args.only!r} --dtype {args.dtype}")
+    if stopped:
+        notes.append(f"partial run: {stopped} after {len(rows)} of {len(cases)} cases; the comparisons not "
+                     "run are missing")
     if args.no_model_compile and device == "cuda":
         notes.append("whole models ran without their torch.compile twin (--no-model-compile)")
     if device == "cpu" and other is not None and other > 0.1:
@@ -120,7 +142,7 @@ def main(argv=None) -> int:
         "notes": notes,
     }
     targets.summarise(result)
-    stem = report.write_results(args.out, results_name(meta["device"], args), result)
+    stem = report.write_results(args.out, results_name(meta["device"], args, stopped), result)
 
     print(report.table(rows, device))
     print("\nTargets:")
@@ -131,8 +153,9 @@ def main(argv=None) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"\n{len(rows)} cases in {elapsed:.0f} s; wrote {stem}.json, .md, .png")
-    return 1 if any("error" in r for r in rows) else 0
+    return 1 if stopped or any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
+    _stop_on_sigterm()
     sys.exit(main())

@@ -200,14 +200,16 @@ def variants(device: str) -> tuple[list[str], list[str]]:
 
 def git_commit() -> str:
     """`git rev-parse --short HEAD`, with "-dirty" when the checkout has uncommitted changes
-    (results files excepted: writing them must not change the commit they record)."""
+    (results files excepted: writing them must not change the commit they record). A copy of the
+    tree without its .git (as a lent GPU machine gets) records $CNNFAST_COMMIT, set by whoever
+    copied it."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     try:
         commit = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("CNNFAST_COMMIT", "unknown")
     return commit + ("-dirty" if dirty else "")
 
 
@@ -374,7 +376,15 @@ def time_cuda(step, settings: Settings) -> Timing:
         from triton.testing import do_bench
     except ImportError:
         return _time_cuda_events(step, settings)
-    median, p20, p80 = do_bench(step, warmup=settings.gpu_warmup_ms, rep=settings.gpu_rep_ms,
+    # do_bench repeats rep / (its estimate of one call) times: a whole-model step of 100 ms or more
+    # would be timed once. Give it time for at least min_reps calls.
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    one_call_ms = (time.perf_counter() - started) * 1e3
+    median, p20, p80 = do_bench(step, warmup=settings.gpu_warmup_ms,
+                                rep=max(settings.gpu_rep_ms, settings.min_reps * one_call_ms),
                                 quantiles=[0.5, 0.2, 0.8])
     return Timing(median, p20, p80, None)  # do_bench picks its own repeat count
 

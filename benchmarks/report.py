@@ -135,7 +135,9 @@ def _grouped_barh(ax, groups: list[str], variants: list[str], value) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else ""))
     ax.tick_params(axis="x", which="minor", labelsize=6)
     ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:  # a panel with no rows has none to name
+        ax.legend(fontsize=7)
 
 
 def draw_chart(path: Path, rows: list[dict], title: str) -> None:
@@ -146,8 +148,8 @@ def draw_chart(path: Path, rows: list[dict], title: str) -> None:
     variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "torch"]
     by_key = {(group(r), r["variant"]): r for r in rows}
 
-    fig, (speed, memory) = plt.subplots(1, 2, figsize=(14, 1.2 + 0.32 * len(groups) * max(len(variants), 1) / 2),
-                                        gridspec_kw={"width_ratios": [1.2, 1]})
+    height = max(3, 1.2 + 0.32 * len(groups) * max(len(variants), 1) / 2)  # 3 in: room for the titles
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(14, height), gridspec_kw={"width_ratios": [1.2, 1]})
     _grouped_barh(speed, groups, variants, lambda g, v: by_key.get((g, v), {}).get("speedup"))
     speed.axvline(1, color="k", lw=0.8)
     speed.set_xlabel("speed-up vs eager torch (log; >1 is faster)")

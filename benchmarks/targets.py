@@ -12,11 +12,14 @@ from benchmarks.report import comparison
 from cnnfast._backend import AUTO_CUDA_CHOICE
 
 
+def _is_op(name: str, op: str) -> bool:
+    """Whether a row's op `name` is `op` (an op name, or a prefix ending in '*')."""
+    return name.startswith(op[:-1]) if op.endswith("*") else name == op
+
+
 def _rows(rows, op, variant, passes=("fwd", "fwd+bwd")):
     """Rows of `op` (an op name, or a prefix ending in '*')."""
-    def matches(name):
-        return name.startswith(op[:-1]) if op.endswith("*") else name == op
-    return [r for r in rows if matches(r["op"]) and r["variant"] == variant and r["pass"] in passes]
+    return [r for r in rows if _is_op(r["op"], op) and r["variant"] == variant and r["pass"] in passes]
 
 
 def _over_compile(rows: list[dict]):
@@ -106,8 +109,10 @@ def _model_targets(rows: list[dict], variant: str, device: str) -> list[dict]:
     ]
 
 
-# The ops whose CUDA-tensor backend `auto` chooses, by their rows' op name.
-AUTO_OPS = {"lrn": "local_response_norm", "max_pool": "max_pool2d"}
+# The ops whose CUDA-tensor backend `auto` chooses, by their rows' op name ("bn_relu_conv*": every
+# shape of BNReLUConv2d). bn_relu and bn_add_relu have no rows of their own: they stay on "cuda".
+AUTO_OPS = {"lrn": "local_response_norm", "max_pool": "max_pool2d", "relu_lrn_max_pool": "relu_lrn_max_pool2d",
+            "bn_relu_conv*": "bn_relu_conv2d"}
 
 
 def backend_choice(rows: list[dict]) -> list[dict]:
@@ -119,7 +124,7 @@ def backend_choice(rows: list[dict]) -> list[dict]:
     for op, key in AUTO_OPS.items():
         ratios = [timed[(o, s, d, p, "cnnfast[triton]")] / ms
                   for (o, s, d, p, v), ms in timed.items()
-                  if o == op and v == "cnnfast[cuda]" and (o, s, d, p, "cnnfast[triton]") in timed]
+                  if _is_op(o, op) and v == "cnnfast[cuda]" and (o, s, d, p, "cnnfast[triton]") in timed]
         if not ratios:
             continue
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))

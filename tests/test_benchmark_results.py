@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as bench
-from benchmarks import merge
+from benchmarks import harness, merge, targets
 
 LRN_FWD = "LRN 5 2x96x55x55 fp32 fwd cnnfast"
 POOL_FWD = "max-pool 3/2 2x96x55x55 fp32 fwd cnnfast"
@@ -23,6 +23,10 @@ POOL_FWD = "max-pool 3/2 2x96x55x55 fp32 fwd cnnfast"
 ])
 def test_only_a_whole_run_takes_the_device_name(argv, name):
     assert bench.results_name("dev", bench.parse_args(argv)) == name
+
+
+def test_a_stopped_run_is_a_partial_run():
+    assert bench.results_name("dev", bench.parse_args([]), stopped="interrupted") == "dev-partial"
 
 
 def _run(tmp_path, *only):
@@ -66,6 +70,43 @@ def test_partial_runs_merge_into_one_results_file(tmp_path):
     assert "run 0: partial run" in " ".join(result["notes"])
     markdown = (merged_dir / f"{device}.md").read_text()
     assert "- runs:\n  - run 0: commit" in markdown
+
+
+def test_a_run_stopped_part_way_writes_the_comparisons_it_finished(tmp_path, monkeypatch):
+    measure, calls = harness.measure_group, []
+
+    def interrupted_on_the_second_group(members, *args):
+        calls.append(members[0].group)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("signal 15")  # what SIGTERM becomes when run as a program
+        return measure(members, *args)
+
+    monkeypatch.setattr(harness, "measure_group", interrupted_on_the_second_group)
+    out = tmp_path / "run"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(out), "--only", LRN_FWD, "--only", POOL_FWD]) == 1
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert len(calls) == 2 and {r["case"] for r in result["rows"]} == {"LRN 5"} and len(result["rows"]) == 2
+    assert any("interrupted (signal 15) after 2 of 4 cases" in n for n in result["notes"])
+
+
+def test_a_run_past_its_time_limit_starts_no_comparison(tmp_path):
+    out = tmp_path / "run"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(out), "--only", LRN_FWD, "--time-limit", "0"]) == 1
+    result = json.loads(next(out.glob("*.json")).read_text())
+    assert result["rows"] == [] and any("--time-limit 0 s reached after 0 of 2 cases" in n for n in result["notes"])
+
+
+def test_auto_backend_choice_covers_every_benchmarked_op():
+    def rows(op, triton_over_cuda):
+        return [{"op": op, "shape": "s", "dtype": "bf16", "pass": "fwd", "variant": variant, "median_ms": ms}
+                for variant, ms in (("cnnfast[cuda]", 1.0), ("cnnfast[triton]", triton_over_cuda))]
+    choice = targets.backend_choice(rows("lrn", 0.5) + rows("relu_lrn_max_pool", 2.0) + rows("max_pool", 1.5)
+                                    + rows("bn_relu_conv1x1_to128", 0.25) + rows("bn_relu_conv3x3_to32", 1.0))
+    by_op = {c["op"]: c for c in choice}
+    assert {op: c["faster"] for op, c in by_op.items()} == {
+        "local_response_norm": "triton", "max_pool2d": "cuda", "relu_lrn_max_pool2d": "cuda",
+        "bn_relu_conv2d": "triton"}
+    assert by_op["bn_relu_conv2d"]["rows"] == 2 and by_op["bn_relu_conv2d"]["triton_over_cuda_time"] == 0.5
 
 
 def _synthetic(**metadata):
