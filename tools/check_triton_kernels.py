@@ -147,20 +147,27 @@ def record(out: Path) -> None:
     launches = {}
     run = InterpretedFunction.run
 
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        entry = _launch_record(self, args, kwargs)
-        launches[json.dumps(entry, sort_keys=True)] = entry
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-
-    InterpretedFunction.run = recording_run
     # The launchers choose a few constexprs otherwise under the interpreter (its bfloat16 is raw
-    # 16-bit words; each such module says so in its _INTERPRETED): record the launches as a GPU
-    # makes them. Only their types matter here, not the numbers the interpreter then computes.
+    # 16-bit words; libdevice does not run there; each such module says so in its _INTERPRETED):
+    # record the launches as a GPU makes them. Only their types matter here, not the numbers the
+    # interpreter then computes; a GPU-only constexpr value runs as its INTERPRETER_STAND_INS says.
     import cnnfast.triton_kernels as kernels
+    stand_ins = {}
     for path in Path(kernels.__file__).parent.glob("[!_]*.py"):
         module = importlib.import_module(f"{kernels.__name__}.{path.stem}")
         if hasattr(module, "_INTERPRETED"):
             module._INTERPRETED = False
+        for name, values in getattr(module, "INTERPRETER_STAND_INS", {}).items():
+            stand_ins.setdefault(name, {}).update(values)
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        entry = _launch_record(self, args, kwargs)
+        launches[json.dumps(entry, sort_keys=True)] = entry
+        runnable = {name: stand_ins.get(name, {}).get(value, value) if isinstance(value, int) else value
+                    for name, value in kwargs.items()}
+        return run(self, *args, grid=grid, warmup=warmup, **runnable)
+
+    InterpretedFunction.run = recording_run
     _run_every_triton_op()
     out.write_text(json.dumps(list(launches.values()), indent=1))
 

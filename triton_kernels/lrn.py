@@ -22,6 +22,7 @@ written.
 import triton
 import triton.language as tl
 import torch
+from triton.language.extra import libdevice
 
 # Columns per program; 4 warps, two columns per thread.
 _BLOCK = 256
@@ -33,6 +34,14 @@ _BETA_GENERAL = 0
 _BETA_THREE_QUARTERS = 1
 _BETA_HALF = 2
 _BETA_ZERO = 3  # s^-0 = 1 for every s, infinite or zero too
+# On a GPU the general power is libdevice's pow (CUDA's powf/pow, as the CUDA kernels and torch
+# compute it); exp2(-beta * log2(s)) would compile to ex2.approx, a few ulp off and flushing
+# subnormals. The interpreter has no libdevice, so it computes exp2/log2 in numpy.
+_BETA_GENERAL_POW = 4
+_INTERPRETED = bool(triton.knobs.runtime.interpret)
+# For tools/check_triton_kernels.py, which records launches as a GPU makes them but runs them in the
+# interpreter: the constexpr values it cannot run, and the ones computing the same there.
+INTERPRETER_STAND_INS = {"BETA_KIND": {_BETA_GENERAL_POW: _BETA_GENERAL}}
 
 
 @triton.jit
@@ -65,8 +74,9 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
     elif BETA_KIND == 3:
         # pow(s, 0) is 1 for every s, where exp2(0 * log2(s)) is NaN for an infinite or zero s.
         p = tl.full(s.shape, 1.0, s.dtype)
+    elif BETA_KIND == 4:
+        p = libdevice.pow(s, -beta)
     else:
-        # libdevice pow does not run under the interpreter; exp2/log2 do, natively as well.
         p = tl.exp2(-beta * tl.log2(s))
     return p
 
@@ -203,7 +213,7 @@ def _beta_kind(beta: float) -> int:
         return _BETA_HALF
     if beta == 0:
         return _BETA_ZERO
-    return _BETA_GENERAL
+    return _BETA_GENERAL if _INTERPRETED else _BETA_GENERAL_POW
 
 
 def _acc_dtype(dtype: torch.dtype):
