@@ -219,6 +219,38 @@ def test_nothing_is_kept_without_autograd():
     assert saved == 0
 
 
+class _Stage(torch.nn.Module):
+    def __init__(self, blocks, recompute_residual):
+        super().__init__()
+        self.blocks, self.recompute_residual = torch.nn.ModuleList(blocks), recompute_residual
+
+    def forward(self, x):
+        return dual_path_stage(list(self.blocks), x, self.recompute_residual)
+
+
+@pytest.mark.skipif(not cnnfast.extension_loaded(), reason="cnnfast._C not built")
+@pytest.mark.parametrize("recompute_residual", [False, True])
+def test_stage_gradcheck_fp64(recompute_residual):
+    """The shared-buffer stage's own backward (input and every parameter) against finite differences."""
+    torch.manual_seed(0)
+    stage = _Stage([DualPathBlock(6, 4, 4, 6, 2, 2, "proj"), DualPathBlock(12, 4, 4, 6, 2, 2, "normal")],
+                   recompute_residual).double()
+    names = [name for name, _ in stage.named_parameters()]
+
+    def run(x, *params):
+        return torch.func.functional_call(stage, dict(zip(names, params)), (x,))
+
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in stage.parameters()]
+    with cnnfast.backend("cpu"):
+        _, saved = cnnfast.saved_tensor_bytes(stage, x)
+        # fast_mode: finite differences along random directions, one Jacobian-vector product each.
+        assert torch.autograd.gradcheck(run, (x, *params), fast_mode=True)
+    with cnnfast.backend("reference"):  # block by block, through torch.nn's ops
+        _, saved_block_by_block = cnnfast.saved_tensor_bytes(stage, x)
+    assert saved < saved_block_by_block  # so the check above went through the stage's own backward
+
+
 def test_stage_errors_name_the_problem():
     blocks = [DualPathBlock(16, 8, 8, 16, 4, 4, "proj"), DualPathBlock(28, 8, 8, 16, 4, 4, "normal")]
     with pytest.raises(ValueError, match="expected input with 16 channels, got 3"):

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch.autograd import forward_ad
 
 import cnnfast
-from cnnfast import reference
 from cnnfast.ops.avg_pool2d import avg_pool2d
 
 from helpers import backend_params
@@ -25,7 +24,7 @@ POOL_AND_LRN = {
                             lambda x: F.local_response_norm(x, 3, 1e-2, 0.75, 2.0)),
     "relu_lrn_max_pool2d": (
         lambda x: cnnfast.functional.relu_lrn_max_pool2d(x, 3, 1e-2, 0.75, 2.0, 3, 2),
-        lambda x: F.max_pool2d(reference.local_response_norm(F.relu(x), 3, 1e-2, 0.75, 2.0), 3, 2)),
+        lambda x: F.max_pool2d(F.local_response_norm(F.relu(x), 3, 1e-2, 0.75, 2.0), 3, 2)),
 }
 
 

@@ -44,6 +44,8 @@ def make_input(shape, layout, dtype=torch.float32, device="cpu", values="normal"
         x[(mask >= 0.1) & (mask < 0.5)] = float("-inf")
     if layout == "channels_last" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "channels_last":  # unbatched: the channels innermost all the same
+        x = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     elif layout == "transposed":
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     return x.to(device).requires_grad_()

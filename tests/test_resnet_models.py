@@ -100,10 +100,27 @@ def test_zero_init_residual_zeroes_the_last_bn_of_each_block():
     assert torch.count_nonzero(model.layer2[0].bn3.weight) == 0 and torch.count_nonzero(model.layer2[0].bn2.weight) > 0
 
 
-def test_replace_stride_with_dilation_keeps_resolution():
-    model = models.resnet50(replace_stride_with_dilation=[False, True, True], num_classes=3).eval()
-    features = model.layer4(model.layer3(model.layer2(model.layer1(torch.randn(1, 64, 16, 16)))))
-    assert features.shape[-2:] == (8, 8)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_replace_stride_with_dilation_is_torchvisions(training):
+    model = models.resnet50(replace_stride_with_dilation=[False, True, True], num_classes=3).double().train(training)
+    randomise_batch_norms(model)
+    # torchvision's rule: a layer whose stride is replaced keeps the dilation it had in its first
+    # block and multiplies it by the stride for the rest, and for the layers after it.
+    for name, dilations in (("layer3", [1, 2, 2, 2, 2, 2]), ("layer4", [2, 4, 4])):
+        layer = getattr(model, name)
+        assert [(b.conv2.dilation, b.conv2.padding) for b in layer] == [((d, d), (d, d)) for d in dilations]
+        assert layer[0].conv2.stride == (1, 1) and layer[0].downsample[0].stride == (1, 1)
+    blocks = [*model.layer3, *model.layer4]
+    plain = copy.deepcopy(blocks)
+    x = torch.randn(2, 512, 9, 9, dtype=torch.float64)
+    features, expected = x, x
+    for block, twin in zip(blocks, plain):
+        features = block(features)
+        expected = reference_models.Bottleneck.forward(twin, expected)  # torch.nn's ops, the same convs
+    assert features.shape[-2:] == (9, 9)
+    torch.testing.assert_close(features, expected, rtol=1e-10, atol=1e-12)
+    for block, twin in zip(blocks, plain):
+        torch.testing.assert_close(block.bn2.running_mean, twin.bn2.running_mean, rtol=1e-10, atol=1e-12)
 
 
 def test_torchvision_block_arguments_are_checked_as_torchvision():
