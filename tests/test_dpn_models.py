@@ -257,6 +257,8 @@ def test_stage_errors_name_the_problem():
         dual_path_stage(blocks, torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match="one 'proj' or 'down' block followed by 'normal' ones"):
         dual_path_stage(blocks[1:], torch.randn(2, 28, 8, 8))
+    with pytest.raises(ValueError, match=r"block 1 takes 24 channels \(16 residual\), but block 0 gives 28"):
+        dual_path_stage([blocks[0], DualPathBlock(24, 8, 8, 16, 4, 4, "normal")], torch.randn(2, 16, 8, 8))
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         dual_path_stage(blocks, torch.randn(1, 16, 1, 1))
     with pytest.raises(TypeError, match="BatchNorm running_mean of block 1's c1x1_w must be torch.float64"):

@@ -145,6 +145,15 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     in_channels = blocks[0].c1x1_a.bn.num_features
     if input.shape[1] != in_channels:
         raise ValueError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")
+    # Each block takes what the one before gives: the residual path, and the dense path grown by inc
+    # (a 'proj' block's projection starts it at 2 * inc).
+    channels = blocks[0].num_1x1_c + 3 * blocks[0].inc
+    for index, block in enumerate(blocks[1:], 1):
+        if block.c1x1_a.bn.num_features != channels or block.num_1x1_c != blocks[0].num_1x1_c:
+            raise ValueError(f"dual_path_stage: block {index} takes {block.c1x1_a.bn.num_features} channels "
+                             f"({block.num_1x1_c} residual), but block {index - 1} gives {channels} "
+                             f"({blocks[0].num_1x1_c} residual)")
+        channels += block.inc
     backend = resolve("bn_relu_conv2d", input) if blocks[0].memory_efficient else "reference"
     synchronised = any(isinstance(m, nn.SyncBatchNorm) and m.training for block in blocks for m in block.modules())
     # A block changed after construction (a hook, another module, convert_sync_bn) runs by itself.
