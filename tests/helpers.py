@@ -49,14 +49,21 @@ def registered_op(name: str):
 
 
 def assert_low_precision_close(result: torch.Tensor, torch_result: torch.Tensor, exact: torch.Tensor) -> None:
-    """Rule for fp32/fp16/bf16: against an fp64 `exact`, our max error is at most twice that of
-    torch's own op run in the same dtype (`torch_result`), plus one unit of the dtype's epsilon at
-    the largest magnitude, so that a case torch happens to round exactly does not demand
-    exactness."""
+    """Against an fp64 `exact`: our max error at most twice that of torch's own op run in the same
+    dtype (`torch_result`). fp16/bf16 (DESIGN.md's rule): where torch happens to be nearly exact,
+    one unit of the dtype's epsilon at the largest magnitude is allowed instead, so that a rounding
+    torch gets luckier does not demand exactness. fp32 (DESIGN.md asks for the last ulp torch can):
+    that unit is allowed on top of twice torch's error, as neither result is rounded to a coarse
+    grid: a reduction's summation order and LRN's s^-0.75 through correctly rounded square roots
+    rather than pow (csrc/common/lrn.h) differ from torch's by a rounding or two."""
     ours = (result.double() - exact).abs().max().item()
     theirs = (torch_result.double() - exact).abs().max().item()
     one_ulp = torch.finfo(result.dtype).eps * exact.abs().max().item()
-    assert ours <= 2 * theirs + one_ulp, f"error {ours:.3g} > 2 x torch's {theirs:.3g} + {one_ulp:.3g}"
+    if result.dtype == torch.float32:
+        assert ours <= 2 * theirs + one_ulp, f"error {ours:.3g} > 2 x torch's {theirs:.3g} + {one_ulp:.3g}"
+    else:
+        assert ours <= max(2 * theirs, one_ulp), \
+            f"error {ours:.3g} > max(2 x torch's {theirs:.3g}, {one_ulp:.3g})"
 
 
 def state_dict_lines(model: torch.nn.Module) -> list[str]:
