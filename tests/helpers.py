@@ -112,15 +112,18 @@ def assert_training_steps_match(ours: torch.nn.Module, reference: torch.nn.Modul
                                        msg=lambda m: f"{where}, {name}: {m}")
 
 
-def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN parameters and running statistics, so that every term is exercised."""
+def randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN parameters and running statistics (those a layer has: affine=False and
+    track_running_stats=False leave some out), so that every term is exercised; returns `model`."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 for t, (low, high) in ((m.weight, (0.5, 1.5)), (m.running_var, (0.5, 1.5)),
                                        (m.bias, (-0.2, 0.2)), (m.running_mean, (-0.2, 0.2))):
-                    t.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+                    if t is not None:
+                        t.copy_(torch.empty(t.shape).uniform_(low, high, generator=generator))
+    return model
 
 
 def assert_close_to_scale(actual, expected, tol, msg=""):

@@ -12,7 +12,7 @@ from torch import nn
 import cnnfast
 from cnnfast.nn.residual import bn_add_relu_module
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, registered_op
+from helpers import assert_low_precision_close, backend_params, randomise_batch_norms, registered_op
 
 BACKENDS = backend_params()
 
@@ -33,11 +33,7 @@ def make_pair(channels=5, dtype=torch.float64, device="cpu", seed=0, **bn_kwargs
     """Our module and torch's, with the same non-trivial parameters."""
     torch.manual_seed(seed)
     ours = cnnfast.nn.BNAddReLU(channels, **bn_kwargs)
-    if ours.affine:
-        with torch.no_grad():
-            ours.weight.uniform_(0.5, 1.5)
-            ours.bias.uniform_(-0.5, 0.5)
-    ours = ours.to(device=device, dtype=dtype)
+    ours = randomise_batch_norms(ours, seed).to(device=device, dtype=dtype)
     bn = nn.BatchNorm2d(channels, **bn_kwargs).to(device=device, dtype=dtype)
     bn.load_state_dict(ours.state_dict())
     return ours, TorchTail(bn)

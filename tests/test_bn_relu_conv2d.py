@@ -10,7 +10,7 @@ from torch import nn
 
 import cnnfast
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, registered_op
+from helpers import assert_low_precision_close, backend_params, randomise_batch_norms, registered_op
 
 BACKENDS = backend_params()
 
@@ -30,11 +30,7 @@ def make_pair(config, dtype=torch.float64, device="cpu", seed=0, **bn_kwargs):
     cin, cout, k, stride, padding, dilation, groups, bias, _ = config
     torch.manual_seed(seed)
     ours = cnnfast.nn.BNReLUConv2d(cin, cout, k, stride, padding, dilation, groups, bias, **bn_kwargs)
-    if ours.bn.affine:
-        with torch.no_grad():
-            ours.bn.weight.uniform_(0.5, 1.5)
-            ours.bn.bias.uniform_(-0.5, 0.5)
-    ours = ours.to(device=device, dtype=dtype)
+    ours = randomise_batch_norms(ours, seed).to(device=device, dtype=dtype)
     theirs = nn.Sequential(copy.deepcopy(ours.bn), nn.ReLU(), copy.deepcopy(ours.conv))
     return ours, theirs
 

@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 
 import cnnfast
 
+from helpers import randomise_batch_norms
+
 WORLD = 2
 STEPS = 3
 
@@ -31,11 +33,7 @@ def _units():
     torch.manual_seed(0)
     model = torch.nn.Sequential(cnnfast.nn.BNReLUConv2d(4, 5, 3, padding=1, bias=True),
                                 cnnfast.nn.BNReLUConv2d(5, 3, 1, momentum=None))
-    with torch.no_grad():
-        for unit in model:
-            unit.bn.weight.uniform_(0.5, 1.5)
-            unit.bn.bias.uniform_(-0.5, 0.5)
-    return model.double()
+    return randomise_batch_norms(model).double()
 
 
 def _densenet():

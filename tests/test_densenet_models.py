@@ -11,7 +11,7 @@ import torch
 import cnnfast
 from cnnfast import models
 
-from helpers import assert_state_dict_layout, assert_training_steps_match
+from helpers import assert_state_dict_layout, assert_training_steps_match, randomise_batch_norms
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "torchvision_densenet_state_dicts.json").read_text())
 
@@ -36,13 +36,7 @@ def tiny(memory_efficient, **kwargs):
     torch.manual_seed(0)
     model = models.DenseNet(growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, num_classes=5,
                             memory_efficient=memory_efficient, **kwargs).double()
-    with torch.no_grad():  # non-trivial BN parameters and running statistics
-        for name, tensor in model.state_dict().items():
-            if "norm" in name and name.endswith(("weight", "running_var")):
-                tensor.uniform_(0.5, 1.5)
-            elif "norm" in name and name.endswith(("bias", "running_mean")):
-                tensor.normal_(0, 0.2)
-    return model
+    return randomise_batch_norms(model)
 
 
 @pytest.mark.parametrize("small_inputs", [False, True], ids=["imagenet-stem", "cifar-stem"])

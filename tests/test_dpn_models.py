@@ -16,22 +16,10 @@ from cnnfast.nn.dpn import DualPathBlock, dual_path_stage
 
 from dpn_fixture_weights import deterministic_input, deterministic_state
 from helpers import (TINY_DPN, assert_low_precision_close, assert_state_dict_layout, assert_training_steps_match,
-                     backend_params, state_dict_lines)
+                     backend_params, randomise_batch_norms, state_dict_lines)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "timm_dpn_state_dicts.json").read_text())
 NAMES = ["dpn68", "dpn68b", "dpn92", "dpn98", "dpn107", "dpn131"]
-
-
-def randomised(model):
-    """Non-trivial BatchNorm parameters and running statistics."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if ".bn." in name and name.endswith(("weight", "running_var")):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            elif ".bn." in name and name.endswith(("bias", "running_mean")):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return model
 
 
 # ---- timm's keys, shapes, parameter counts and outputs ------------------------------------------
@@ -79,7 +67,7 @@ def compare_steps(ours, reference, x_size, modes=("train", "train", "eval"), dev
                          ids=["c1x1_c", "b-split-c1x1_c1-c1x1_c2-dropout", "b-split-recompute-residual"])
 def test_tiny_dpn_matches_plain_reference(b, drop_rate, recompute_residual):
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN, b=b, drop_rate=drop_rate, recompute_residual=recompute_residual).double())
     reference = reference_models.DPN(**TINY_DPN, b=b, drop_rate=drop_rate).double()
     compare_steps(ours, reference, 32)
 
@@ -89,7 +77,7 @@ def test_tiny_dpn_matches_plain_reference_on_each_backend(backend, device):
     """The stages' kernels of each backend (the Triton 1x1 GEMMs read a block's input as the
     buffer's leading channels, and in backward as the scratch copy's)."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN).double())
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN).double())
     with cnnfast.backend(backend):
         compare_steps(ours, reference_models.DPN(**TINY_DPN).double(), 16, ("train", "eval"), device)
 
@@ -98,13 +86,13 @@ def test_tiny_dpn_odd_size_imagenet_stem_matches_plain_reference():
     """7x7 stem, odd spatial sizes through the strided projections and 3x3 convolutions."""
     config = {**TINY_DPN, "small": False}
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**config).double())
+    ours = randomise_batch_norms(models.DPN(**config).double())
     compare_steps(ours, reference_models.DPN(**config).double(), 45, ("train", "eval"))
 
 
 def test_memory_efficient_false_is_the_same_model():
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN, b=True).double())
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN, b=True).double())
     plain = models.DPN(**TINY_DPN, b=True, memory_efficient=False).double()
     compare_steps(ours, plain, 32, ("train",))
 
@@ -112,7 +100,7 @@ def test_memory_efficient_false_is_the_same_model():
 @pytest.mark.parametrize("change", ["hooks", "conv bias", "convert_sync_bn"])
 def test_blocks_changed_after_construction_run_block_by_block(change):
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN).double())
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN).double())
     calls = []
     block = ours.features.conv3_2
     if change == "hooks":
@@ -136,7 +124,7 @@ def test_dpn68_training_step_matches_plain_reference():
     """The real dpn68 (groups 32, 12 blocks in its third stage), one training step at 40x40 (the last
     stage at 3x3: see dpn_fixture_weights.deterministic_input), residuals replayed in backward."""
     torch.manual_seed(0)
-    ours = randomised(models.dpn68(num_classes=4, recompute_residual=True).double())
+    ours = randomise_batch_norms(models.dpn68(num_classes=4, recompute_residual=True).double())
     reference = reference_models.DPN((3, 4, 12, 3), (16, 32, 32, 64), 128, 32, num_classes=4, small=True,
                        num_init_features=10).double()
     compare_steps(ours, reference, 40, ("train",))
@@ -144,7 +132,7 @@ def test_dpn68_training_step_matches_plain_reference():
 
 def test_channels_last_matches_plain_reference():
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN).double()).to(memory_format=torch.channels_last)
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN).double()).to(memory_format=torch.channels_last)
     reference = reference_models.DPN(**TINY_DPN).double().to(memory_format=torch.channels_last)
     compare_steps(ours, reference, 32, ("train",))
 
@@ -154,7 +142,7 @@ def test_bfloat16_autocast_within_twice_plain_error(mode):
     """Under CPU autocast (bf16 convolutions), against the plain DPN in fp64: output and input
     gradient errors at most twice those of the plain DPN under the same autocast."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN)).train(mode == "train")
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN)).train(mode == "train")
     reference = reference_models.DPN(**TINY_DPN).train(mode == "train")
     reference.load_state_dict(ours.state_dict())
     exact = reference_models.DPN(**TINY_DPN).double().train(mode == "train")
@@ -179,7 +167,7 @@ def test_bfloat16_autocast_within_twice_plain_error(mode):
 def test_stage_without_input_gradient_and_frozen_parameters():
     """A stage whose input needs no gradient, some parameters frozen: the others' gradients as plain."""
     torch.manual_seed(0)
-    ours = randomised(models.DPN(**TINY_DPN).double())
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN).double())
     reference = reference_models.DPN(**TINY_DPN).double()
     reference.load_state_dict(ours.state_dict())
     for model in (ours, reference):
@@ -310,7 +298,7 @@ def test_headless_checkpoints_and_models_load_all_but_the_classifier(tmp_path):
 
 def test_weights_argument_loads_strictly_and_other_num_classes_replaces_the_classifier(tmp_path):
     small = dict(k_sec=(1, 2, 1, 1), k_r=32, groups=4)  # dpn68b's structure, narrower and shallower
-    source = randomised(models.dpn68b(**small))
+    source = randomise_batch_norms(models.dpn68b(**small))
     path = tmp_path / "dpn68b.pth"
     torch.save({"state_dict": source.state_dict()}, path)
     same = models.dpn68b(weights=path, **small)
