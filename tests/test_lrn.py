@@ -136,7 +136,8 @@ def test_torch_compile_fullgraph(backend, device):
 
 def test_module_is_drop_in():
     ours, theirs = cnnfast.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0), torch.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0)
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == repr(theirs) and vars(ours) == vars(theirs)
+    assert isinstance(ours, torch.nn.LocalResponseNorm)
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     x = make_input((2, 5, 4, 4), "contiguous")
     torch.testing.assert_close(ours(x), theirs(x))

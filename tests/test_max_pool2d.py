@@ -134,7 +134,8 @@ def test_torch_compile_fullgraph(backend, device):
 def test_module_is_drop_in():
     for args, kwargs in [((3, 2), {}), ((2,), {"padding": 1, "ceil_mode": True}), ((3,), {"dilation": 2})]:
         ours, theirs = cnnfast.nn.MaxPool2d(*args, **kwargs), torch.nn.MaxPool2d(*args, **kwargs)
-        assert repr(ours) == repr(theirs)
+        assert repr(ours) == repr(theirs) and vars(ours) == vars(theirs)
+        assert isinstance(ours, torch.nn.MaxPool2d)  # layer walks and pooling swaps find it
         x = make_input((2, 3, 9, 9), "contiguous")
         assert torch.equal(ours(x), theirs(x))
     out, indices = cnnfast.nn.MaxPool2d(3, 2, return_indices=True)(x)

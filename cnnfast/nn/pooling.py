@@ -8,26 +8,11 @@ from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.max_pool2d import max_pool2d
 
 
-class MaxPool2d(NotScriptable, nn.Module):
-    """torch.nn.MaxPool2d (same arguments, repr and semantics) that keeps a uint8 argmax for
-    backward instead of the input."""
-
-    __constants__ = ["kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"]
-
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
-                 ceil_mode: bool = False) -> None:
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.stride = stride if (stride is not None) else kernel_size
-        self.padding = padding
-        self.dilation = dilation
-        self.return_indices = return_indices
-        self.ceil_mode = ceil_mode
+class MaxPool2d(NotScriptable, nn.MaxPool2d):
+    """torch.nn.MaxPool2d (same arguments, attributes, repr and semantics) that keeps a uint8 argmax
+    for backward instead of the input. A subclass of torch's, so that code asking
+    isinstance(m, nn.MaxPool2d) (layer walks, pooling swaps) finds it."""
 
     def forward(self, input: torch.Tensor):
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                           ceil_mode=self.ceil_mode, return_indices=self.return_indices)
-
-    def extra_repr(self) -> str:
-        return ("kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation}, "
-                "ceil_mode={ceil_mode}".format(**self.__dict__))
