@@ -17,6 +17,15 @@ RESNET_LAYOUTS = {
 }
 # Where the forward of those classes is written: torchvision's, cnnfast's plain twin, cnnfast's own.
 RESNET_FORWARDS = {"torchvision.models.resnet", "cnnfast.reference_models", "cnnfast.models.resnet"}
+# torchvision's ResNet.forward only calls _forward_impl: a subclass overriding that (to return
+# features, say) has a forward of its own all the same.
+FORWARD_METHODS = ("forward", "_forward_impl")
+
+
+def forward_written_in(module: nn.Module, modules) -> bool:
+    """Whether every forward method `module`'s class has is written in one of `modules`."""
+    return all(getattr(type(module), name).__module__ in modules
+               for name in FORWARD_METHODS if hasattr(type(module), name))
 
 
 def has_layout(module: nn.Module, required: set, optional: set) -> bool:
@@ -27,7 +36,7 @@ def has_layout(module: nn.Module, required: set, optional: set) -> bool:
 def resnet_layout(module: nn.Module):
     """The RESNET_LAYOUTS entry `module` follows (torchvision's or cnnfast's ResNet pieces), or None."""
     layout = RESNET_LAYOUTS.get(type(module).__name__)
-    if layout is None or type(module).forward.__module__ not in RESNET_FORWARDS \
+    if layout is None or not forward_written_in(module, RESNET_FORWARDS) \
             or not has_layout(module, layout[0], layout[1]):
         return None
     if any(not isinstance(getattr(module, conv), nn.Conv2d) for conv, _ in layout[2]):

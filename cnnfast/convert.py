@@ -196,8 +196,9 @@ def _why_not_swappable(module: nn.Module) -> str | None:
     if "_compiled_call_impl" in vars(module) and module._compiled_call_impl is not None:
         # Module.compile() keeps a call bound to this object: a swapped module would still run it.
         return "it was compiled with Module.compile(): convert before compiling"
-    if "forward" in vars(module):
-        return "its forward is replaced on the instance, which cnnfast's forward would not run"
+    replaced = [name for name in _layouts.FORWARD_METHODS if name in vars(module)]
+    if replaced:
+        return f"its {replaced[0]} is replaced on the instance, which cnnfast's forward would not run"
     if any(getattr(module, hooks, None) for hooks in _STATE_DICT_HOOKS):
         # torch binds them to this object (a weak reference): they would be called with a dead module.
         return "it has state_dict hooks, which would no longer run"

@@ -211,6 +211,38 @@ def test_compiled_modules_and_instance_forwards_are_left_alone():
         cnnfast.convert(torch.compile(tiny_resnet(), backend="eager"))
 
 
+def _torchvision_like_resnet():
+    """reference_models.ResNet, shaped as torchvision's: forward calls _forward_impl, both written in
+    torchvision.models.resnet."""
+    class ResNet(reference_models.ResNet):
+        def _forward_impl(self, x):
+            return reference_models.ResNet.forward(self, x)
+
+        def forward(self, x):
+            return self._forward_impl(x)
+    for method in (ResNet._forward_impl, ResNet.forward):
+        method.__module__ = "torchvision.models.resnet"
+    return ResNet
+
+
+def test_a_resnet_whose_forward_impl_is_its_own_is_left_alone():
+    class ResNet(_torchvision_like_resnet()):  # a user's subclass returning pooled features
+        def _forward_impl(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            return torch.flatten(self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(x))))), 1)
+    patched = _torchvision_like_resnet()(reference_models.Bottleneck, [1, 1, 1, 1], num_classes=5)
+    patched._forward_impl = lambda x: patched.layer1(patched.conv1(x))
+    x = torch.randn(2, 3, 32, 32)
+    instance_why = "its _forward_impl is replaced on the instance, which cnnfast's forward would not run"
+    for model, why in ((ResNet(reference_models.Bottleneck, [1, 1, 1, 1], num_classes=5), None),
+                       (patched, instance_why)):
+        model.eval()
+        converted, report = cnnfast.convert(model)
+        assert not any(name == "" for name, _, _ in report.swapped)
+        assert dict((name, reason) for name, _, reason in report.left_alone).get("") == why
+        torch.testing.assert_close(converted(x), model(x))
+
+
 def test_convert_rejects_what_is_not_a_module():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         cnnfast.convert(torch.zeros(1))
