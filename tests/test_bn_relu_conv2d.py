@@ -325,6 +325,26 @@ def test_deterministic_gradients(backend, device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=["1x1", "3x3-bias", "s2-g2", "dil2-5x5", "dw7x7", "s2-1x1"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_flop_counter_counts_the_convolution_as_torch_does(backend, device, config, training):
+    """FlopCounterMode sees the fused op, not the convolution inside: its formulas must count what
+    torch counts for the Sequential it replaces, in the forward and in each backward."""
+    ours, theirs = make_pair(config, dtype=torch.float32, device=device)
+    x = torch.randn(2, config[0], *config[8], device=device, requires_grad=True)
+    counts = []
+    for module, backward in ((ours, True), (theirs, True), (ours, False), (theirs, False)):
+        module.train(training)
+        with cnnfast.backend(backend), torch.utils.flop_counter.FlopCounterMode(display=False) as counter, \
+                torch.set_grad_enabled(backward):
+            y = module(x)
+            if backward:
+                y.sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > counts[2] == counts[3] > 0
+
+
 def test_module_reads_like_its_parts():
     ours = cnnfast.nn.BNReLUConv2d(4, 6, 3, padding=1, bias=True)
     assert list(ours.state_dict()) == [f"bn.{k}" for k in nn.BatchNorm2d(4).state_dict()] + ["conv.weight", "conv.bias"]

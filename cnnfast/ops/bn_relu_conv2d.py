@@ -16,6 +16,7 @@ its autograd formula are C++ (csrc/composite/bn_relu_conv2d.cpp), for their per-
 from __future__ import annotations
 
 import torch
+from torch.utils import flop_counter
 
 from cnnfast import reference
 from cnnfast._backend import resolve
@@ -149,12 +150,35 @@ def _fake_update_running_stats(running_mean, running_var, mean, var, momentum, c
     return None
 
 
+# torch.utils.flop_counter (FlopCounterMode) sees the fused op, not the convolution inside it: its
+# formulas are those of aten's convolution and convolution_backward (BN-ReLU's elementwise work
+# is not counted, as torch counts none for batch_norm or relu).
+def _flops(input_shape, mean, invstd, bn_weight, bn_bias, weight_shape, *args, out_shape, **kwargs) -> int:
+    return flop_counter.conv_flop_count(input_shape, weight_shape, out_shape)
+
+
+def _backward_flops(grad_output_shape, input_shape, mean, invstd, bn_weight, bn_bias, weight_shape, has_bias, stride,
+                    padding, dilation, groups, training, backend, sync_group, output_mask, *, out_shape,
+                    **kwargs) -> int:
+    def swapped(shape):  # (N, C, ...) -> (C, N, ...)
+        return [shape[1], shape[0], *shape[2:]]
+    flops = 0
+    if output_mask[0]:  # the input's gradient: a transposed convolution of grad_output
+        flops += flop_counter.conv_flop_count(grad_output_shape, weight_shape, input_shape, transposed=True)
+    if output_mask[3]:  # the weight's: relu(bn(input)) convolved with grad_output
+        flops += flop_counter.conv_flop_count(swapped(input_shape), swapped(grad_output_shape),
+                                              swapped(weight_shape))
+    return flops
+
+
 def _register() -> None:
     # The kernels and the autograd formula are C++ (csrc/composite/).
     torch.library.register_fake("cnnfast::bn_relu_conv2d", _fake)
     torch.library.register_fake("cnnfast::_bn_relu_conv2d_backward", _fake_backward)
     torch.library.register_fake("cnnfast::_update_running_stats", _fake_update_running_stats)
     torch.library.register_fake("cnnfast::_update_running_stats_counted", _fake_update_running_stats)
+    flop_counter.register_flop_formula(torch.ops.cnnfast.bn_relu_conv2d)(_flops)
+    flop_counter.register_flop_formula(torch.ops.cnnfast._bn_relu_conv2d_backward)(_backward_flops)
 
 
 if extension_loaded():
