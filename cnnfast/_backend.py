@@ -78,9 +78,10 @@ def _functorch_or_forward_ad(tensors) -> bool:
 
 
 def plain_torch_required(*tensors: torch.Tensor | None) -> bool:
-    """Whether plain torch must run an op on `tensors`: the 'reference' backend is chosen, or a
-    tensor is under a torch.func transform or carries a forward-mode tangent."""
-    return current_backend() == "reference" or _functorch_or_forward_ad(tensors)
+    """Whether plain torch must run an op on `tensors`: the 'reference' backend is chosen, a tensor
+    is under a torch.func transform or carries a forward-mode tangent, or torch.onnx.export is
+    tracing (ONNX has no cnnfast operators; plain torch's are standard ones)."""
+    return current_backend() == "reference" or _functorch_or_forward_ad(tensors) or torch.onnx.is_in_onnx_export()
 
 
 _warned_missing_extension = False

@@ -1,5 +1,6 @@
 """Deployment paths: torch.jit.trace and torch.export record cnnfast's modules and models with
-their numbers; torch.jit.script, which cannot compile them, says so and names what works."""
+their numbers; torch.onnx.export traces them as plain torch; torch.jit.script, which cannot compile
+them, says so and names what works."""
 import copy
 
 import pytest
@@ -60,6 +61,22 @@ def test_exported_model_gives_the_eager_outputs(name):
     model.eval()
     program = torch.export.export(model, (x,))
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_traces_standard_operators(name, monkeypatch):
+    """ONNX has no cnnfast operators: while torch.onnx.export traces (both of its exporters ask
+    torch.onnx.is_in_onnx_export), every op runs as plain torch, whose operators ONNX has. Checked
+    here on the trace that the TorchScript exporter converts (the onnx package is not needed)."""
+    model, x = _model_and_input(name)
+    model.eval()
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert not any(kind.startswith("cnnfast::") for kind in kinds), sorted(kinds)
+    assert "aten::_convolution" in kinds
+    monkeypatch.undo()
+    torch.testing.assert_close(traced(x), model(x))
 
 
 MODULES = [
