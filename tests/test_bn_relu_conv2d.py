@@ -443,6 +443,16 @@ def test_frozen_convolution(backend, device):
     torch.testing.assert_close(ours.bn.weight.grad, theirs[0].weight.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("x", [torch.randn(2, 3, 8, 8), torch.randn(2, 4, 2, 2), torch.randn(2, 4, 8, 8).double()],
+                         ids=["channels", "too-small", "dtype"])
+def test_a_tensor_torch_refuses_with_runtime_error_is_one_here_too(x):
+    ours, theirs = make_pair((4, 4, 3, 1, 0, 1, 1, False, None), dtype=torch.float32)
+    with pytest.raises(RuntimeError):
+        theirs(x)
+    with pytest.raises(RuntimeError):
+        ours(x)
+
+
 def test_bad_input_leaves_the_state_alone():
     ours = cnnfast.nn.BNReLUConv2d(3, 2, 1)
     with pytest.raises(ValueError, match="4-d"):

@@ -186,6 +186,17 @@ def test_bad_input_names_the_argument(call, error, words):
         call()
 
 
+@pytest.mark.parametrize("shape,window", [((5, 5), (2,)), ((1, 2, 3, 5, 5), (2,)), ((1, 2, 5, 5), (3, 1, 2)),
+                                          ((1, 2, 5, 5), (6,))], ids=["2-d", "5-d", "padding", "too-large"])
+def test_a_tensor_torch_refuses_with_runtime_error_is_one_here_too(shape, window):
+    # ValueError by Python's convention, and RuntimeError as torch raises: `except` of either catches it.
+    x = torch.randn(shape)
+    with pytest.raises(RuntimeError):
+        F.max_pool2d(x, *window)
+    with pytest.raises(RuntimeError):
+        cnnfast.nn.MaxPool2d(*window)(x)
+
+
 def test_arguments_torch_takes_as_ints_are_taken():
     # numpy integers (from a config or a sweep) and integer 0-d tensors, as torch.nn.MaxPool2d takes them.
     x = torch.randn(1, 2, 7, 7)

@@ -9,6 +9,7 @@ from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import fusable_conv, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.residual import BNAddReLU
+from cnnfast.ops import _checks
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -61,7 +62,7 @@ class BNReLUConv2d(NotScriptable, nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bn, conv = self.bn, self.conv
         if input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
-            raise ValueError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
+            raise _checks.InputError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
         # must not wait for the others).
         return bn_relu_conv_modules(bn, conv, input, self._sync_group() if bn.training else None)

@@ -12,6 +12,7 @@ from cnnfast.nn._fusable import fusable_activation, fusable_norm, has_hooks, pla
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import bn_relu_conv_modules
 from cnnfast.nn.sequential import FusedSequential
+from cnnfast.ops import _checks
 from cnnfast.ops.batch_norm import check_values_per_channel
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs, DenseBlockConfig, dense_block
@@ -99,10 +100,10 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() != 4:
-            raise ValueError(f"DenseBlock: expected 4-d input, got shape {tuple(input.shape)}")
+            raise _checks.InputError(f"DenseBlock: expected 4-d input, got shape {tuple(input.shape)}")
         layers = list(self.values())
         if layers and input.shape[1] != layers[0].norm1.num_features:
-            raise ValueError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
+            raise _checks.InputError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
                              f"{input.shape[1]}")
         backend = resolve("bn_relu_conv2d", input) if self.memory_efficient else "reference"
         # Statistics shared across ranks (nn.SyncBatchNorm, e.g. from convert_sync_bn) need an

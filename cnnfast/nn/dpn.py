@@ -12,6 +12,7 @@ from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn._fusable import fusable_norm, has_hooks, plain_conv
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import BNReLUConv2d
+from cnnfast.ops import _checks
 from cnnfast.ops.batch_norm import check_values_per_channel
 from cnnfast.ops.bn_relu_conv2d import autocast_conv_parameters
 from cnnfast.ops.dense_block import BatchNormArgs
@@ -141,16 +142,16 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
     if input.dim() != 4:
-        raise ValueError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
+        raise _checks.InputError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
     in_channels = blocks[0].c1x1_a.bn.num_features
     if input.shape[1] != in_channels:
-        raise ValueError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")
+        raise _checks.InputError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")
     # Each block takes what the one before gives: the residual path, and the dense path grown by inc
     # (a 'proj' block's projection starts it at 2 * inc).
     channels = blocks[0].num_1x1_c + 3 * blocks[0].inc
     for index, block in enumerate(blocks[1:], 1):
         if block.c1x1_a.bn.num_features != channels or block.num_1x1_c != blocks[0].num_1x1_c:
-            raise ValueError(f"dual_path_stage: block {index} takes {block.c1x1_a.bn.num_features} channels "
+            raise _checks.InputError(f"dual_path_stage: block {index} takes {block.c1x1_a.bn.num_features} channels "
                              f"({block.num_1x1_c} residual), but block {index - 1} gives {channels} "
                              f"({blocks[0].num_1x1_c} residual)")
         channels += block.inc

@@ -7,7 +7,7 @@ from torch import nn
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import FUSABLE_NORM_TYPES, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
-from cnnfast.ops import sync_batch_norm
+from cnnfast.ops import _checks, sync_batch_norm
 from cnnfast.ops.bn_add_relu import bn_add_relu, check_identity
 
 
@@ -61,7 +61,7 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
     statistics across ranks runs them in differentiable torch ops (sync_batch_norm.batch_norm_across_ranks)."""
     # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
     if input.dim() != 4:
-        raise ValueError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
+        raise _checks.InputError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
     check_identity(input, identity, "BNAddReLU")
     own = isinstance(bn, BNAddReLU)  # called from its forward: its own hooks run around this call
     group = sync_batch_norm.group_name(sync_group(bn))

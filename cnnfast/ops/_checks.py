@@ -11,6 +11,16 @@ from typing import Sequence
 import torch
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# torch's ops raise RuntimeError for a tensor they cannot take; Python's convention is ValueError
+# (TypeError for a dtype or layout). cnnfast's errors are both, so code written for either catches them.
+class InputError(ValueError, RuntimeError):
+    """A tensor an op cannot take: its shape, dims, device or size against the op's window."""
+
+
+class InputDtypeError(TypeError, RuntimeError):
+    """A tensor of a dtype or layout an op cannot take."""
 MAX_WINDOW = 2**31 - 1  # elements in a pooling window: its argmax offset is an int32 past 256
 
 
@@ -18,18 +28,18 @@ def check_tensor(value, name: str, op: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOATING_DTYPES:
-        raise TypeError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+        raise InputDtypeError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
     if value.layout != torch.strided:
-        raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got {value.layout}")
+        raise InputDtypeError(f"{op}: {name} must be a dense (strided) tensor, got {value.layout}")
 
 
 def check_dims(value: torch.Tensor, name: str, op: str, allowed: Sequence[int] | None = None,
                minimum: int | None = None) -> None:
     if allowed is not None and value.dim() not in allowed:
         shapes = " or ".join(f"{d}-d" for d in allowed)
-        raise ValueError(f"{op}: {name} must be {shapes}, got shape {tuple(value.shape)}")
+        raise InputError(f"{op}: {name} must be {shapes}, got shape {tuple(value.shape)}")
     if minimum is not None and value.dim() < minimum:
-        raise ValueError(f"{op}: {name} must have {minimum} or more dims, got shape {tuple(value.shape)}")
+        raise InputError(f"{op}: {name} must have {minimum} or more dims, got shape {tuple(value.shape)}")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
@@ -37,7 +47,7 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
     device = next(values).device
     if any(t.device != device for t in values):
         listed = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
-        raise ValueError(f"{op}: tensors must be on one device, got {listed}")
+        raise InputError(f"{op}: tensors must be on one device, got {listed}")
 
 
 def check_int(value, name: str, op: str, minimum: int) -> int:
@@ -59,7 +69,7 @@ def check_conv_dtype(value: torch.Tensor | None, name: str, input: torch.Tensor,
     """As F.conv2d: outside autocast (which casts them itself) a convolution's parameters have its
     input's dtype."""
     if value is not None and value.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
-        raise TypeError(f"{op}: {name} must have input's dtype {input.dtype} (outside autocast, as F.conv2d), "
+        raise InputDtypeError(f"{op}: {name} must have input's dtype {input.dtype} (outside autocast, as F.conv2d), "
                         f"got {value.dtype}")
 
 
@@ -100,7 +110,7 @@ def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, cei
     (kernel, stride, padding, dilation, out_hw), each a pair of ints. stride None (or empty) is
     kernel_size, as in torch."""
     if any(s == 0 for s in input.shape[-3:]):
-        raise ValueError(f"{op}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
+        raise InputError(f"{op}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
     kernel = pair(kernel_size, "kernel_size", op, minimum=1)
     stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
         pair(stride, "stride", op, minimum=1)
@@ -110,12 +120,12 @@ def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, cei
         raise ValueError(f"{op}: kernel_size={kernel} has more than 2**31 - 1 elements per window")
     for i in range(2):
         if padding[i] > kernel[i] // 2:
-            raise ValueError(f"{op}: padding must be at most half of kernel_size, got padding={padding} "
+            raise InputError(f"{op}: padding must be at most half of kernel_size, got padding={padding} "
                              f"and kernel_size={kernel}")
     out_hw = tuple(pooled_size(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i], bool(ceil_mode))
                    for i in range(2))
     if min(out_hw) <= 0:
-        raise ValueError(f"{op}: kernel_size={kernel} with dilation={dilation} is larger than the padded input "
+        raise InputError(f"{op}: kernel_size={kernel} with dilation={dilation} is larger than the padded input "
                          f"({input.shape[-2] + 2 * padding[0]}x{input.shape[-1] + 2 * padding[1]})")
     return kernel, stride, padding, dilation, out_hw
 

@@ -101,16 +101,16 @@ def check_values_per_channel(x: torch.Tensor | torch.Size, training: bool) -> No
 def check_running_stats(running_mean, running_var, training: bool, op: str) -> None:
     """Both running statistics or neither, and both in evaluation, as F.batch_norm requires."""
     if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: running_mean and running_var must either both be None or neither be None")
+        raise _checks.InputError(f"{op}: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
-        raise ValueError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
+        raise _checks.InputError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
     """One value per channel of `input` (the caller checks devices, once for all its tensors)."""
     _checks.check_tensor(value, name, op)
     if value.dim() != 1 or value.shape[0] != input.shape[1]:
-        raise ValueError(f"{op}: {name} must have {input.shape[1]} values (one per channel of input), "
+        raise _checks.InputError(f"{op}: {name} must have {input.shape[1]} values (one per channel of input), "
                          f"got shape {tuple(value.shape)}")
 
 
@@ -127,7 +127,7 @@ def check_batch_norm_dtype(value: torch.Tensor, name: str, dtype: torch.dtype, o
     low_precision = dtype in (torch.float16, torch.bfloat16)
     if value.dtype != dtype and not (low_precision and value.dtype == torch.float32):
         allowed = f"{dtype} or torch.float32" if low_precision else str(dtype)
-        raise TypeError(f"{op}: {name} must be {allowed} for a {dtype} input, as in torch's BatchNorm; got "
+        raise _checks.InputDtypeError(f"{op}: {name} must be {allowed} for a {dtype} input, as in torch's BatchNorm; got "
                         f"{value.dtype}")
 
 

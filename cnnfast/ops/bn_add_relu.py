@@ -37,11 +37,11 @@ def check_identity(input: torch.Tensor, identity: torch.Tensor | None, op: str =
         return
     _checks.check_tensor(identity, "identity", op)
     if identity.shape != input.shape:
-        raise ValueError(f"{op}: identity must have input's shape {tuple(input.shape)}, got {tuple(identity.shape)}")
+        raise _checks.InputError(f"{op}: identity must have input's shape {tuple(input.shape)}, got {tuple(identity.shape)}")
     if identity.dtype != input.dtype:
-        raise TypeError(f"{op}: identity must have input's dtype {input.dtype}, got {identity.dtype}")
+        raise _checks.InputDtypeError(f"{op}: identity must have input's dtype {input.dtype}, got {identity.dtype}")
     if identity.device != input.device:
-        raise ValueError(f"{op}: identity must be on input's device {input.device}, got {identity.device}")
+        raise _checks.InputError(f"{op}: identity must be on input's device {input.device}, got {identity.device}")
 
 
 def bn_add_relu(input: torch.Tensor, identity: torch.Tensor | None, running_mean: torch.Tensor | None,
