@@ -77,6 +77,17 @@ def _functorch_or_forward_ad(tensors) -> bool:
                                   or forward_ad.unpack_dual(t).tangent is not None) for t in tensors)
 
 
+def fx_tracing() -> bool:
+    """Whether torch.fx.symbolic_trace (or a tracer built on it, such as torchvision's
+    create_feature_extractor) is tracing. Its Proxies can be neither checked nor dispatched to
+    cnnfast's ops: modules then run as the torch.nn modules they stand for, which it records as
+    plain torch operations (the traced graph computes torch.nn's numbers, unfused)."""
+    symbolic = torch.fx._symbolic_trace
+    if hasattr(symbolic, "is_fx_symbolic_tracing"):  # torch.export traces with the same flag set
+        return symbolic.is_fx_symbolic_tracing()
+    return symbolic._is_fx_tracing_flag and not torch.compiler.is_compiling()
+
+
 def plain_torch_required(*tensors: torch.Tensor | None) -> bool:
     """Whether plain torch must run an op on `tensors`: the 'reference' backend is chosen, a tensor
     is under a torch.func transform or carries a forward-mode tangent, or torch.onnx.export is

@@ -1,13 +1,13 @@
 """Deployment paths: torch.jit.trace and torch.export record cnnfast's modules and models with
-their numbers; torch.onnx.export traces them as plain torch; torch.jit.script, which cannot compile
-them, says so and names what works."""
+their numbers; torch.onnx.export and torch.fx.symbolic_trace trace them as plain torch;
+torch.jit.script, which cannot compile them, says so and names what works."""
 import copy
 
 import pytest
 import torch
 
 import cnnfast
-from cnnfast import models
+from cnnfast import models, reference_models
 from cnnfast.models.dpn import DPN
 from helpers import TINY_DPN
 
@@ -60,7 +60,38 @@ def test_exported_model_gives_the_eager_outputs(name):
     model, x = _model_and_input(name)
     model.eval()
     program = torch.export.export(model, (x,))
+    # cnnfast's ops are in the program (torch.export is not torch.fx.symbolic_trace, below).
+    assert any(str(node.target).startswith("cnnfast.") for node in program.graph.nodes)
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", [*MODELS, "converted_resnet18"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_fx_symbolic_trace_records_the_torch_nn_model(name, training):
+    """torch.fx.symbolic_trace (and what is built on it, as torchvision's create_feature_extractor)
+    records cnnfast's modules as the torch.nn modules they stand for: a graph of torch's ops with
+    the model's outputs and running statistics."""
+    if name == "converted_resnet18":
+        torch.manual_seed(0)
+        model, x = cnnfast.convert(reference_models.resnet(18, num_classes=5))[0], torch.randn(2, 3, 32, 32)
+    else:
+        model, x = _model_and_input(name)
+    model, x = model.double().train(training), x.double()
+    graph_module = torch.fx.symbolic_trace(model)
+    targets = {str(node.target) for node in graph_module.graph.nodes}
+    assert not any("cnnfast" in target for target in targets), sorted(targets)
+    eager, traced = copy.deepcopy(model), copy.deepcopy(graph_module)
+    torch.manual_seed(1)  # the same dropout masks
+    expected = eager(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(traced(x), expected, rtol=1e-9, atol=1e-10)
+    for (key, a), b in zip(eager.state_dict().items(), traced.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{key}: {m}")
+
+
+def test_fx_symbolic_trace_of_a_bn_add_relu_names_what_traces():
+    with pytest.raises(NotImplementedError, match="trace the model with nn.BatchNorm2d and nn.ReLU"):
+        torch.fx.symbolic_trace(cnnfast.nn.BNAddReLU(4))
 
 
 @pytest.mark.parametrize("name", MODELS)

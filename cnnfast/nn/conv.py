@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import fusable_conv, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
@@ -61,6 +62,8 @@ class BNReLUConv2d(NotScriptable, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bn, conv = self.bn, self.conv
+        if fx_tracing():
+            return conv(torch.relu(bn(input)))
         if input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
             raise _checks.InputError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
@@ -84,7 +87,7 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
     run as the plain modules. Batch statistics are shared across the ranks of `process_group`;
     None: those of an nn.SyncBatchNorm `bn` in training (cnnfast/nn/_batch_norm_step.py sync_group),
     or none."""
-    if not (fusable_norm(bn) and fusable_conv(conv)):
+    if fx_tracing() or not (fusable_norm(bn) and fusable_conv(conv)):
         return conv(torch.relu(bn(input)))
     if process_group is None:
         process_group = sync_group(bn)

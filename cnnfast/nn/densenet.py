@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnfast._backend import resolve
+from cnnfast._backend import fx_tracing, resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn._fusable import fusable_activation, fusable_norm, has_hooks, plain_conv
 from cnnfast.nn._not_scriptable import NotScriptable
@@ -99,6 +99,8 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
         self.recompute_bottleneck = recompute_bottleneck
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if fx_tracing():  # torchvision's block: layer by layer, concatenating
+            return self._layer_by_layer(input, list(self.values()))
         if input.dim() != 4:
             raise _checks.InputError(f"DenseBlock: expected 4-d input, got shape {tuple(input.shape)}")
         layers = list(self.values())
@@ -118,11 +120,15 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
         # tracer); traced, the block runs layer by layer, the same numbers through traceable ops.
         tracing = torch.jit.is_tracing()
         if backend == "reference" or synchronised or not uniform or not layers or not as_built or tracing:
-            features = [input]
-            for layer in layers:
-                features.append(layer(features))
-            return torch.cat(features, 1)
+            return self._layer_by_layer(input, layers)
         return self._shared_buffer_forward(input, layers, backend)
+
+    @staticmethod
+    def _layer_by_layer(input: torch.Tensor, layers: list) -> torch.Tensor:
+        features = [input]
+        for layer in layers:
+            features.append(layer(features))
+        return torch.cat(features, 1)
 
     def _shared_buffer_forward(self, input, layers, backend):
         norms, parameters = [], []

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnfast._backend import resolve
+from cnnfast._backend import fx_tracing, resolve
 from cnnfast.nn._batch_norm_step import batch_norm_step
 from cnnfast.nn._fusable import fusable_norm, has_hooks, plain_conv
 from cnnfast.nn._not_scriptable import NotScriptable
@@ -141,6 +141,10 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     other modules), block by block."""
     if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
+    if fx_tracing():  # block by block, as timm's DPN runs
+        for block in blocks:
+            input = block(input)
+        return input
     if input.dim() != 4:
         raise _checks.InputError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
     in_channels = blocks[0].c1x1_a.bn.num_features

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.lrn import local_response_norm
 
@@ -14,4 +15,6 @@ class LocalResponseNorm(NotScriptable, nn.LocalResponseNorm):
     isinstance(m, nn.LocalResponseNorm) finds it."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if fx_tracing():
+            return super().forward(input)
         return local_response_norm(input, self.size, self.alpha, self.beta, self.k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.max_pool2d import max_pool2d
 
@@ -14,5 +15,7 @@ class MaxPool2d(NotScriptable, nn.MaxPool2d):
     isinstance(m, nn.MaxPool2d) (layer walks, pooling swaps) finds it."""
 
     def forward(self, input: torch.Tensor):
+        if fx_tracing():
+            return super().forward(input)
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                           ceil_mode=self.ceil_mode, return_indices=self.return_indices)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops.relu_lrn_max_pool2d import relu_lrn_max_pool2d
 
@@ -30,6 +32,9 @@ class ReLULRNMaxPool2d(NotScriptable, nn.Module):
         self.ceil_mode = ceil_mode
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if fx_tracing():
+            return F.max_pool2d(F.local_response_norm(F.relu(input), self.size, self.alpha, self.beta, self.k),
+                                self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
         return relu_lrn_max_pool2d(input, self.size, self.alpha, self.beta, self.k, self.kernel_size, self.stride,
                                    self.padding, self.dilation, self.ceil_mode)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
 from cnnfast.nn._fusable import FUSABLE_NORM_TYPES, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
@@ -59,6 +60,14 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
     nn.SyncBatchNorm whose statistics are shared across ranks in training (the op has no
     all-reduce; the ReLU's output is then kept, as torch keeps it). A BNAddReLU sharing its
     statistics across ranks runs them in differentiable torch ops (sync_batch_norm.batch_norm_across_ranks)."""
+    if fx_tracing():  # the torch.nn modules' ops, which torch.fx records
+        if isinstance(bn, BNAddReLU):
+            # Its BatchNorm is itself: no torch.nn module to record, and nn.BatchNorm2d's forward
+            # checks its input's dims, which a traced tensor does not have.
+            raise NotImplementedError("BNAddReLU cannot be traced by torch.fx.symbolic_trace; trace the model "
+                                      "with nn.BatchNorm2d and nn.ReLU instead (cnnfast's models and "
+                                      "cnnfast.convert's modules trace)")
+        return torch.relu(bn(input) if identity is None else bn(input) + identity)
     # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
     if input.dim() != 4:
         raise _checks.InputError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnfast._backend import fx_tracing
 from cnnfast.nn._fusable import fusable_activation, fusable_avg_pool, fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.conv import bn_relu_conv_modules
@@ -59,6 +60,8 @@ class FusedSequential(NotScriptable, nn.Sequential):
     replacing a folded BatchNorm with nn.Identity) is followed."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if fx_tracing():
+            return nn.Sequential.forward(self, input)
         modules, i = list(self), 0
         while i < len(modules):
             length = _run_length(modules, i, input.dim())
