@@ -328,11 +328,16 @@ def test_deterministic_gradients(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=["1x1", "3x3-bias", "s2-g2", "dil2-5x5", "dw7x7", "s2-1x1"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_flop_counter_counts_the_convolution_as_torch_does(backend, device, config, training):
+@pytest.mark.parametrize("input_grad,frozen_conv", [(True, False), (False, False), (False, True)],
+                         ids=["all-grads", "no-input-grad", "no-input-grad-frozen-conv"])
+def test_flop_counter_counts_the_convolution_as_torch_does(backend, device, config, training, input_grad,
+                                                           frozen_conv):
     """FlopCounterMode sees the fused op, not the convolution inside: its formulas must count what
     torch counts for the Sequential it replaces, in the forward and in each backward."""
     ours, theirs = make_pair(config, dtype=torch.float32, device=device)
-    x = torch.randn(2, config[0], *config[8], device=device, requires_grad=True)
+    x = torch.randn(2, config[0], *config[8], device=device, requires_grad=input_grad)
+    for module in (ours.conv, theirs[2]):  # frozen conv: only BN's gradients need the data gradient
+        module.requires_grad_(not frozen_conv)
     counts = []
     for module, backward in ((ours, True), (theirs, True), (ours, False), (theirs, False)):
         module.train(training)

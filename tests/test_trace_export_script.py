@@ -85,13 +85,22 @@ def test_fx_symbolic_trace_records_the_torch_nn_model(name, training):
     expected = eager(x)
     torch.manual_seed(1)
     torch.testing.assert_close(traced(x), expected, rtol=1e-9, atol=1e-10)
-    for (key, a), b in zip(eager.state_dict().items(), traced.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{key}: {m}")
+    state, traced_state = eager.state_dict(), traced.state_dict()
+    assert state.keys() == traced_state.keys()
+    for key, value in state.items():
+        torch.testing.assert_close(traced_state[key], value, rtol=1e-9, atol=1e-10, msg=lambda m: f"{key}: {m}")
 
 
-def test_fx_symbolic_trace_of_a_bn_add_relu_names_what_traces():
+def test_fx_symbolic_trace_refuses_what_it_would_record_wrong():
     with pytest.raises(NotImplementedError, match="trace the model with nn.BatchNorm2d and nn.ReLU"):
         torch.fx.symbolic_trace(cnnfast.nn.BNAddReLU(4))
+    # A unit marked by convert_sync_bn shares its batch statistics across ranks in training, which
+    # its plain BatchNorm module, as recorded, would not.
+    unit = cnnfast.nn.BNReLUConv2d(4, 4, 1)
+    unit.process_group = "a process group"  # as convert_sync_bn marks it (no group is needed to trace)
+    with pytest.raises(NotImplementedError, match="sharing batch statistics across ranks"):
+        torch.fx.symbolic_trace(unit)
+    torch.fx.symbolic_trace(unit.eval())  # evaluation shares nothing
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -62,9 +62,7 @@ class BNReLUConv2d(NotScriptable, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bn, conv = self.bn, self.conv
-        if fx_tracing():
-            return conv(torch.relu(bn(input)))
-        if input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
+        if not fx_tracing() and input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
             raise _checks.InputError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
         # must not wait for the others).
@@ -87,7 +85,15 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
     run as the plain modules. Batch statistics are shared across the ranks of `process_group`;
     None: those of an nn.SyncBatchNorm `bn` in training (cnnfast/nn/_batch_norm_step.py sync_group),
     or none."""
-    if fx_tracing() or not (fusable_norm(bn) and fusable_conv(conv)):
+    if fx_tracing():  # the torch.nn modules, which torch.fx records
+        if process_group is not None and bn.training and not isinstance(bn, nn.SyncBatchNorm):
+            # Statistics shared across ranks by convert_sync_bn's mark, which a plain BatchNorm
+            # module does not do: the traced graph would silently use each rank's own.
+            raise NotImplementedError("a BNReLUConv2d sharing batch statistics across ranks (convert_sync_bn) "
+                                      "cannot be traced by torch.fx.symbolic_trace in training; trace it in eval "
+                                      "mode, or trace the model before convert_sync_bn")
+        return conv(torch.relu(bn(input)))
+    if not (fusable_norm(bn) and fusable_conv(conv)):
         return conv(torch.relu(bn(input)))
     if process_group is None:
         process_group = sync_group(bn)

@@ -163,7 +163,9 @@ def _backward_flops(grad_output_shape, input_shape, mean, invstd, bn_weight, bn_
     def swapped(shape):  # (N, C, ...) -> (C, N, ...)
         return [shape[1], shape[0], *shape[2:]]
     flops = 0
-    if output_mask[0]:  # the input's gradient: a transposed convolution of grad_output
+    # The gradient of relu(bn(input)), a transposed convolution of grad_output: needed for the
+    # input's gradient and for BN's weight and bias gradients alike (torch counts it for either).
+    if any(output_mask[:3]):
         flops += flop_counter.conv_flop_count(grad_output_shape, weight_shape, input_shape, transposed=True)
     if output_mask[3]:  # the weight's: relu(bn(input)) convolved with grad_output
         flops += flop_counter.conv_flop_count(swapped(input_shape), swapped(grad_output_shape),
