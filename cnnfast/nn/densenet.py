@@ -106,7 +106,7 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
         layers = list(self.values())
         if layers and input.shape[1] != layers[0].norm1.num_features:
             raise _checks.InputError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
-                             f"{input.shape[1]}")
+                                     f"{input.shape[1]}")
         backend = resolve("bn_relu_conv2d", input) if self.memory_efficient else "reference"
         # Statistics shared across ranks (nn.SyncBatchNorm, e.g. from convert_sync_bn) need an
         # all-reduce per BatchNorm, which the shared-buffer block does not do: such a block runs

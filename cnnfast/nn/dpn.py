@@ -156,8 +156,8 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     for index, block in enumerate(blocks[1:], 1):
         if block.c1x1_a.bn.num_features != channels or block.num_1x1_c != blocks[0].num_1x1_c:
             raise _checks.InputError(f"dual_path_stage: block {index} takes {block.c1x1_a.bn.num_features} channels "
-                             f"({block.num_1x1_c} residual), but block {index - 1} gives {channels} "
-                             f"({blocks[0].num_1x1_c} residual)")
+                                     f"({block.num_1x1_c} residual), but block {index - 1} gives {channels} "
+                                     f"({blocks[0].num_1x1_c} residual)")
         channels += block.inc
     backend = resolve("bn_relu_conv2d", input) if blocks[0].memory_efficient else "reference"
     synchronised = any(isinstance(m, nn.SyncBatchNorm) and m.training for block in blocks for m in block.modules())

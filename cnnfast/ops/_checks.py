@@ -70,7 +70,7 @@ def check_conv_dtype(value: torch.Tensor | None, name: str, input: torch.Tensor,
     input's dtype."""
     if value is not None and value.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
         raise InputDtypeError(f"{op}: {name} must have input's dtype {input.dtype} (outside autocast, as F.conv2d), "
-                        f"got {value.dtype}")
+                              f"got {value.dtype}")
 
 
 def check_number(value, name: str, op: str) -> float:

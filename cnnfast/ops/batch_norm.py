@@ -103,7 +103,8 @@ def check_running_stats(running_mean, running_var, training: bool, op: str) -> N
     if (running_mean is None) != (running_var is None):
         raise _checks.InputError(f"{op}: running_mean and running_var must either both be None or neither be None")
     if not training and running_mean is None:
-        raise _checks.InputError(f"{op}: running_mean and running_var must be given in evaluation mode (training=False)")
+        raise _checks.InputError(f"{op}: running_mean and running_var must be given in evaluation mode "
+                                 f"(training=False)")
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
@@ -111,7 +112,7 @@ def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
     _checks.check_tensor(value, name, op)
     if value.dim() != 1 or value.shape[0] != input.shape[1]:
         raise _checks.InputError(f"{op}: {name} must have {input.shape[1]} values (one per channel of input), "
-                         f"got shape {tuple(value.shape)}")
+                                 f"got shape {tuple(value.shape)}")
 
 
 def check_batch_norm_parameter(value, name: str, input: torch.Tensor, op: str) -> None:
@@ -127,8 +128,8 @@ def check_batch_norm_dtype(value: torch.Tensor, name: str, dtype: torch.dtype, o
     low_precision = dtype in (torch.float16, torch.bfloat16)
     if value.dtype != dtype and not (low_precision and value.dtype == torch.float32):
         allowed = f"{dtype} or torch.float32" if low_precision else str(dtype)
-        raise _checks.InputDtypeError(f"{op}: {name} must be {allowed} for a {dtype} input, as in torch's BatchNorm; got "
-                        f"{value.dtype}")
+        raise _checks.InputDtypeError(f"{op}: {name} must be {allowed} for a {dtype} input, as in torch's "
+                                      f"BatchNorm; got {value.dtype}")
 
 
 def bn_relu(input: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ def check_identity(input: torch.Tensor, identity: torch.Tensor | None, op: str =
         return
     _checks.check_tensor(identity, "identity", op)
     if identity.shape != input.shape:
-        raise _checks.InputError(f"{op}: identity must have input's shape {tuple(input.shape)}, got {tuple(identity.shape)}")
+        raise _checks.InputError(f"{op}: identity must have input's shape {tuple(input.shape)}, "
+                                 f"got {tuple(identity.shape)}")
     if identity.dtype != input.dtype:
         raise _checks.InputDtypeError(f"{op}: identity must have input's dtype {input.dtype}, got {identity.dtype}")
     if identity.device != input.device:

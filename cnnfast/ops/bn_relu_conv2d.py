@@ -56,9 +56,9 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     groups = _checks.check_int(groups, "groups", OP, minimum=1)
     channels = input.shape[1]
     if weight.shape[0] % groups or weight.shape[1] * groups != channels:
-        raise _checks.InputError(f"{OP}: weight of shape {tuple(weight.shape)} with groups={groups} does not take input "
-                         f"with {channels} channels (expected weight.shape[1] * groups == {channels} and "
-                         f"weight.shape[0] divisible by groups)")
+        raise _checks.InputError(f"{OP}: weight of shape {tuple(weight.shape)} with groups={groups} does not take "
+                                 f"input with {channels} channels (expected weight.shape[1] * groups == {channels} "
+                                 f"and weight.shape[0] divisible by groups)")
     if bias is not None:
         _checks.check_tensor(bias, "bias", OP)
         if bias.shape != (weight.shape[0],):
@@ -72,8 +72,9 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     padding = conv_padding(padding, weight.shape[-2:], stride, dilation)
     spans = [input.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
     if min(spans) <= 0:
-        raise _checks.InputError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger than the "
-                         f"padded input ({input.shape[2] + 2 * padding[0]}x{input.shape[3] + 2 * padding[1]})")
+        raise _checks.InputError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger "
+                                 f"than the padded input "
+                                 f"({input.shape[2] + 2 * padding[0]}x{input.shape[3] + 2 * padding[1]})")
     check_running_stats(running_mean, running_var, training, OP)
     sync_group = sync_batch_norm.group_name(process_group) if training else ""
     # With synchronised statistics one value per rank is fine (as nn.SyncBatchNorm): the check is
