@@ -109,10 +109,10 @@ def main(argv=None) -> int:
                 members = [c for c in cases if c.group == group]
                 bar.set_postfix_str(members[0].label.rsplit(" ", 1)[0])
                 measured = harness.measure_group(members, device, settings, copy_gbps)
-                for case, row in zip(members, measured):  # a group's rows are kept whole or not at all
+                for case, row in zip(members, measured):
                     if "error" in row:
                         tqdm.write(f"error: {case.label}: {row['error']}")
-                rows.extend(measured)
+                rows.extend(measured)  # a group's rows are kept whole or not at all (an interrupt drops them)
                 bar.update(len(members))
         except KeyboardInterrupt as interrupt:
             stopped = f"interrupted ({str(interrupt) or 'SIGINT'})"

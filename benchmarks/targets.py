@@ -118,8 +118,7 @@ AUTO_OPS = {"lrn": "local_response_norm", "max_pool": "max_pool2d", "relu_lrn_ma
 def backend_choice(rows: list[dict]) -> list[dict]:
     """Per op: the geometric mean over its rows (shapes, dtypes, passes) of Triton's time over
     the CUDA kernels' time; below 1 Triton is faster."""
-    timed = {(r["op"], r["shape"], r["dtype"], r["pass"], r["variant"]): r["median_ms"]
-             for r in rows if "median_ms" in r}
+    timed = {(*comparison(r), r["variant"]): r["median_ms"] for r in rows if "median_ms" in r}
     choices = []
     for op, key in AUTO_OPS.items():
         ratios = [timed[(o, s, d, p, "cnnfast[triton]")] / ms

@@ -132,6 +132,12 @@ def _block_as_built(block: nn.Module) -> bool:
     return tail_ok and all(_unit_as_built(*unit) for unit in units)
 
 
+def _block_by_block(blocks: list[DualPathBlock], input: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        input = block(input)
+    return input
+
+
 def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_residual: bool = False) -> torch.Tensor:
     """A stage of DualPathBlocks (a 'proj' or 'down' block, then 'normal' ones) on `input`: the same
     result as running the blocks one after the other. Memory-efficient blocks run in one shared
@@ -142,9 +148,7 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     if not blocks or not blocks[0].has_proj or any(block.has_proj for block in blocks[1:]):
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
     if fx_tracing():  # block by block, as timm's DPN runs
-        for block in blocks:
-            input = block(input)
-        return input
+        return _block_by_block(blocks, input)
     if input.dim() != 4:
         raise _checks.InputError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
     in_channels = blocks[0].c1x1_a.bn.num_features
@@ -165,9 +169,7 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
     as_built = all(block.memory_efficient and _block_as_built(block) for block in blocks)
     # torch.jit.trace cannot record the stage's autograd.Function: traced, it runs block by block.
     if backend == "reference" or synchronised or not as_built or torch.jit.is_tracing():
-        for block in blocks:
-            input = block(input)
-        return input
+        return _block_by_block(blocks, input)
     norms, parameters = [], []
     n, _, h, w = input.shape
     s = blocks[0].key_stride

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_WINDOW = 2**31 - 1  # elements in a pooling window: its argmax offset is an int32 past 256
 
 
 # torch's ops raise RuntimeError for a tensor they cannot take; Python's convention is ValueError
@@ -21,7 +22,6 @@ class InputError(ValueError, RuntimeError):
 
 class InputDtypeError(TypeError, RuntimeError):
     """A tensor of a dtype or layout an op cannot take."""
-MAX_WINDOW = 2**31 - 1  # elements in a pooling window: its argmax offset is an int32 past 256
 
 
 def check_tensor(value, name: str, op: str) -> None:
