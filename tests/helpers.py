@@ -39,6 +39,28 @@ def backend_params(reference: bool = True):
     ]
 
 
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """t's values, on t's device, in the memory layout `layout`: "contiguous"; "channels_last"
+    (channels innermost, for 3-d unbatched input too); "transposed" (the last two dims swapped in
+    memory, so they do not merge into one stride); "channel_slice" / "channels_last_slice" (a view of
+    the channels [2, 2 + C) of a wider contiguous / channels_last buffer: non-contiguous)."""
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t.movedim(-3, -1).contiguous().movedim(-1, -3)
+    if layout == "transposed":
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout in ("channel_slice", "channels_last_slice"):
+        n, c = t.shape[:2]
+        wide = in_layout(t.new_zeros((n, c + 5) + t.shape[2:]),
+                         "channels_last" if layout == "channels_last_slice" else "contiguous")
+        wide[:, 2:2 + c] = t
+        return wide[:, 2:2 + c]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
 def registered_op(name: str):
     """(torch.ops.cnnfast.<name>, the device to check it on); skips where it cannot run here."""
     if not cnnfast.extension_loaded():

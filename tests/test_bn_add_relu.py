@@ -12,7 +12,7 @@ from torch import nn
 import cnnfast
 from cnnfast.nn.residual import bn_add_relu_module
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, randomise_batch_norms, registered_op
+from helpers import assert_low_precision_close, backend_params, in_layout, randomise_batch_norms, registered_op
 
 BACKENDS = backend_params()
 
@@ -46,17 +46,6 @@ def step(module, x, identity, grad):
     y = module(x, identity)
     y.backward(grad)
     return y, x.grad, None if identity is None else identity.grad
-
-
-def layout(t, name):
-    if name == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if name == "channel_slice":  # channels [1, 1 + C) of a wider buffer: non-contiguous
-        wide = torch.cat([t[:, :1], t, t[:, :2]], dim=1).contiguous()
-        return wide[:, 1:1 + t.shape[1]]
-    if name == "transposed":  # H and W do not merge into one stride
-        return t.transpose(2, 3).contiguous().transpose(2, 3)
-    return t.contiguous()
 
 
 def assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12):
@@ -108,8 +97,8 @@ def random_inputs(shape, device, x_layout="contiguous", identity_layout="contigu
     def make_inputs(generator):
         x = torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.3
         identity = torch.randn(shape, generator=generator, dtype=torch.float64) if with_identity else None
-        x = layout(x.to(device), x_layout)
-        return x, None if identity is None else layout(identity.to(device), identity_layout)
+        x = in_layout(x.to(device), x_layout)
+        return x, None if identity is None else in_layout(identity.to(device), identity_layout)
     return make_inputs
 
 
@@ -284,8 +273,8 @@ def test_torch_compile_fullgraph(backend, device, with_identity):
 
 
 def op_inputs(device, x_layout="contiguous", identity_layout="contiguous", with_identity=True, affine=True):
-    x = layout(torch.randn(2, 4, 3, 5, device=device), x_layout)
-    identity = layout(torch.randn(2, 4, 3, 5, device=device), identity_layout) if with_identity else None
+    x = in_layout(torch.randn(2, 4, 3, 5, device=device), x_layout)
+    identity = in_layout(torch.randn(2, 4, 3, 5, device=device), identity_layout) if with_identity else None
     mean, invstd = torch.randn(4, device=device), torch.rand(4, device=device) + 0.5
     gamma = (torch.rand(4, device=device) + 0.5).requires_grad_() if affine else None
     beta = torch.randn(4, device=device).requires_grad_() if affine else None
@@ -308,8 +297,8 @@ def test_opcheck_kernels(suffix):
     _, device = registered_op("_bn_add_relu_apply" + suffix)
     ops = torch.ops.cnnfast
     for x_layout, identity_layout in (("contiguous", "channels_last"), ("channels_last", "channel_slice")):
-        x, identity = layout(torch.randn(2, 4, 3, 5, device=device), x_layout), \
-            layout(torch.randn(2, 4, 3, 5, device=device), identity_layout)
+        x, identity = in_layout(torch.randn(2, 4, 3, 5, device=device), x_layout), \
+            in_layout(torch.randn(2, 4, 3, 5, device=device), identity_layout)
         grad = torch.randn(2, 4, 3, 5, device=device)
         scale, shift, coef_x, coef_c = (torch.randn(4, device=device) for _ in range(4))
         for residual in (identity, None):

@@ -7,7 +7,7 @@ import torch
 
 import cnnfast
 from cnnfast.ops.batch_norm import acc_dtype, kernels
-from helpers import backend_params, registered_op
+from helpers import backend_params, in_layout, registered_op
 
 BACKENDS = backend_params()
 KERNEL_BACKEND = {"reference": "reference", "cpu": "cpp", "cuda": "cpp", "triton": "triton"}
@@ -26,20 +26,8 @@ CASES = [
 
 
 def make(shape, layout, dtype=torch.float64, device="cpu", seed=0, shift=0.0):
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = shape
-    if layout == "channel_slice":
-        x = torch.randn(n, c + 5, h, w, generator=g, dtype=dtype)[:, 2:2 + c]
-    elif layout == "channels_last_slice":
-        x = torch.randn(n, c + 5, h, w, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        x = x[:, 2:2 + c]
-    elif layout == "transposed":
-        x = torch.randn(n, c, w, h, generator=g, dtype=dtype).transpose(2, 3)
-    else:
-        x = torch.randn(shape, generator=g, dtype=dtype)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return (x * 1.5 + shift).to(device)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return in_layout((x * 1.5 + shift).to(device), layout)
 
 
 def per_channel(c, dtype=torch.float64, device="cpu", seed=1):

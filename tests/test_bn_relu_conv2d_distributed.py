@@ -61,8 +61,18 @@ class _ResidualTail(torch.nn.Module):
         return self.conv(torch.relu(self.bn(x) + identity))
 
 
-MODELS = {"units": _units, "densenet": _densenet, "densenet-ddp": _densenet,
-          "bn-add-relu": lambda: _ResidualTail().double()}
+def _units_with_hooked_convs():
+    """_units whose convs carry a (no-op) forward hook: the units then run their conv as the plain
+    module, but their batch statistics must still be shared."""
+    model = _units()
+    for unit in model:
+        unit.conv.register_forward_hook(lambda module, args, output: None)
+    return model
+
+
+MODELS = {"units": _units, "units-hooked-conv": _units_with_hooked_convs, "densenet": _densenet,
+          "densenet-ddp": _densenet, "bn-add-relu": lambda: _ResidualTail().double()}
+KEEP_SIZE = ("units", "units-hooked-conv", "bn-add-relu")  # the models whose output keeps H and W
 
 
 def _torch_nn_twin(name):
@@ -71,7 +81,7 @@ def _torch_nn_twin(name):
     if name == "bn-add-relu":
         return _ResidualTail(fused=False).double()
     model = MODELS[name]()
-    if name == "units":
+    if name in ("units", "units-hooked-conv"):
         return torch.nn.Sequential(*[torch.nn.Sequential(unit.bn, torch.nn.ReLU(), unit.conv) for unit in model])
     for module in model.modules():  # DenseBlock, its layers and the Transition: the plain DenseNet
         if hasattr(module, "memory_efficient"):
@@ -81,13 +91,13 @@ def _torch_nn_twin(name):
 
 def _batches(name):
     generator = torch.Generator().manual_seed(1)
-    if name in ("units", "bn-add-relu"):
+    if name in KEEP_SIZE:
         # Even halves keep the slicing simple; the last step gives each rank a single 1x1 sample,
         # one value per channel per rank, which is fine once the statistics are shared.
         shapes = [(6, 5, 4)] * (STEPS - 1) + [(2, 1, 1)]
     else:  # the transition halves H and W
         shapes = [(6, 4, 6)] * STEPS
-    out = (lambda h, w: (h, w)) if name in ("units", "bn-add-relu") else (lambda h, w: (h // 2, w // 2))
+    out = (lambda h, w: (h, w)) if name in KEEP_SIZE else (lambda h, w: (h // 2, w // 2))
     return [(torch.randn(n, 4, h, w, generator=generator, dtype=torch.float64) + 0.5,
              torch.randn(n, 3, *out(h, w), generator=generator, dtype=torch.float64)) for n, h, w in shapes]
 
@@ -106,33 +116,48 @@ def _run(model, batches, rank=None):
     return results, [b.clone() for b in model.buffers()]
 
 
+def _error_message(run, error_type) -> str:
+    try:
+        run()
+    except error_type as error:
+        return str(error)
+    return "no error"
+
+
+def _one_value_in_all(rank):  # rank 0 one 1x1 sample, rank 1 none
+    model = cnnfast.nn.convert_sync_bn(cnnfast.nn.BNReLUConv2d(4, 5, 1).double())
+    return _error_message(lambda: model(torch.randn(1 - rank, 4, 1, 1, dtype=torch.float64)), ValueError)
+
+
+def _hooked_bn(rank):  # a hook expects bn itself to run, which cannot share the statistics
+    model = cnnfast.nn.convert_sync_bn(cnnfast.nn.BNReLUConv2d(4, 5, 1).double())
+    model.bn.register_forward_hook(lambda module, args, output: None)
+    return _error_message(lambda: model(torch.randn(2, 4, 3, 3, dtype=torch.float64)), NotImplementedError)
+
+
+ERROR_CASES = {"one-value-in-all": _one_value_in_all, "hooked-bn": _hooked_bn}
+
+
 def _worker(rank, port, queue, name):
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=WORLD)
         try:
-            if name == "one-value-in-all":  # rank 0 one 1x1 sample, rank 1 none
-                model = cnnfast.nn.convert_sync_bn(cnnfast.nn.BNReLUConv2d(4, 5, 1).double())
-                try:
-                    model(torch.randn(1 - rank, 4, 1, 1, dtype=torch.float64))
-                    outcome = "no error"
-                except ValueError as error:
-                    outcome = str(error)
-                buffer = io.BytesIO()
-                torch.save(outcome, buffer)
-                queue.put((rank, buffer.getvalue()))
-                return
-            model = MODELS[name]()
-            if name == "densenet-ddp":  # DDP averages the gradients: x WORLD gives their sum
-                model = torch.nn.parallel.DistributedDataParallel(model)
-                for p in model.parameters():
-                    p.register_hook(lambda grad: grad * WORLD)
+            if name in ERROR_CASES:
+                result = ERROR_CASES[name](rank)
             else:
-                model = cnnfast.nn.convert_sync_bn(model)
+                model = MODELS[name]()
+                if name == "densenet-ddp":  # DDP averages the gradients: x WORLD gives their sum
+                    model = torch.nn.parallel.DistributedDataParallel(model)
+                    for p in model.parameters():
+                        p.register_hook(lambda grad: grad * WORLD)
+                else:
+                    model = cnnfast.nn.convert_sync_bn(model)
+                result = _run(model, _batches(name), rank)
             # As bytes: a tensor sent through the queue lives in this process's shared memory,
             # gone once it exits.
             buffer = io.BytesIO()
-            torch.save(_run(model, _batches(name), rank), buffer)
+            torch.save(result, buffer)
             queue.put((rank, buffer.getvalue()))
         finally:
             dist.destroy_process_group()
@@ -167,7 +192,7 @@ needs_distributed = pytest.mark.skipif(not dist.is_available() or not cnnfast.ex
 
 
 @needs_distributed
-@pytest.mark.parametrize("name", ["units", "densenet", "bn-add-relu"])
+@pytest.mark.parametrize("name", ["units", "units-hooked-conv", "densenet", "bn-add-relu"])
 def test_two_synchronised_ranks_match_one_process_on_the_whole_batch(name):
     results = _spawn(name)
     expected, expected_buffers = _run(_torch_nn_twin(name), _batches(name))
@@ -209,6 +234,14 @@ def test_one_value_per_channel_over_all_ranks_is_the_error_on_every_rank():
     for rank in range(WORLD):
         assert "Expected more than 1 value per channel when training" in results[rank], results[rank]
         assert "over all ranks of the process group" in results[rank]
+
+
+@needs_distributed
+def test_a_hooked_bn_marked_to_share_statistics_is_an_error_not_this_ranks_batch_alone():
+    results = _spawn("hooked-bn")
+    for rank in range(WORLD):
+        assert "cannot share batch statistics across ranks" in results[rank], results[rank]
+        assert "BatchNorm2d with hooks" in results[rank]
 
 
 def test_convert_sync_bn_marks_cnnfast_units_and_converts_plain_batch_norm():

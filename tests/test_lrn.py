@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnfast
-from helpers import assert_low_precision_close, backend_params, registered_op
+from helpers import assert_low_precision_close, backend_params, in_layout, registered_op
 
 BACKENDS = backend_params()
 
@@ -31,19 +31,12 @@ CASES = [
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    if layout == "transposed":
-        x = torch.randn(shape[:2] + shape[2:][::-1], generator=generator, dtype=dtype).transpose(-1, -2)
-    elif layout == "channel_slice":
-        x = torch.randn((shape[0], shape[1] + 3) + shape[2:], generator=generator, dtype=dtype)[:, 2:2 + shape[1]]
-    elif layout == "one_large":  # small values after a large one: no rounding residue may remain
+    if layout == "one_large":  # small values after a large one: no rounding residue may remain
         x = torch.rand(shape, generator=generator, dtype=dtype) * 0.1
         x[:, 1] = 300.0
-    else:
-        x = torch.randn(shape, generator=generator, dtype=dtype)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    x = x.to(device)
-    return x.requires_grad_(requires_grad)
+        return x.to(device).requires_grad_(requires_grad)
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    return in_layout(x.to(device), layout).requires_grad_(requires_grad)
 
 
 def run_with_grad(fn, x, grad):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnfast
-from helpers import assert_low_precision_close, backend_params, registered_op
+from helpers import assert_low_precision_close, backend_params, in_layout, registered_op
 
 BACKENDS = backend_params()
 
@@ -42,13 +42,7 @@ def make_input(shape, layout, dtype=torch.float32, device="cpu", values="normal"
         mask = torch.rand(shape, generator=generator)
         x[mask < 0.1] = float("nan")
         x[(mask >= 0.1) & (mask < 0.5)] = float("-inf")
-    if layout == "channels_last" and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "channels_last":  # unbatched: the channels innermost all the same
-        x = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    elif layout == "transposed":
-        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return x.to(device).requires_grad_()
+    return in_layout(x.to(device), layout).requires_grad_()
 
 
 def pool(fn, x, geometry, grad_seed=1):

@@ -9,7 +9,7 @@ from torch import nn
 
 import cnnfast
 from cnnfast.ops.max_pool2d import offsets_to_indices
-from helpers import assert_low_precision_close, backend_params, registered_op
+from helpers import assert_low_precision_close, backend_params, in_layout, registered_op
 
 BACKENDS = backend_params()
 
@@ -37,18 +37,12 @@ def case_id(case):
 def make_input(shape, layout, dtype=torch.float32, device="cpu", seed=0):
     generator = torch.Generator().manual_seed(seed)
     n, c, h, w = shape
-    if layout == "transposed":
-        x = torch.randn((n, c, w, h), generator=generator, dtype=dtype).transpose(-1, -2)
-    elif layout == "channel_slice":
-        x = torch.randn((n, c + 3, h, w), generator=generator, dtype=dtype)[:, 2:2 + c]
-    elif layout == "ties":  # 2x2 blocks of equal columns, and many negatives: exact ties after the LRN
+    if layout == "ties":  # 2x2 blocks of equal columns, and many negatives: exact ties after the LRN
         blocks = torch.randint(-2, 3, (n, c, (h + 1) // 2, (w + 1) // 2), generator=generator).to(dtype)
         x = blocks.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w].contiguous()
-    else:
-        x = torch.randn(shape, generator=generator, dtype=dtype)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(device).requires_grad_()
+        return x.to(device).requires_grad_()
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    return in_layout(x.to(device), layout).requires_grad_()
 
 
 def arguments(case):

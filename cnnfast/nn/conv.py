@@ -7,10 +7,10 @@ from torch import nn
 
 from cnnfast._backend import fx_tracing
 from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
-from cnnfast.nn._fusable import fusable_conv, fusable_norm
+from cnnfast.nn._fusable import fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.residual import BNAddReLU
-from cnnfast.ops import _checks
+from cnnfast.ops import _checks, sync_batch_norm
 from cnnfast.ops.bn_relu_conv2d import bn_relu_conv2d
 
 
@@ -94,13 +94,31 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
                                       "mode, or trace the model before convert_sync_bn")
         return conv(torch.relu(bn(input)))
     if not (fusable_norm(bn) and fusable_conv(conv)):
-        return conv(torch.relu(bn(input)))
+        return conv(torch.relu(_batch_norm_unfused(bn, input, process_group)))
     if process_group is None:
         process_group = sync_group(bn)
     step = batch_norm_step(bn)
     return bn_relu_conv2d(input, step.running_mean, step.running_var, bn.weight, bn.bias, conv.weight, conv.bias,
                           conv.stride, conv.padding, conv.dilation, conv.groups, step.use_batch_stats, step.momentum,
                           bn.eps, process_group)
+
+
+def _batch_norm_unfused(bn: nn.Module, input: torch.Tensor, process_group) -> torch.Tensor:
+    """bn(input), with the statistics of every rank of `process_group` where convert_sync_bn's mark
+    asks for them and `bn` (not an nn.SyncBatchNorm, which shares its own) would use only this rank's."""
+    group = sync_batch_norm.group_name(process_group)
+    if not (group and bn.training and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+            and not isinstance(bn, nn.SyncBatchNorm)):
+        return bn(input)
+    if not fusable_norm(bn):
+        # A hook or a subclass's forward expects bn itself to run, and bn would use this rank's
+        # batch alone: neither can be honoured silently.
+        raise NotImplementedError(f"BNReLUConv2d: its bn ({type(bn).__name__}"
+                                  f"{' with hooks' if has_hooks(bn) else ''}) cannot share batch statistics across "
+                                  "ranks (convert_sync_bn); remove the hooks, or make bn an nn.SyncBatchNorm")
+    step = batch_norm_step(bn)
+    return sync_batch_norm.batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias,
+                                                   step.momentum, bn.eps, group)
 
 
 def convert_sync_bn(module: nn.Module, process_group=None) -> nn.Module:
