@@ -10,7 +10,8 @@ from cnnfast.ops.avg_pool2d import avg_pool2d
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode,count_include_pad", [
-    (2, 2, 0, False, True), (2, 2, 0, True, True), (3, 2, 1, False, False), (3, 1, 1, True, True)])
+    (2, 2, 0, False, True), (2, 2, 0, True, True), (3, 2, 1, False, False), (3, 1, 1, True, True),
+    (2, None, 0, False, True), (3, [], 1, True, False)])  # no stride, and an empty one: kernel_size, as torch
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
 def test_matches_torch_forward_and_backward(kernel, stride, padding, ceil_mode, count_include_pad, layout):
     x = torch.randn(2, 5, 7, 9).to(memory_format=layout)

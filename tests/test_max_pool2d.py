@@ -174,6 +174,10 @@ def test_empty_batch_gives_empty_result(backend, device):
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), 2, dilation=0), ValueError, "dilation"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), 6), ValueError, "kernel_size"),
     (lambda: cnnfast.functional.max_pool2d(torch.randn(1, 2, 5, 5), 3, dilation=3), ValueError, "kernel_size"),
+    # The one window along W is padding, then a tap past the one-column input: torch gives -inf
+    # with an index outside the input (and its backward writes out of bounds).
+    (lambda: cnnfast.functional.max_pool2d(torch.randn(2, 3, 7, 1), (1, 2), (2, 1), (0, 1), 2, ceil_mode=True),
+     ValueError, "holds only padding"),
 ])
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):
@@ -205,6 +209,23 @@ def test_integer_input_pools_as_torch(dtype):
     ours, indices = cnnfast.functional.max_pool2d(x, 3, 2, 1, return_indices=True)
     theirs, their_indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
     assert ours.dtype == dtype and torch.equal(ours, theirs) and torch.equal(indices, their_indices)
+
+
+# Not the Triton interpreter: a window of 2^24 elements would take it minutes.
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id not in ("reference-cpu", "triton-interpreter")])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_windows_past_float_precision_keep_the_exact_argmax(backend, device, layout):
+    """A window of more than 2^24 elements: an argmax offset counted in float32 would round (to an
+    even one), and the gradient would go to an element that is not the maximum."""
+    width = 2**24 + 2
+    x = torch.zeros(1, 2, 1, width, device=device)
+    x[..., width - 1] = 1.0  # offset 2^24 + 1, which float32 cannot hold
+    x = in_layout(x, layout).requires_grad_()
+    with cnnfast.backend(backend):
+        out, indices = cnnfast.functional.max_pool2d(x, (1, width), 1, return_indices=True)
+    (dx,) = torch.autograd.grad(out, x, torch.tensor([2.0, 3.0], device=device).view(1, 2, 1, 1))
+    assert out.flatten().tolist() == [1.0, 1.0] and indices.flatten().tolist() == [width - 1] * 2
+    assert dx[..., width - 1].flatten().tolist() == [2.0, 3.0] and dx.count_nonzero() == 2
 
 
 def test_direct_op_call_with_bad_window_raises_instead_of_reading_out_of_bounds():

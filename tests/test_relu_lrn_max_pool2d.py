@@ -246,6 +246,22 @@ def test_empty_batch_gives_empty_result(backend, device):
     assert y.shape == (0, 4, 3, 3) and x.grad.shape == x.shape
 
 
+# Not the Triton interpreter: a window of 2^24 elements would take it minutes.
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id not in ("reference-cpu", "triton-interpreter")])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_windows_past_float_precision_keep_the_exact_argmax(backend, device, layout):
+    """A window of more than 2^24 elements: an argmax offset counted in float32 would round, past
+    the window's end here, and the gradient would be lost."""
+    width = 2**24 + 2
+    x = torch.zeros(1, 2, 1, width, device=device)
+    x[..., width - 1] = 1.0  # offset 2^24 + 1, which float32 cannot hold
+    x = in_layout(x, layout).requires_grad_()
+    with cnnfast.backend(backend):
+        out = cnnfast.functional.relu_lrn_max_pool2d(x, 1, kernel_size=(1, width), stride=1)
+    (dx,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert dx.count_nonzero() == 2 and dx[..., width - 1].min() > 0  # the LRN's derivative at its maximum
+
+
 F_ = cnnfast.functional.relu_lrn_max_pool2d
 
 
@@ -264,6 +280,8 @@ F_ = cnnfast.functional.relu_lrn_max_pool2d
     (lambda: F_(torch.randn(1, 3, 7, 7), 3, stride=0), ValueError, "stride"),
     (lambda: F_(torch.randn(1, 3, 7, 7), 3, padding=2), ValueError, "padding"),
     (lambda: F_(torch.randn(1, 3, 7, 7), 3, dilation=0), ValueError, "dilation"),
+    (lambda: F_(torch.randn(1, 3, 7, 1), 3, kernel_size=(1, 2), padding=(0, 1), dilation=2), ValueError,
+     "holds only padding"),
 ])
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):

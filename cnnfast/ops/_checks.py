@@ -105,6 +105,13 @@ def pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
     return tuple(check_int(v, name, op, minimum) for v in values)
 
 
+def pool_stride(stride, kernel: tuple[int, int], op: str) -> tuple[int, int]:
+    """A pooling stride as a pair of ints: None or an empty sequence is kernel_size, as in torch."""
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel
+    return pair(stride, "stride", op, minimum=1)
+
+
 def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool, op: str):
     """torch's max-pool arguments checked and normalised, with the pooled (height, width):
     (kernel, stride, padding, dilation, out_hw), each a pair of ints. stride None (or empty) is
@@ -112,8 +119,7 @@ def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, cei
     if any(s == 0 for s in input.shape[-3:]):
         raise InputError(f"{op}: input must have non-zero channels, height and width, got shape {tuple(input.shape)}")
     kernel = pair(kernel_size, "kernel_size", op, minimum=1)
-    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
-        pair(stride, "stride", op, minimum=1)
+    stride = pool_stride(stride, kernel, op)
     padding = pair(padding, "padding", op, minimum=0)
     dilation = pair(dilation, "dilation", op, minimum=1)
     if kernel[0] * kernel[1] > MAX_WINDOW:  # window offsets are int32
@@ -127,7 +133,25 @@ def pool_window(input: torch.Tensor, kernel_size, stride, padding, dilation, cei
     if min(out_hw) <= 0:
         raise InputError(f"{op}: kernel_size={kernel} with dilation={dilation} is larger than the padded input "
                          f"({input.shape[-2] + 2 * padding[0]}x{input.shape[-1] + 2 * padding[1]})")
+    if not all(_windows_reach_input(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i], out_hw[i])
+               for i in range(2)):
+        # torch returns -inf there with an index outside the input, and its backward writes out of bounds.
+        raise InputError(f"{op}: with padding={padding} and dilation={dilation}, a window of kernel_size={kernel} "
+                         f"holds only padding, no element of the {input.shape[-2]}x{input.shape[-1]} input")
     return kernel, stride, padding, dilation, out_hw
+
+
+def _windows_reach_input(size: int, kernel: int, stride: int, pad: int, dilation: int, out: int) -> bool:
+    """Whether each of the `out` windows along one axis has an element of the input. Only a window
+    that starts in the padding can miss it: its taps, `dilation` apart, may step over a short
+    input. (A later window starts inside the input, as pooled_size ensures; padding <= kernel // 2
+    leaves every window a tap past the padding.)"""
+    for o in range(min(out, -(-pad // stride))):  # the windows that start in the padding
+        start = o * stride - pad
+        first_inside = start + -(start // dilation) * dilation  # the first tap at or after 0
+        if first_inside >= size:
+            return False
+    return True
 
 
 def lrn_arguments(size, alpha, beta, k, op: str) -> tuple[int, float, float, float]:

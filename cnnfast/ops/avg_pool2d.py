@@ -41,6 +41,6 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     _checks.check_tensor(input, "input", op)
     _checks.check_dims(input, "input", op, allowed=(4,))
     kernel_size = _checks.pair(kernel_size, "kernel_size", op, minimum=1)
-    stride = kernel_size if stride is None else _checks.pair(stride, "stride", op, minimum=1)
+    stride = _checks.pool_stride(stride, kernel_size, op)
     padding = _checks.pair(padding, "padding", op, minimum=0)
     return _AvgPool2d.apply(input, list(kernel_size), list(stride), list(padding), ceil_mode, count_include_pad)

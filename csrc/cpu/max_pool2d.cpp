@@ -20,8 +20,7 @@ namespace {
 template <typename W, typename scalar_t, typename offset_t>
 void forward_contiguous(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t planes, const PoolGeometry& g) {
   int64_t oh_first, oh_last, ow_first, ow_last;
-  cpu::interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
-  cpu::interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  cpu::interior_windows<W, acc_type<scalar_t>>(g, &oh_first, &oh_last, &ow_first, &ow_last);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_type<scalar_t>> best(2 * g.out_w);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -50,8 +49,7 @@ template <typename W, typename scalar_t, typename offset_t>
 void forward_channels_last(const scalar_t* x, scalar_t* out, offset_t* offsets, int64_t batch, int64_t channels,
                            const PoolGeometry& g) {
   int64_t oh_first, oh_last, ow_first, ow_last;
-  cpu::interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
-  cpu::interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  cpu::interior_windows<W, acc_type<scalar_t>>(g, &oh_first, &oh_last, &ow_first, &ow_last);
   const int64_t out_plane = g.out_h * g.out_w;
   at::parallel_for(0, batch * out_plane, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_type<scalar_t>> best(2 * channels);

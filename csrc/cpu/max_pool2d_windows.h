@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 
 #include "../op_helpers.h"
 
@@ -18,8 +19,19 @@ inline void interior(int64_t pad, int64_t kernel, int64_t stride, int64_t dilati
   *last = reach < 0 ? *first : std::max(*first, std::min(out, reach / stride + 1));
 }
 
+// The outputs whose windows pool_interior takes: those wholly inside the input, rows
+// [*oh_first, *oh_last) by columns [*ow_first, *ow_last). None for a window of more elements than
+// acc_t counts exactly (floats: 2^24), whose offsets max_pool2d_window keeps in integers.
+template <typename W, typename acc_t>
+void interior_windows(const PoolGeometry& g, int64_t* oh_first, int64_t* oh_last, int64_t* ow_first,
+                      int64_t* ow_last) {
+  interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, oh_first, oh_last);
+  interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, ow_first, ow_last);
+  if (W::kernel_h(g) * W::kernel_w(g) > (int64_t(1) << std::numeric_limits<acc_t>::digits)) *oh_last = *oh_first;
+}
+
 // One window element for `count` windows: the running maximum takes v when v is greater or NaN
-// (max_pool2d_window's rule). The offset is kept in acc_t lanes (exact below 2^24) so that the
+// (max_pool2d_window's rule). The offset is kept in acc_t lanes (exact: interior_windows) so that the
 // compare and both selects have one width; with kStep a constant (1: channels_last, 2: AlexNet's
 // stride) the loop vectorises. kStep = 0 reads the step at run time.
 template <int64_t kStep, typename scalar_t, typename acc_t>

@@ -35,8 +35,7 @@ void forward_rows(const at::Tensor& x, scalar_t* out, offset_t* offsets, const P
   // The buffer's row r is input row h0 + r: a window spans `span` rows.
   const int64_t span = (W::kernel_h(g) - 1) * W::dilation_h(g) + 1;
   int64_t oh_first, oh_last, ow_first, ow_last;
-  cpu::interior(W::pad_h(g), W::kernel_h(g), W::stride_h(g), W::dilation_h(g), g.in_h, g.out_h, &oh_first, &oh_last);
-  cpu::interior(W::pad_w(g), W::kernel_w(g), W::stride_w(g), W::dilation_w(g), g.in_w, g.out_w, &ow_first, &ow_last);
+  cpu::interior_windows<W, acc_type<scalar_t>>(g, &oh_first, &oh_last, &ow_first, &ow_last);
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   at::parallel_for(0, batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> rows(span * buffer_row);
