@@ -17,8 +17,9 @@ RESNET_LAYOUTS = {
 }
 # Where the forward of those classes is written: torchvision's, cnnfast's plain twin, cnnfast's own.
 RESNET_FORWARDS = {"torchvision.models.resnet", "cnnfast.reference_models", "cnnfast.models.resnet"}
-# torchvision's ResNet.forward only calls _forward_impl: a subclass overriding that (to return
-# features, say) has a forward of its own all the same.
+# torchvision's ResNet.forward (and cnnfast's) only calls _forward_impl: a subclass overriding that
+# (to return features, say) has a forward of its own all the same, which convert leaves alone and
+# whose stem fuse_for_inference does not fold.
 FORWARD_METHODS = ("forward", "_forward_impl")
 
 

@@ -31,13 +31,17 @@ __all__ = ["ConversionReport", "convert"]
 @dataclass
 class ConversionReport:
     """What convert did: `swapped` lists (name, original class, cnnfast class); `left_alone` lists
-    (name, class, why) for the modules it recognised but could not swap."""
+    (name, class, why) for the modules it recognised but could not swap; `notes` maps the name of a
+    swapped module to what the swap changes for code around it (a swapped dense block's output must
+    not be modified in place)."""
     swapped: list = field(default_factory=list)
     left_alone: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"cnnfast.convert: {len(self.swapped)} modules swapped, {len(self.left_alone)} left alone"]
-        lines += [f"  {name or '<model>'}: {old} -> {new}" for name, old, new in self.swapped]
+        lines += [f"  {name or '<model>'}: {old} -> {new}" + (f" ({self.notes[name]})" if name in self.notes else "")
+                  for name, old, new in self.swapped]
         lines += [f"  {name or '<model>'}: {cls} left alone ({why})" for name, cls, why in self.left_alone]
         return "\n".join(lines)
 
@@ -54,12 +58,14 @@ def _adopt(cls: type, module: nn.Module) -> nn.Module:
     return new
 
 
+# A new module starts in training mode: each keeps the mode of the one it replaces (an eval model
+# stays eval). The other rules adopt the original's attributes, its mode with them.
 def _lrn(m: nn.LocalResponseNorm) -> nn.Module:
-    return LocalResponseNorm(m.size, m.alpha, m.beta, m.k)
+    return LocalResponseNorm(m.size, m.alpha, m.beta, m.k).train(m.training)
 
 
 def _max_pool(m: nn.MaxPool2d) -> nn.Module:
-    return MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
+    return MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode).train(m.training)
 
 
 _FUSED_SUBCLASSES: dict[type, type] = {}
@@ -128,6 +134,14 @@ class Rule(NamedTuple):
     build: Callable[[nn.Module], nn.Module]
     # Why a matching module cannot be swapped exactly, or None.
     refuse: Callable[[nn.Module], str | None] = lambda m: None
+    # What the swap changes for the code around the module, said in the report, or None.
+    note: str | None = None
+
+
+# The shared buffer is the block's output and its backward reads it: torch.cat's output, which the
+# original block returns, is not read by its backward, so code modifying it in place used to work.
+_DENSE_BLOCK_NOTE = ("its output is the buffer its backward reads: modifying it in place, as an nn.ReLU(inplace=True) "
+                     "right after the block does, makes backward raise torch's in-place error")
 
 
 def _plain_sequential(m: nn.Module) -> bool:
@@ -151,7 +165,8 @@ RULES = (
     Rule("torchvision ResNet block / stem",
          lambda m: _layouts.resnet_layout(m) is not None and type(m).__module__ != "cnnfast.models.resnet",
          _resnet_piece, _resnet_refusal),
-    Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block, _dense_block_refusal),
+    Rule("torchvision DenseNet block", _layouts.torchvision_dense_block, _dense_block, _dense_block_refusal,
+         _DENSE_BLOCK_NOTE),
 )
 
 
@@ -232,6 +247,8 @@ def _swap(module: nn.Module, name: str, report: ConversionReport) -> nn.Module:
                 report.left_alone.append((name, old, why))
                 return module
             report.swapped.append((name, old, f"cnnfast {type(new).__name__}"))
+            if rule.note is not None:
+                report.notes[name] = rule.note
             return new
     return module
 
@@ -246,7 +263,12 @@ def convert(model: nn.Module, inplace: bool = False):
     torch leaves uncompiled: call .compile() on what convert returns where `model` had been);
     inplace=True converts `model`'s children in place, but a top module that is itself swapped (a
     torchvision ResNet) comes back as a new object: use the returned model. A module registered
-    under several names stays one module."""
+    under several names stays one module; every module keeps its training mode.
+
+    A swapped dense block returns its shared buffer, which its backward reads: an in-place op on the
+    block's output (an nn.ReLU(inplace=True) right after it) then makes backward raise torch's
+    "modified by an inplace operation" error, where the original's torch.cat output could be
+    modified. report.notes says so for each swapped block; make that op out-of-place."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.convert: model must be an nn.Module, got {type(model).__name__}")
     if _is_compiled(model):

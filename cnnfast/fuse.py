@@ -30,13 +30,22 @@ def _conv_bn_pairs(module: nn.Module):
             yield getattr(module, conv_name), getattr(module, bn_name), bn_name
 
 
+def _uses(model: nn.Module) -> Counter:
+    """How many times each module and each Parameter (by identity) is registered in `model`."""
+    modules = (m for _, m in model.named_modules(remove_duplicate=False))
+    parameters = (p for _, p in model.named_parameters(remove_duplicate=False))
+    return Counter(map(id, modules)) + Counter(map(id, parameters))
+
+
 def _foldable(conv, bn, uses: Counter) -> bool:
-    # Each used once in the model (a shared conv would change its other uses), plain modules
-    # (a parametrized weight is computed on access; hooks would see other values).
+    # Each used once in the model: folding scales the conv's weight and bias in place, so a conv,
+    # or a weight or bias tied to another module's, would change that other use. Plain modules (a
+    # parametrized weight is computed on access; hooks would see other values).
     return (type(conv) is nn.Conv2d and type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm) and not bn.training
             and bn.running_mean is not None and bn.num_features == conv.out_channels
             and uses[id(conv)] == 1 and uses[id(bn)] == 1 and not has_hooks(conv) and not has_hooks(bn)
-            and not parametrize.is_parametrized(conv))
+            and not parametrize.is_parametrized(conv)
+            and all(uses[id(p)] == 1 for p in (conv.weight, conv.bias) if p is not None))
 
 
 @torch.no_grad()
@@ -67,7 +76,8 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
     one op fewer per pair. Which pairs are folded: consecutive Conv2d -> BatchNorm2d children of an
     nn.Sequential, and conv/bn pairs of torchvision-style (or cnnfast) ResNet blocks. BatchNorms in
     training mode, or after anything but a convolution (pre-activation units), and convolutions used
-    twice, parametrized or hooked, are left as they are.
+    twice, parametrized or hooked, or whose weight or bias Parameter is shared with another module
+    (tied weights, which folding would change there too), are left as they are.
     inplace=False folds a deep copy and leaves `model` as it was."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"cnnfast.fuse_for_inference: model must be an nn.Module, got {type(model).__name__}")
@@ -76,7 +86,7 @@ def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
                          "(folding uses the running statistics, which training would go on changing)")
     if not inplace:
         model = copy.deepcopy(model)
-    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    uses = _uses(model)
     for module in list(model.modules()):
         for conv, bn, bn_name in list(_conv_bn_pairs(module)):
             if _foldable(conv, bn, uses):

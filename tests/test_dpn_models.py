@@ -4,6 +4,7 @@ the shared-buffer stages against the plain torch.nn DPN of cnnfast/reference_mod
 every gradient, running statistics), what they keep for backward, and loading local weights."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -277,6 +278,66 @@ def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does(size):
 def test_num_classes_zero_returns_pooled_features():
     model = models.DPN(**{**TINY_DPN, "num_classes": 0}).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
+def test_features_is_called_so_its_hooks_and_the_modules_added_to_it_run():
+    # timm's forward_features is self.features(x): hooks on model.features (feature extraction)
+    # fire, and modules a user appends run, while the stages keep their shared buffers.
+    ours = randomise_batch_norms(models.DPN(**TINY_DPN).double())
+    reference = reference_models.DPN(**TINY_DPN).double()
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    seen = []
+    for model in (ours, reference):
+        model.features.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
+    assert seen == [(2, ours.num_features, 2, 2)] * 2
+    _, saved = cnnfast.saved_tensor_bytes(copy.deepcopy(ours).train(), x)
+    assert saved == cnnfast.saved_tensor_bytes(models.DPN(**TINY_DPN).double(), x)[1]  # as without the hook
+    extra = torch.nn.Conv2d(ours.num_features, 7, 1).double()
+    for model in (ours, reference):
+        model.features.add_module("extra", extra)
+    torch.testing.assert_close(ours.forward_features(x), reference.features(x))
+    assert ours.forward_features(x).shape == (2, 7, 2, 2)
+
+
+def test_timms_head_methods_and_pooling():
+    model = randomise_batch_norms(models.DPN(**TINY_DPN).double()).eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    features = model.forward_features(x)
+    assert model.get_classifier() is model.classifier
+    torch.testing.assert_close(model.forward_head(features), model(x))
+    mean, peak = features.mean((2, 3)), features.amax((2, 3))
+    torch.testing.assert_close(model.forward_head(features, pre_logits=True), mean)
+    for pool, pooled in (("avg", mean), ("max", peak), ("avgmax", (mean + peak) / 2),
+                         ("catavgmax", torch.cat((mean, peak), 1))):
+        model.reset_classifier(3, pool)
+        assert model.classifier.in_channels == pooled.shape[1] and model.classifier.weight.dtype == torch.float64
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), pooled)
+        torch.testing.assert_close(model(x), pooled @ model.classifier.weight.flatten(1).T + model.classifier.bias)
+    model.reset_classifier(3, "")  # no pooling: the 1x1 classifier over every position
+    torch.testing.assert_close(model(x), torch.nn.functional.conv2d(features, model.classifier.weight,
+                                                                    model.classifier.bias))
+    model.reset_classifier(0)
+    assert model.num_classes == 0 and model.get_classifier() is model.classifier
+    torch.testing.assert_close(model(x), mean)
+
+
+def test_timms_constructor_arguments_in_timms_order():
+    tiny = dict(TINY_DPN)
+    positional = [tiny.pop(name) for name in ("k_sec", "inc_sec", "k_r", "groups", "num_classes")]
+    # timm's: ..., num_classes, in_chans, output_stride, global_pool, small, num_init_features, b, drop_rate
+    model = models.DPN(*positional, 3, 32, "avgmax", tiny.pop("small"), tiny.pop("num_init_features"), True, 0.25)
+    assert not tiny and model.global_pool.pool_type == "avgmax" and model.b and model.drop_rate == 0.25
+    assert state_dict_lines(model) == state_dict_lines(models.DPN(**TINY_DPN, b=True))
+    with pytest.raises(ValueError, match="output_stride must be 32"):
+        models.DPN(**TINY_DPN, output_stride=16)
+    with pytest.raises(ValueError, match="global_pool must be one of .*got 'fast'"):
+        models.DPN(**TINY_DPN, global_pool="fast")
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        model.reset_classifier(3, "fast")
+    with pytest.raises(TypeError):  # cnnfast's own arguments are keyword-only: timm's next ones are not them
+        models.DPN(*positional, 3, 32, "avg", True, 8, False, 0.0, "batchnorm2d")
 
 
 # ---- weights ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cnnfast
 from cnnfast import models, reference_models
 from cnnfast.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -128,6 +129,29 @@ def test_torchvision_block_arguments_are_checked_as_torchvision():
         BasicBlock(8, 8, groups=2)
     with pytest.raises(ValueError, match="replace_stride_with_dilation"):
         models.resnet50(replace_stride_with_dilation=[True])
+
+
+def test_a_subclass_overriding_forward_impl_runs_its_own():
+    # torchvision's idiom for a feature extractor: ResNet.forward only calls _forward_impl.
+    class Features(ResNet):
+        def _forward_impl(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    torch.manual_seed(0)
+    model = randomise_batch_norms(Features(BasicBlock, [1, 1, 1, 1], num_classes=4).double()).eval()
+    whole = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=4).double().eval()
+    whole.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    features = model(x)
+    assert features.shape == (2, 512, 2, 2)
+    torch.testing.assert_close(whole.fc(torch.flatten(whole.avgpool(features), 1)), whole(x))
+    # Its forward is its own: convert leaves it as it is, and folding leaves its stem unfolded.
+    converted, report = cnnfast.convert(model)
+    assert type(converted) is Features and report.swapped == []
+    fused = cnnfast.fuse_for_inference(model)
+    assert isinstance(fused.bn1, torch.nn.BatchNorm2d) and isinstance(fused.layer1[0].bn1, torch.nn.Identity)
+    torch.testing.assert_close(fused(x), features)
 
 
 def test_local_weights_load_strictly_and_a_new_num_classes_replaces_fc(tmp_path):

@@ -105,7 +105,8 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     """torchvision.models.ResNet: the same arguments, children and keys (conv1, bn1, relu, maxpool,
-    layer1..layer4, avgpool, fc). The ReLUs are part of the fused ops while each `relu` child is a
+    layer1..layer4, avgpool, fc), and forward calling `_forward_impl`, which a subclass may override
+    as it would torchvision's. The ReLUs are part of the fused ops while each `relu` child is a
     plain nn.ReLU without hooks; where one is replaced or hooked (another activation, guided
     backprop, Grad-CAM), its block or the stem runs as torchvision's, calling it."""
     classifier_name = "fc"  # replaced when a checkpoint's num_classes differs; kept by freeze_backbone
@@ -165,12 +166,16 @@ class ResNet(nn.Module):
                          dilation=self.dilation, norm_layer=norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         # The stem's relu fused while it is a plain nn.ReLU without hooks, as in the blocks.
         x = self.maxpool(bn_add_relu_module(self.bn1, x) if fusable_activation(self.relu) else self.relu(self.bn1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As torchvision's: subclasses override _forward_impl (to return layer4's features, say).
+        return self._forward_impl(x)
 
 
 def _resnet(block, layers, weights, **kwargs) -> ResNet:
