@@ -16,15 +16,12 @@
 
 namespace cnnfast {
 
-// The layout an op computes in and returns: channels_last for a 4-d channels_last input or a
-// channel slice of one (channel stride 1), contiguous otherwise (cnnfast/ops/_checks.py
-// `output_memory_format` mirrors this for the fake functions).
+// The layout an op computes in and returns, as torch's own ops choose it: for a 4-d input, its
+// suggest_memory_format() (channels_last for a channels_last tensor or a channel slice of one);
+// contiguous otherwise. cnnfast/ops/_checks.py `output_memory_format` writes it out for the fake
+// functions.
 inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
-  if (x.dim() == 4 && !x.is_contiguous() &&
-      (x.is_contiguous(at::MemoryFormat::ChannelsLast) || (x.stride(1) == 1 && x.size(1) > 1))) {
-    return at::MemoryFormat::ChannelsLast;
-  }
-  return at::MemoryFormat::Contiguous;
+  return x.dim() == 4 ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {

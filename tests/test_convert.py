@@ -299,6 +299,45 @@ def test_children_keep_their_own_mode():
     assert converted.training and not converted.layer2[0].bn2.training and converted.layer2[1].bn2.training
 
 
+def _every_swappable_kind():
+    torch.manual_seed(0)
+    return nn.ModuleDict({
+        "resnet": tiny_resnet(), "densenet": tiny_densenet(),
+        "lrn": nn.LocalResponseNorm(3), "pool": nn.MaxPool2d(3, 2),
+        "bn_relu_conv": nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 1)),
+        "relu_lrn_pool": nn.Sequential(nn.ReLU(), nn.LocalResponseNorm(3), nn.MaxPool2d(3, 2)),
+        "avg_pool": nn.Sequential(nn.AvgPool2d(2))})
+
+
+@pytest.mark.parametrize("mode", ["eval", "mixed"])
+def test_every_swapped_module_keeps_its_training_mode(mode):
+    model = _every_swappable_kind().eval()
+    if mode == "mixed":  # training, but for a few modules frozen in eval mode
+        model.train()
+        for name in ("lrn", "relu_lrn_pool", "densenet.features.denseblock1", "resnet.layer1"):
+            model.get_submodule(name).eval()
+    converted, report = cnnfast.convert(model)
+    assert swapped_types(report) == ["Bottleneck", "LocalResponseNorm", "MaxPool2d", "ResNet", "Sequential",
+                                     "_DenseBlock", "_Transition"]
+    # Every module under its own name (a swapped dense block's layers keep theirs).
+    assert {name: m.training for name, m in converted.named_modules()} == \
+        {name: m.training for name, m in model.named_modules()}
+
+
+def test_a_swapped_dense_block_says_its_output_must_not_be_modified_in_place():
+    # Not wrong numbers but a loud error: the shared buffer the block returns is read by its backward.
+    torch.manual_seed(0)
+    original = nn.Sequential(reference_models._DenseBlock(2, 4, 2, 4, 0.0), nn.ReLU(inplace=True),
+                             nn.Conv2d(12, 3, 1))
+    converted, report = cnnfast.convert(original)
+    assert list(report.notes) == ["0"] and "in place" in report.notes["0"]
+    assert "0: _DenseBlock -> cnnfast DenseBlock (its output is the buffer its backward reads" in str(report)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    original(x).sum().backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        converted(x).sum().backward()
+
+
 def test_sequential_subclasses_stay_instances_of_their_class():
     model = tiny_densenet()
     converted, _ = cnnfast.convert(model)
@@ -397,9 +436,49 @@ def test_shared_or_parametrized_convolutions_are_not_folded():
     torch.testing.assert_close(fused(x), model(x))
 
 
+class _Tied(nn.Module):
+    """conv -> bn, and another conv or BatchNorm holding one of their Parameters (tied weights)."""
+
+    def __init__(self, tied):
+        super().__init__()
+        self.pair = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3))
+        owner, name = tied.split(".")
+        self.other = nn.Conv2d(3, 3, 3, padding=1) if owner == "conv" else nn.BatchNorm2d(3)
+        setattr(self.other, name, getattr(self.pair[0 if owner == "conv" else 1], name))
+
+    def forward(self, x):
+        return self.pair(x) + self.other(x)
+
+
+@pytest.mark.parametrize("tied", ["conv.weight", "conv.bias", "bn.weight"])
+def test_a_convolution_whose_weight_or_bias_is_tied_elsewhere_is_not_folded(tied):
+    # Folding scales the conv's weight and bias in place: the other module holding one would change.
+    torch.manual_seed(0)
+    model = randomise_batch_norms(_Tied(tied)).double().eval()
+    fused = cnnfast.fuse_for_inference(model)
+    folded = isinstance(fused.pair[1], nn.Identity)
+    assert folded == (tied == "bn.weight")  # the BatchNorm's parameters are only read
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-9, atol=1e-9)
+
+
 def test_pre_activation_projection_refuses_synchronised_statistics(monkeypatch):
     model = models.preact_resnet18(num_classes=3)
     block = model.layer2[0]
     monkeypatch.setattr(block.unit1, "_sync_group", lambda: object())
     with pytest.raises(NotImplementedError, match="synchronise batch statistics"):
         block(torch.randn(2, 64, 8, 8))
+
+
+@pytest.mark.parametrize("with_conv", [False, True], ids=["bn-relu", "bn-relu-conv"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4, 4), (3, 4, 4)], ids=["5-d", "3-d"])
+def test_a_converted_runs_input_of_other_dims_is_the_batch_norms_error(with_conv, shape):
+    """As torch's nn.BatchNorm2d: a ValueError naming the BatchNorm2d (not a cnnfast module the
+    user never built), raised before its step is counted."""
+    plain = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), *([nn.Conv2d(3, 4, 1)] if with_conv else []))
+    converted, _ = cnnfast.convert(plain)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        plain(torch.randn(shape))
+    with pytest.raises(ValueError, match=r"^BatchNorm2d: expected 4-d input, got shape"):
+        converted(torch.randn(shape))
+    assert converted[0].num_batches_tracked == 0

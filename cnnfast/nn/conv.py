@@ -62,8 +62,8 @@ class BNReLUConv2d(NotScriptable, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bn, conv = self.bn, self.conv
-        if not fx_tracing() and input.dim() != 4:  # before any state changes, as nn.BatchNorm2d
-            raise _checks.InputError(f"BNReLUConv2d: expected 4-d input, got shape {tuple(input.shape)}")
+        if not fx_tracing():
+            _checks.check_module_input(input, "BNReLUConv2d")
         # As nn.SyncBatchNorm: statistics are shared only in training mode (an evaluation on one rank
         # must not wait for the others).
         return bn_relu_conv_modules(bn, conv, input, self._sync_group() if bn.training else None)
@@ -95,6 +95,7 @@ def bn_relu_conv_modules(bn: nn.Module, conv: nn.Conv2d, input: torch.Tensor, pr
         return conv(torch.relu(bn(input)))
     if not (fusable_norm(bn) and fusable_conv(conv)):
         return conv(torch.relu(_batch_norm_unfused(bn, input, process_group)))
+    _checks.check_module_input(input, type(bn).__name__)  # a converted Sequential's BatchNorm2d, say
     if process_group is None:
         process_group = sync_group(bn)
     step = batch_norm_step(bn)

@@ -101,8 +101,7 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if fx_tracing():  # torchvision's block: layer by layer, concatenating
             return self._layer_by_layer(input, list(self.values()))
-        if input.dim() != 4:
-            raise _checks.InputError(f"DenseBlock: expected 4-d input, got shape {tuple(input.shape)}")
+        _checks.check_module_input(input, "DenseBlock")
         layers = list(self.values())
         if layers and input.shape[1] != layers[0].norm1.num_features:
             raise _checks.InputError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "

@@ -149,8 +149,7 @@ def dual_path_stage(blocks: list[DualPathBlock], input: torch.Tensor, recompute_
         raise ValueError("dual_path_stage: blocks must be one 'proj' or 'down' block followed by 'normal' ones")
     if fx_tracing():  # block by block, as timm's DPN runs
         return _block_by_block(blocks, input)
-    if input.dim() != 4:
-        raise _checks.InputError(f"dual_path_stage: expected 4-d input, got shape {tuple(input.shape)}")
+    _checks.check_module_input(input, "dual_path_stage")
     in_channels = blocks[0].c1x1_a.bn.num_features
     if input.shape[1] != in_channels:
         raise _checks.InputError(f"dual_path_stage: expected input with {in_channels} channels, got {input.shape[1]}")

@@ -68,9 +68,8 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
                                       "with nn.BatchNorm2d and nn.ReLU instead (cnnfast's models and "
                                       "cnnfast.convert's modules trace)")
         return torch.relu(bn(input) if identity is None else bn(input) + identity)
-    # Before any state changes (num_batches_tracked), as nn.BatchNorm2d checks its input.
-    if input.dim() != 4:
-        raise _checks.InputError(f"BNAddReLU: expected 4-d input, got shape {tuple(input.shape)}")
+    # Named by bn's class: BNAddReLU, or the BatchNorm2d of a converted Sequential or block.
+    _checks.check_module_input(input, type(bn).__name__)
     check_identity(input, identity, "BNAddReLU")
     own = isinstance(bn, BNAddReLU)  # called from its forward: its own hooks run around this call
     group = sync_batch_norm.group_name(sync_group(bn))

@@ -42,6 +42,13 @@ def check_dims(value: torch.Tensor, name: str, op: str, allowed: Sequence[int] |
         raise InputError(f"{op}: {name} must have {minimum} or more dims, got shape {tuple(value.shape)}")
 
 
+def check_module_input(input: torch.Tensor, module: str) -> None:
+    """A 4-d input for `module` (a class name), checked before any state changes, with the shape in
+    the message, as nn.BatchNorm2d checks its input."""
+    if input.dim() != 4:
+        raise InputError(f"{module}: expected 4-d input, got shape {tuple(input.shape)}")
+
+
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
     values = iter(tensors.values())
     device = next(values).device
@@ -161,13 +168,20 @@ def lrn_arguments(size, alpha, beta, k, op: str) -> tuple[int, float, float, flo
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The layout ops compute in and return: channels_last for a 4-d channels_last input or a channel
-    slice of one (channel stride 1), contiguous otherwise (as csrc/op_helpers.h
-    `output_memory_format`)."""
-    if x.dim() == 4 and not x.is_contiguous() and (
-            x.is_contiguous(memory_format=torch.channels_last) or (x.stride(1) == 1 and x.shape[1] > 1)):
-        return torch.channels_last
-    return torch.contiguous_format
+    """The layout ops compute in and return, as torch's own ops choose it: for 4-d x, that of
+    Tensor.suggest_memory_format() (csrc/op_helpers.h `output_memory_format` calls it), written out
+    here for the fake functions. channels_last where the strides, from the innermost, run C, W, H,
+    N, each at least the span of the one before (a channels_last tensor, a channel slice of one);
+    contiguous otherwise, and for the ambiguous cases torch resolves that way (an empty tensor,
+    N x 1 x 1 x 1)."""
+    if x.dim() != 4 or x.stride(1) == 0:
+        return torch.contiguous_format
+    least = 0
+    for d in (1, 3, 2, 0):  # c10's is_channels_last_strides_2d_s4
+        if x.shape[d] == 0 or x.stride(d) < least or (d == 0 and least == x.stride(1)):
+            return torch.contiguous_format
+        least = x.stride(d) * (x.shape[d] if x.shape[d] > 1 else 1)
+    return torch.channels_last
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
