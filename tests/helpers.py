@@ -42,7 +42,7 @@ def backend_params(reference: bool = True):
 def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """t's values, on t's device, in the memory layout `layout`: "contiguous"; "channels_last"
     (channels innermost, for 3-d unbatched input too); "transposed" (the last two dims swapped in
-    memory, so they do not merge into one stride); "channel_slice" / "channels_last_slice" (a view of
+    memory, so they do not merge into one stride); "channels_last_transposed" (both); "channel_slice" / "channels_last_slice" (a view of
     the channels [2, 2 + C) of a wider contiguous / channels_last buffer: non-contiguous)."""
     if layout == "contiguous":
         return t.contiguous()
@@ -52,6 +52,8 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         return t.movedim(-3, -1).contiguous().movedim(-1, -3)
     if layout == "transposed":
         return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "channels_last_transposed":  # channels innermost, then H and W swapped
+        return in_layout(t.transpose(-1, -2), "channels_last").transpose(-1, -2)
     if layout in ("channel_slice", "channels_last_slice"):
         n, c = t.shape[:2]
         wide = in_layout(t.new_zeros((n, c + 5) + t.shape[2:]),
