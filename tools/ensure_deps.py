@@ -1,7 +1,8 @@
 """Installs what cnnfast needs to build, test and benchmark, and only what is missing.
 
-torch is pinned to the CPU build that this project's machines carry unless a torch is already
-installed (a CUDA machine keeps its own); triton is pinned to the GPU machines' version; the
+torch is pinned to 2.13.0 (this project's CPU machines serve it as a CPU build from a local
+wheel; from PyPI on Linux it would be the CUDA build) unless a torch is already installed (a CUDA
+machine keeps its own); triton is pinned to the GPU machines' version; the
 Triton interpreter needs numpy < 2.4, which is enforced only where the interpreter is used (no GPU).
 Nothing is installed when everything is present (GPU machines have no network).
 """
