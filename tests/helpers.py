@@ -42,8 +42,9 @@ def backend_params(reference: bool = True):
 def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """t's values, on t's device, in the memory layout `layout`: "contiguous"; "channels_last"
     (channels innermost, for 3-d unbatched input too); "transposed" (the last two dims swapped in
-    memory, so they do not merge into one stride); "channels_last_transposed" (both); "channel_slice" / "channels_last_slice" (a view of
-    the channels [2, 2 + C) of a wider contiguous / channels_last buffer: non-contiguous)."""
+    memory, so they do not merge into one stride); "channels_last_transposed" (both); "channel_slice" /
+    "channels_last_slice" (a view of the channels [2, 2 + C) of a wider contiguous / channels_last
+    buffer: non-contiguous)."""
     if layout == "contiguous":
         return t.contiguous()
     if layout == "channels_last":

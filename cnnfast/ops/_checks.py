@@ -173,15 +173,35 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     here for the fake functions. channels_last where the strides, from the innermost, run C, W, H,
     N, each at least the span of the one before (a channels_last tensor, a channel slice of one);
     contiguous otherwise, and for the ambiguous cases torch resolves that way (an empty tensor,
-    N x 1 x 1 x 1)."""
-    if x.dim() != 4 or x.stride(1) == 0:
+    N x 1 x 1 x 1).
+
+    Under torch.compile a size known only at run time (a batch cut by a tensor's value) must not
+    be guarded on: a comparison it cannot decide counts the size as non-zero (an empty tensor's
+    layout does not matter) and a stride as out of order (contiguous, torch's own fallback)."""
+    if x.dim() != 4 or _true_unless_known_false(x.stride(1) == 0):
         return torch.contiguous_format
     least = 0
     for d in (1, 3, 2, 0):  # c10's is_channels_last_strides_2d_s4
-        if x.shape[d] == 0 or x.stride(d) < least or (d == 0 and least == x.stride(1)):
+        if (_false_unless_known_true(x.shape[d] == 0) or _true_unless_known_false(x.stride(d) < least)
+                or (d == 0 and _true_unless_known_false(least == x.stride(1)))):
             return torch.contiguous_format
-        least = x.stride(d) * (x.shape[d] if x.shape[d] > 1 else 1)
+        least = x.stride(d) * x.shape[d]  # a size of 1 leaves it the stride (0 returned above)
     return torch.channels_last
+
+
+# A plain bool, or a 0-d tensor under torch.jit.trace (sizes are traced as tensors): its value.
+def _false_unless_known_true(condition) -> bool:
+    if not isinstance(condition, torch.SymBool):
+        return bool(condition)
+    from torch.fx.experimental.symbolic_shapes import guard_or_false  # symbolic sizes only: sympy loads late
+    return guard_or_false(condition)
+
+
+def _true_unless_known_false(condition) -> bool:
+    if not isinstance(condition, torch.SymBool):
+        return bool(condition)
+    from torch.fx.experimental.symbolic_shapes import guard_or_true
+    return guard_or_true(condition)
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
