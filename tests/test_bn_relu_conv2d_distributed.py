@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
+import tempfile
 import traceback
 
 import pytest
@@ -21,12 +21,6 @@ from helpers import randomise_batch_norms
 
 WORLD = 2
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _units():
@@ -138,10 +132,9 @@ def _hooked_bn(rank):  # a hook expects bn itself to run, which cannot share the
 ERROR_CASES = {"one-value-in-all": _one_value_in_all, "hooked-bn": _hooked_bn}
 
 
-def _worker(rank, port, queue, name):
+def _worker(rank, store, queue, name):
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
         try:
             if name in ERROR_CASES:
                 result = ERROR_CASES[name](rank)
@@ -169,17 +162,20 @@ def _spawn(name):
     """Each rank's _run results for model `name`."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    port = _free_port()
-    processes = [context.Process(target=_worker, args=(rank, port, queue, name)) for rank in range(WORLD)]
-    for p in processes:
-        p.start()
-    results = dict(queue.get(timeout=240) for _ in range(WORLD))
-    failures = [f"rank {rank}:\n{r}" for rank, r in results.items() if isinstance(r, str)]
-    assert not failures, "\n".join(failures)
-    results = {rank: torch.load(io.BytesIO(r)) for rank, r in results.items()}
-    for p in processes:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    # The ranks meet through a file of their own: a TCP port chosen free can be taken by another
+    # process before rank 0 binds it.
+    with tempfile.TemporaryDirectory(prefix="cnnfast-dist-") as directory:
+        store = os.path.join(directory, "store")
+        processes = [context.Process(target=_worker, args=(rank, store, queue, name)) for rank in range(WORLD)]
+        for p in processes:
+            p.start()
+        results = dict(queue.get(timeout=240) for _ in range(WORLD))
+        failures = [f"rank {rank}:\n{r}" for rank, r in results.items() if isinstance(r, str)]
+        assert not failures, "\n".join(failures)
+        results = {rank: torch.load(io.BytesIO(r)) for rank, r in results.items()}
+        for p in processes:
+            p.join(timeout=60)
+            assert p.exitcode == 0
     return results
 
 
