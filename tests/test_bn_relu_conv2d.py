@@ -362,6 +362,29 @@ def test_module_reads_like_its_parts():
     torch.testing.assert_close(bn.running_mean, reference[0].running_mean)  # updated in the shared module
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+@pytest.mark.parametrize("kernel,padding,dilation,fused", [
+    (3, "same", 1, True), (5, "same", 2, True), (3, "valid", 1, True),  # symmetric: the fused op
+    (2, "same", 1, False), (4, "same", 3, False),  # torch pads one more on the right: the plain modules
+], ids=["3-same", "5-same-dilated", "3-valid", "2-same", "4-same-dilated"])
+def test_string_padding_is_fused_where_it_is_symmetric(backend, device, kernel, padding, dilation, fused):
+    torch.manual_seed(0)
+    ours = cnnfast.nn.BNReLUConv2d(4, 5, kernel, padding=padding, dilation=dilation)
+    ours = randomise_batch_norms(ours).to(device=device, dtype=torch.float64)
+    theirs = nn.Sequential(copy.deepcopy(ours.bn), nn.ReLU(), copy.deepcopy(ours.conv))
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        grad = torch.randn_like(ours.conv(x))  # the conv alone: no BatchNorm step counted
+    with cnnfast.backend(backend):
+        (y, dx), saved = cnnfast.saved_tensor_bytes(lambda t: step(ours, t, grad), x, exclude=ours.parameters())
+    y_ref, dx_ref = step(theirs, x, grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
+    kept_x_alone = saved <= x.numel() * x.element_size() + 4 * 4 * 8  # x and a few per-channel vectors
+    assert kept_x_alone == fused
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_empty_batch(backend, device):
     ours, theirs = make_pair(CONFIGS[1], dtype=torch.float32, device=device)
