@@ -10,7 +10,7 @@ from torch import nn
 
 import cnnfast
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, randomise_batch_norms, registered_op
+from helpers import assert_low_precision_close, backend_params, in_layout, randomise_batch_norms, registered_op
 
 BACKENDS = backend_params()
 
@@ -360,6 +360,20 @@ def test_module_reads_like_its_parts():
     reference = nn.Sequential(copy.deepcopy(bn), nn.ReLU(), copy.deepcopy(conv))
     torch.testing.assert_close(wrapped(x), reference(x))
     torch.testing.assert_close(bn.running_mean, reference[0].running_mean)  # updated in the shared module
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "channels_last_transposed",
+                                    "channel_slice", "channels_last_slice"])
+def test_output_and_gradient_in_torchs_layouts(backend, device, layout):
+    ours, theirs = make_pair(CONFIGS[1], device=device)
+    x = in_layout(torch.randn(2, CONFIGS[1][0], *CONFIGS[1][8], dtype=torch.float64, device=device), layout)
+    grad = torch.randn(output_shape(CONFIGS[1], x), dtype=torch.float64, device=device)
+    with cnnfast.backend(backend):
+        y, dx = step(ours, x, grad)
+    y_ref, dx_ref = step(theirs, x, grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    assert (y.stride(), dx.stride()) == (y_ref.stride(), dx_ref.stride())
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
