@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "common/batch_norm.h"
@@ -29,6 +31,12 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               " must be a floating-point tensor, got ", t.scalar_type());
 }
 
+// Whether LRN walks x's channels innermost ([N][S][C]); otherwise [N][C][S]. For x as
+// prepare_local_response_norm leaves it, or as the max-pool ops lay out the fused op's input.
+inline bool lrn_channels_inner(const at::Tensor& x) {
+  return x.dim() >= 2 && x.size(1) > 1 && x.stride(1) == 1;
+}
+
 // LRN works on [N, C, S]: S is the product of the trailing dims. For a contiguous tensor the
 // lanes (spatial positions) are adjacent; for channels_last the channels are.
 template <typename acc_t>
@@ -38,7 +46,7 @@ LrnParams<acc_t> lrn_params(const at::Tensor& x, int64_t size, double alpha, dou
   check_floating(x, "input");
   const int64_t channels = x.size(1);
   const int64_t spatial = x.numel() / std::max<int64_t>(1, x.size(0) * channels);
-  const bool channels_last = output_memory_format(x) == at::MemoryFormat::ChannelsLast;
+  const bool channels_last = lrn_channels_inner(x);
   LrnParams<acc_t> p;
   p.channels = channels;
   p.channel_stride = channels_last ? 1 : spatial;
@@ -110,15 +118,40 @@ struct LrnCall {
   bool channels_last;
 };
 
+// Whether LRN reads x where it lies: its memory is [N][C][S] or [N][S][C], the S spatial positions
+// dense in any order (contiguous, channels_last, H and W swapped, ...), which the kernels walk as
+// they walk a contiguous or channels_last tensor; the output then takes x's strides, as torch's
+// elementwise LRN gives it. An empty x too (nothing to walk). cnnfast/ops/_checks.py
+// `lrn_in_place` mirrors this for the fake functions.
+inline bool lrn_in_place(const at::Tensor& x) {
+  if (x.numel() == 0) return true;
+  const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
+  const bool channels_inner = c > 1 && x.stride(1) == 1;
+  if ((c > 1 && !channels_inner && x.stride(1) != s) || (n > 1 && x.stride(0) != c * s)) return false;
+  std::vector<std::pair<int64_t, int64_t>> spatial;  // (stride, size) of the spatial dims that step
+  for (int64_t d = 2; d < x.dim(); ++d) {
+    if (x.size(d) > 1) spatial.emplace_back(x.stride(d), x.size(d));
+  }
+  std::sort(spatial.begin(), spatial.end());
+  int64_t step = channels_inner ? c : 1;
+  for (const auto& [stride, size] : spatial) {
+    if (stride != step) return false;
+    step *= size;
+  }
+  return true;
+}
+
 inline LrnCall prepare_local_response_norm(const at::Tensor& input, const at::Tensor* grad_output) {
   TORCH_CHECK(grad_output == nullptr || grad_output->sizes() == input.sizes(),
               "cnnfast.local_response_norm backward: grad_output and input shapes differ");
-  const auto format = output_memory_format(input);
   LrnCall call;
-  call.x = input.contiguous(format);
-  if (grad_output != nullptr) call.grad_output = grad_output->contiguous(format);
-  call.result = at::empty(call.x.sizes(), call.x.options().memory_format(format));
-  call.channels_last = format == at::MemoryFormat::ChannelsLast;
+  call.x = lrn_in_place(input) ? input : input.contiguous(output_memory_format(input));
+  if (grad_output != nullptr) {
+    call.grad_output = grad_output->strides() == call.x.strides() ? *grad_output
+                                                                   : at::empty_like(call.x).copy_(*grad_output);
+  }
+  call.result = at::empty_like(call.x);  // x's strides: x is dense here
+  call.channels_last = lrn_channels_inner(call.x);
   return call;
 }
 

@@ -196,14 +196,14 @@ def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, cha
 
 
 def _geometry(x: torch.Tensor):
-    """(N, C, S, batch, channel and lane strides) of the [N, C, S] view of x."""
+    """(N, C, S, batch, channel and lane strides) of x's memory as [N][C][S] or, channels
+    innermost, [N][S][C]: the layouts its callers give it (cnnfast/ops/_checks.py lrn_in_place),
+    the S spatial positions dense in any order."""
     n, c = x.shape[0], x.shape[1]
     s = x.numel() // (n * c)
-    if x.is_contiguous():
-        return n, c, s, c * s, s, 1
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    if c > 1 and x.stride(1) == 1:
         return n, c, s, c * s, 1, c
-    raise ValueError("lrn: x must be contiguous or (4-d) channels_last-contiguous")
+    return n, c, s, c * s, s, 1
 
 
 def _beta_kind(beta: float) -> int:
@@ -245,7 +245,9 @@ def lrn_backward(grad_output: torch.Tensor, x: torch.Tensor, size: int, alpha: f
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
-    if grad_output.shape != x.shape or _geometry(grad_output) != _geometry(x):
+    # The same strides, but where a dim of size 1 never steps.
+    if grad_output.shape != x.shape or any(a != b for a, b, n in zip(grad_output.stride(), x.stride(), x.shape)
+                                           if n > 1):
         raise ValueError("lrn_backward: grad_output must have x's shape and layout")
     # t in the accumulation type, for the second kernel's reverse-window sums; freed on return.
     t = torch.empty_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)

@@ -204,6 +204,26 @@ def _true_unless_known_false(condition) -> bool:
     return guard_or_true(condition)
 
 
+def lrn_in_place(x: torch.Tensor) -> bool:
+    """Whether LRN reads x where it lies (as csrc/op_helpers.h `lrn_in_place`): its memory is
+    [N][C][S] or [N][S][C], the S spatial positions dense in any order, which the kernels walk as
+    they walk a contiguous or channels_last tensor, the output taking x's strides as torch's
+    elementwise LRN does. An empty x too."""
+    if x.numel() == 0:
+        return True
+    n, c = x.shape[0], x.shape[1]
+    s = x.numel() // (n * c)
+    channels_inner = c > 1 and x.stride(1) == 1
+    if (c > 1 and not channels_inner and x.stride(1) != s) or (n > 1 and x.stride(0) != c * s):
+        return False
+    step = c if channels_inner else 1
+    for stride, size in sorted((x.stride(d), x.shape[d]) for d in range(2, x.dim()) if x.shape[d] > 1):
+        if stride != step:
+            return False
+        step *= size
+    return True
+
+
 def pooled_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
     """torch's pooling output size (as csrc/op_helpers.h `pooled_size`)."""
     span = size + 2 * pad - dilation * (kernel - 1) - 1

@@ -32,23 +32,27 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     return torch.ops.cnnfast.local_response_norm(input, size, alpha, beta, k)
 
 
+def _walkable(input):
+    """input where the kernels can read it (_checks.lrn_in_place), else a copy in the ops' layout."""
+    return input if _checks.lrn_in_place(input) else input.contiguous(memory_format=_checks.output_memory_format(input))
+
+
 def _triton_forward(input, size, alpha, beta, k):
-    x = input.contiguous(memory_format=_checks.output_memory_format(input))
+    x = _walkable(input)
     with on_device(x):
         return triton_module("lrn").lrn_forward(x, size, alpha, beta, k)
 
 
 def _triton_backward(grad_output, input, size, alpha, beta, k):
-    layout = _checks.output_memory_format(input)
-    x = input.contiguous(memory_format=layout)
+    x = _walkable(input)
+    if grad_output.stride() != x.stride():
+        grad_output = torch.empty_like(x).copy_(grad_output)
     with on_device(x):
-        return triton_module("lrn").lrn_backward(grad_output.contiguous(memory_format=layout), x, size, alpha, beta,
-                                                 k)
+        return triton_module("lrn").lrn_backward(grad_output, x, size, alpha, beta, k)
 
 
 def _fake(input, size, alpha, beta, k):
-    return torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                       memory_format=_checks.output_memory_format(input))
+    return torch.empty_like(_walkable(input))  # x's strides (csrc/op_helpers.h prepare_local_response_norm)
 
 
 def _fake_backward(grad_output, input, size, alpha, beta, k):
