@@ -27,6 +27,17 @@ def batch_norm_step(bn: nn.modules.batchnorm._BatchNorm) -> BatchNormStep:
                          factor)
 
 
+def batch_norm_across_ranks_step(bn: nn.modules.batchnorm._BatchNorm, input: torch.Tensor, group: str):
+    """bn's training step with the statistics of every rank of the process group named `group`,
+    in differentiable torch ops (cnnfast/ops/sync_batch_norm.py), counted as nn.BatchNorm2d counts it:
+    for the modules whose fused op has no all-reduce."""
+    from cnnfast.ops.sync_batch_norm import batch_norm_across_ranks
+
+    step = batch_norm_step(bn)
+    return batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias, step.momentum,
+                                   bn.eps, group)
+
+
 def sync_group(bn: nn.modules.batchnorm._BatchNorm):
     """The process group whose ranks share `bn`'s batch statistics this step: an nn.SyncBatchNorm's
     (made by nn.SyncBatchNorm.convert_sync_batchnorm or cnnfast.nn.convert_sync_bn) in training,

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cnnfast._backend import fx_tracing
-from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn._batch_norm_step import batch_norm_across_ranks_step, batch_norm_step, sync_group
 from cnnfast.nn._fusable import fusable_conv, fusable_norm, has_hooks
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.nn.residual import BNAddReLU
@@ -117,9 +117,7 @@ def _batch_norm_unfused(bn: nn.Module, input: torch.Tensor, process_group) -> to
         raise NotImplementedError(f"BNReLUConv2d: its bn ({type(bn).__name__}"
                                   f"{' with hooks' if has_hooks(bn) else ''}) cannot share batch statistics across "
                                   "ranks (convert_sync_bn); remove the hooks, or make bn an nn.SyncBatchNorm")
-    step = batch_norm_step(bn)
-    return sync_batch_norm.batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias,
-                                                   step.momentum, bn.eps, group)
+    return batch_norm_across_ranks_step(bn, input, group)
 
 
 def convert_sync_bn(module: nn.Module, process_group=None) -> nn.Module:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cnnfast._backend import fx_tracing
-from cnnfast.nn._batch_norm_step import batch_norm_step, sync_group
+from cnnfast.nn._batch_norm_step import batch_norm_across_ranks_step, batch_norm_step, sync_group
 from cnnfast.nn._fusable import FUSABLE_NORM_TYPES, fusable_norm
 from cnnfast.nn._not_scriptable import NotScriptable
 from cnnfast.ops import _checks, sync_batch_norm
@@ -74,9 +74,7 @@ def bn_add_relu_module(bn: nn.Module, input: torch.Tensor, identity: torch.Tenso
     own = isinstance(bn, BNAddReLU)  # called from its forward: its own hooks run around this call
     group = sync_batch_norm.group_name(sync_group(bn))
     if own and group:  # marked by convert_sync_bn: BatchNorm across the ranks, then add and ReLU
-        step = batch_norm_step(bn)
-        out = sync_batch_norm.batch_norm_across_ranks(input, step.running_mean, step.running_var, bn.weight, bn.bias,
-                                                      step.momentum, bn.eps, group)
+        out = batch_norm_across_ranks_step(bn, input, group)
         return torch.relu(out if identity is None else out + identity)
     if not (own or fusable_norm(bn)) or group:  # (never `own` here: a synchronised BNAddReLU ran above)
         out = bn(input)
