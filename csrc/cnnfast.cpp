@@ -62,7 +62,7 @@ TORCH_LIBRARY(cnnfast, m) {
   // the biased `var` of `count` values per channel), in the statistics' dtype.
   m.def(
       "_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, Tensor var, "
-      "float momentum, int count) -> ()");
+      "float momentum, SymInt count) -> ()");
   // The same with `count` a one-element tensor on the statistics' device: the count summed over
   // the ranks of a process group, used where it is, without a copy to the host (a sync per layer).
   m.def(

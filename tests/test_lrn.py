@@ -129,28 +129,6 @@ def test_torch_compile_fullgraph(backend, device):
     torch.testing.assert_close(dx, dx_torch, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["local_response_norm", "max_pool2d"])
-def test_torch_compile_with_a_batch_known_only_at_run_time(op, monkeypatch):
-    """A batch cut by a tensor's value (an unbacked size): the fake function's layout rule must not
-    guard on it, and gives the layout the kernel returns (channels_last here, as torch's)."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
-    call = {"local_response_norm": lambda f, t: f.local_response_norm(t, 3),
-            "max_pool2d": lambda f, t: f.max_pool2d(t, 2)}[op]
-
-    def first(count, x, functional):
-        n = count.item()
-        torch._check(n >= 1)
-        torch._check(n <= x.shape[0])
-        return call(functional, x[:n])
-
-    x = torch.randn(4, 4, 6, 6).contiguous(memory_format=torch.channels_last)
-    torch._dynamo.reset()
-    compiled = torch.compile(first, fullgraph=True)(torch.tensor(2), x, cnnfast.functional)
-    expected = call(F, x[:2])
-    torch.testing.assert_close(compiled, expected)
-    assert compiled.stride() == expected.stride()
-
-
 def test_module_is_drop_in():
     ours, theirs = cnnfast.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0), torch.nn.LocalResponseNorm(3, 2e-4, 0.5, 2.0)
     assert repr(ours) == repr(theirs) and vars(ours) == vars(theirs)

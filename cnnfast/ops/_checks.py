@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import sys
 from typing import Sequence
 
 import torch
@@ -204,23 +205,44 @@ def _true_unless_known_false(condition) -> bool:
     return guard_or_true(condition)
 
 
+def has_example_value(size) -> bool:
+    """Whether a size has a value to go by at trace time: an int, or a symbolic size traced from an
+    example input (not one known only at run time, such as a batch cut by a tensor's value)."""
+    return not isinstance(size, torch.SymInt) or size.node.has_hint()
+
+
+def _ordering_hint(value) -> int:
+    """An int to sort strides by without guarding on them: a symbolic stride's example value (one
+    known only at run time sorts last). The comparisons made on the sorted strides are guarded."""
+    if not isinstance(value, torch.SymInt):
+        return int(value)
+    return value.node.hint if value.node.has_hint() else sys.maxsize
+
+
 def lrn_in_place(x: torch.Tensor) -> bool:
     """Whether LRN reads x where it lies (as csrc/op_helpers.h `lrn_in_place`): its memory is
     [N][C][S] or [N][S][C], the S spatial positions dense in any order, which the kernels walk as
     they walk a contiguous or channels_last tensor, the output taking x's strides as torch's
-    elementwise LRN does. An empty x too."""
-    if x.numel() == 0:
+    elementwise LRN does. An empty x too.
+
+    Under torch.compile a size known only at run time is not guarded on (as output_memory_format):
+    a comparison it cannot decide counts the size as more than 1 and a stride as out of place."""
+    if _false_unless_known_true(x.numel() == 0):
         return True
     n, c = x.shape[0], x.shape[1]
-    s = x.numel() // (n * c)
-    channels_inner = c > 1 and x.stride(1) == 1
-    if (c > 1 and not channels_inner and x.stride(1) != s) or (n > 1 and x.stride(0) != c * s):
+    s = 1
+    for size in x.shape[2:]:
+        s = s * size
+    channels_inner = _true_unless_known_false(c > 1) and _false_unless_known_true(x.stride(1) == 1)
+    if ((not channels_inner and _true_unless_known_false(c > 1) and _true_unless_known_false(x.stride(1) != s))
+            or (_true_unless_known_false(n > 1) and _true_unless_known_false(x.stride(0) != c * s))):
         return False
     step = c if channels_inner else 1
-    for stride, size in sorted((x.stride(d), x.shape[d]) for d in range(2, x.dim()) if x.shape[d] > 1):
-        if stride != step:
+    spatial = [(x.stride(d), x.shape[d]) for d in range(2, x.dim()) if _true_unless_known_false(x.shape[d] > 1)]
+    for stride, size in sorted(spatial, key=lambda pair: _ordering_hint(pair[0])):
+        if _true_unless_known_false(stride != step):
             return False
-        step *= size
+        step = step * size
     return True
 
 

@@ -129,10 +129,26 @@ def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
 
 def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
           backend, sync_group):
-    r = torch.empty(input.shape, dtype=weight.dtype, device=input.device,
-                    memory_format=_checks.output_memory_format(input))
-    return torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
-                                      groups)
+    layout = _checks.output_memory_format(input)
+    r = torch.empty(input.shape, dtype=weight.dtype, device=input.device, memory_format=layout)
+    out = torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
+                                     groups)
+    if all(_checks.has_example_value(size) for size in input.shape):
+        return out
+    # A size known only at run time (a batch cut by a tensor's value): torch's fake convolution
+    # then gives up on the layout and says contiguous, where the convolution the kernel runs
+    # returns the layout it picks for r's. Ask it about a stand-in of r's layout with example sizes
+    # (a batch of 2; spatial sizes the window fits in more than once).
+    def example(size, d):
+        if _checks.has_example_value(size):
+            return size
+        return 2 if d == 0 else dilation[d - 2] * (weight.shape[d] - 1) + 1 + 2 * stride[d - 2]
+    stand_in = torch.empty([example(size, d) for d, size in enumerate(input.shape)], dtype=weight.dtype,
+                           device=input.device, memory_format=layout)
+    picked = torch.ops.aten.convolution(stand_in, weight, bias, list(stride), list(padding), list(dilation), False,
+                                        [0, 0], groups)
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device,
+                       memory_format=_checks.output_memory_format(picked))
 
 
 def _fake_backward(grad_output, input, mean, invstd, bn_weight, bn_bias, weight, has_bias, stride, padding, dilation,

@@ -1,0 +1,93 @@
+"""Every op under torch.compile(fullgraph=True) with a batch known only at run time (cut by a
+tensor's value: an unbacked size). The fake functions must not guard on it, and must give the
+layout the kernels return: inductor checks the strides it was promised against the real ones.
+
+Whole models are not tested so: torch's own fake convolution (in aten) gives up on the layout for
+such a size on CPU and fails the same check, with or without cnnfast."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnfast
+import cnnfast.functional as cf
+from cnnfast.ops.avg_pool2d import avg_pool2d
+from helpers import backend_params
+
+C = 4
+
+
+_GENERATOR = torch.Generator().manual_seed(0)
+_BATCH_NORM = (torch.randn(C, generator=_GENERATOR) * 0.1, torch.rand(C, generator=_GENERATOR) + 0.5,
+               torch.rand(C, generator=_GENERATOR) + 0.5, torch.randn(C, generator=_GENERATOR))
+_CONV_WEIGHT = torch.randn(6, C, 3, 3, generator=_GENERATOR) * 0.2
+
+
+def _batch_norm_arguments(x):
+    """running_mean, running_var (fresh copies: training updates them), weight, bias; on x's device."""
+    return [v.to(x.device, copy=True) for v in _BATCH_NORM]
+
+
+def _conv_weight(x):
+    return _CONV_WEIGHT.to(x.device)
+
+
+def _bn_add_relu(x, training):
+    return cf.bn_add_relu(x, x, *_batch_norm_arguments(x), training)
+
+
+def _torch_bn_add_relu(x, training):
+    return F.relu(F.batch_norm(x, *_batch_norm_arguments(x), training) + x)
+
+
+def _bn_relu_conv2d(x, training):
+    return cf.bn_relu_conv2d(x, *_batch_norm_arguments(x), _conv_weight(x), padding=1, training=training)
+
+
+def _torch_bn_relu_conv2d(x, training):
+    return F.conv2d(F.relu(F.batch_norm(x, *_batch_norm_arguments(x), training)), _conv_weight(x), padding=1)
+
+
+# op -> (cnnfast's call, torch's call): each takes the input.
+OPS = {
+    "local_response_norm": (lambda x: cf.local_response_norm(x, 3, 0.5), lambda x: F.local_response_norm(x, 3, 0.5)),
+    "max_pool2d": (lambda x: cf.max_pool2d(x, 3, 2), lambda x: F.max_pool2d(x, 3, 2)),
+    "max_pool2d_with_indices": (lambda x: cf.max_pool2d(x, 3, 2, return_indices=True)[1],
+                                lambda x: F.max_pool2d(x, 3, 2, return_indices=True)[1]),
+    "avg_pool2d": (lambda x: avg_pool2d(x, 3, 2), lambda x: F.avg_pool2d(x, 3, 2)),
+    "relu_lrn_max_pool2d": (lambda x: cf.relu_lrn_max_pool2d(x, 3, 0.5),
+                            lambda x: F.max_pool2d(F.local_response_norm(F.relu(x), 3, 0.5), 3, 2)),
+    "bn_add_relu_eval": (lambda x: _bn_add_relu(x, False), lambda x: _torch_bn_add_relu(x, False)),
+    "bn_add_relu_train": (lambda x: _bn_add_relu(x, True), lambda x: _torch_bn_add_relu(x, True)),
+    "bn_relu_conv2d_eval": (lambda x: _bn_relu_conv2d(x, False), lambda x: _torch_bn_relu_conv2d(x, False)),
+    "bn_relu_conv2d_train": (lambda x: _bn_relu_conv2d(x, True), lambda x: _torch_bn_relu_conv2d(x, True)),
+}
+
+
+@pytest.mark.parametrize("backend,device", backend_params(reference=False))
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_a_batch_known_only_at_run_time(backend, device, op, layout, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    ours, theirs = OPS[op]
+    fewest = 2 if op.endswith("_train") else 1  # training BatchNorm needs more than one value per channel
+
+    def first(count, x):
+        n = count.item()
+        torch._check(n >= fewest)  # a batch of 1 possible: nothing may be decided on N > 1
+        torch._check(n <= x.shape[0])
+        return ours(x[:n])
+
+    x = torch.randn(4, C, 9, 9, generator=torch.Generator().manual_seed(2)).to(device, memory_format=layout)
+    x.requires_grad_()
+    torch._dynamo.reset()
+    with cnnfast.backend(backend):
+        compiled = torch.compile(first, fullgraph=True)(torch.tensor(3, device=device), x)
+    expected = theirs(x[:3])
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+    assert compiled.stride() == expected.stride()
+    if compiled.is_floating_point():
+        (grad,) = torch.autograd.grad(compiled.sum(), x)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
