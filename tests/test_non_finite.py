@@ -88,3 +88,40 @@ def test_lrn_forward(backend, device, beta):
     with cnnfast.backend(backend):
         ours = cnnfast.functional.local_response_norm(x, 3, alpha=0.5, beta=beta, k=1.0)
     torch.testing.assert_close(ours, F.local_response_norm(x, 3, alpha=0.5, beta=beta, k=1.0), equal_nan=True)
+
+
+def _zero_windows_and_an_infinity():
+    # Channels 0-2 zero (with k=0 their windows' scale is 0: t = dy x s^(-beta-1) is NaN there),
+    # one infinite value in another column.
+    x = torch.randn(1, 6, 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[:, :3] = 0
+    x[0, 4, 2, 1] = float("inf")
+    return x
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("beta", [0.0, 0.75])
+@pytest.mark.parametrize("k", [0.0, 1.0])
+def test_lrn_backward_where_scales_are_zero_or_infinite(backend, device, beta, k):
+    """beta = 0 makes LRN the identity: torch's gradient is then exactly the output's (its pow
+    backward gives 0 for an exponent of 0), whatever the windows hold."""
+    x = _zero_windows_and_an_infinity().to(device)
+
+    def ours(t):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.local_response_norm(t, 3, alpha=0.5, beta=beta, k=k)
+    _assert_same(_grads(ours, (x,)), _grads(lambda t: F.local_response_norm(t, 3, 0.5, beta, k), (x,)))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("beta", [0.0, 0.75])
+def test_relu_lrn_max_pool_backward_where_scales_are_zero(backend, device, beta):
+    x = _zero_windows_and_an_infinity().to(device)
+
+    def ours(t):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.relu_lrn_max_pool2d(t, 3, alpha=0.5, beta=beta, k=0.0, kernel_size=2, stride=1)
+
+    def theirs(t):
+        return F.max_pool2d(F.local_response_norm(F.relu(t), 3, 0.5, beta, 0.0), 2, 1)
+    _assert_same(_grads(ours, (x,)), _grads(theirs, (x,)))

@@ -191,6 +191,8 @@ def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, cha
         offsets = _row_offsets(base, j, channel_stride)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        if BETA_KIND == 3:  # the sum is exactly 0 whatever t is (csrc/common/lrn.h lrn_emit_dx)
+            t_sum = tl.zeros_like(t_sum)
         dx = _relu_mask(x, dy * power - coefficient * _relu(x, RELU) * t_sum, RELU)
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

@@ -243,15 +243,19 @@ CNNFAST_HOST_DEVICE void lrn_reverse_window_sum(int64_t j, int64_t lanes, const 
 }
 
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (reverse window sum of t), through Load's mask.
+// With beta = 0 (y = x) the sum is exactly 0, as torch's pow backward gives 0 for an exponent of
+// 0, whatever t is (infinite or NaN where a window's scale is 0): the second term is x_j * 0, NaN
+// only for a non-finite x_j, as torch's x * x backward makes it.
 template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
                                      scalar_t* __restrict__ dx_row, int64_t lanes, int64_t lane_stride,
                                      const acc_t* __restrict__ power_j, const acc_t* __restrict__ t_sum,
-                                     acc_t coefficient) {
+                                     acc_t coefficient, bool beta_zero) {
   for (int64_t l = 0; l < lanes; ++l) {
     const int64_t o = l * lane_stride;
     const acc_t x = static_cast<acc_t>(x_row[o]);
-    const acc_t dx = static_cast<acc_t>(dy_row[o]) * power_j[l] - coefficient * Load::apply(x) * t_sum[l];
+    const acc_t cross = coefficient * Load::apply(x) * (beta_zero ? acc_t(0) : t_sum[l]);
+    const acc_t dx = static_cast<acc_t>(dy_row[o]) * power_j[l] - cross;
     dx_row[o] = static_cast<scalar_t>(Load::mask(x, dx));
   }
 }
@@ -280,7 +284,8 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
       lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
       lrn_emit_dx<scalar_t, acc_t, Load>(x + j * p.channel_stride, dy + j * p.channel_stride,
                                          dx + j * p.channel_stride, lanes, p.lane_stride,
-                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
+                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient,
+                                         p.beta == acc_t(0));
     }
   }
 }
