@@ -1,8 +1,7 @@
 """When a fused op may stand in for torch modules: only where it computes exactly what their
 forward would. A subclass may override forward, a hook (weight_norm, Grad-CAM, a profiler) expects
-to run, a parametrization computes the weight on access, a padding mode other than zeros or a
-'same' padding of an even kernel (padded more on one side) needs torch's own convolution: then
-the plain modules run."""
+to run, a parametrization computes the weight on access, a padding mode other than zeros needs torch's
+own convolution: then the plain modules run."""
 from __future__ import annotations
 
 from torch import nn
@@ -22,14 +21,8 @@ def fusable_norm(bn: nn.Module) -> bool:
 
 
 def fusable_conv(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and _symmetric_padding(conv)
-            and not has_hooks(conv) and not parametrize.is_parametrized(conv))
-
-
-def _symmetric_padding(conv: nn.Conv2d) -> bool:
-    # padding='same' pads an odd total (an even kernel's dilation * (kernel - 1)) one more on the
-    # right, which the fused op's symmetric padding cannot; 'valid' and odd kernels are symmetric.
-    return conv.padding != "same" or all(d * (k - 1) % 2 == 0 for d, k in zip(conv.dilation, conv.kernel_size))
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not has_hooks(conv)
+            and not parametrize.is_parametrized(conv))
 
 
 def plain_conv(conv: nn.Module, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1) -> bool:

@@ -43,8 +43,6 @@ class BNReLUConv2d(NotScriptable, nn.Module):
             raise TypeError(f"BNReLUConv2d: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"BNReLUConv2d: conv must be an nn.Conv2d, got {type(conv).__name__}")
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"BNReLUConv2d: conv.padding_mode must be 'zeros', got {conv.padding_mode!r}")
         if bn.num_features != conv.in_channels:
             raise ValueError(f"BNReLUConv2d: bn has {bn.num_features} features but conv takes "
                              f"{conv.in_channels} input channels")

@@ -69,7 +69,8 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     _checks.check_conv_dtype(bias, "bias", input, OP)
     stride = _checks.pair(stride, "stride", OP, minimum=1)
     dilation = _checks.pair(dilation, "dilation", OP, minimum=1)
-    padding = conv_padding(padding, weight.shape[-2:], stride, dilation)
+    padding_argument = padding
+    padding, trim = conv_padding(padding, weight.shape[-2:], stride, dilation)
     spans = [input.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
     if min(spans) <= 0:
         raise _checks.InputError(f"{OP}: the kernel {tuple(weight.shape[2:])} with dilation={dilation} is larger "
@@ -86,7 +87,8 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
     backend = resolve("bn_relu_conv2d", input, bn_weight, bn_bias, weight, bias)
     if backend == "reference":
         return reference.bn_relu_conv2d(input, running_mean, running_var, bn_weight, bn_bias, weight, bias, stride,
-                                        padding, dilation, groups, training, momentum, eps)
+                                        padding_argument if any(trim) else padding, dilation, groups, training,
+                                        momentum, eps)
     weight, bias = autocast_conv_parameters(weight, bias, input.device.type)
     with torch.no_grad():
         count = values_per_channel(input)
@@ -97,8 +99,13 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
                 mean, var, count = sync_batch_norm.global_moments(mean, var, count, sync_group)
         mean, invstd = normalisation(mean, var, running_mean, running_var, training, momentum, eps, count,
                                      acc_dtype(input, backend))
-    return torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
-                                            dilation, groups, training, backend, sync_group)
+    out = torch.ops.cnnfast.bn_relu_conv2d(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding,
+                                           dilation, groups, training, backend, sync_group)
+    if not any(trim):
+        return out
+    # An even kernel's padding='same': torch pads one more zero after than before. The op padded
+    # both sides by the larger amount; its first row / column is the one torch does not compute.
+    return out[:, :, trim[0]:, trim[1]:].contiguous(memory_format=_checks.output_memory_format(out))
 
 
 def autocast_conv_parameters(weight, bias, device_type: str):
@@ -110,21 +117,22 @@ def autocast_conv_parameters(weight, bias, device_type: str):
     return weight.to(low), None if bias is None else bias.to(low)
 
 
-def conv_padding(padding, kernel_size, stride, dilation) -> tuple[int, int]:
-    """Conv2d's padding argument: an int, a pair, 'valid' or 'same' (stride 1, symmetric)."""
+def conv_padding(padding, kernel_size, stride, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Conv2d's padding argument (an int, a pair, 'valid' or 'same') as the op's symmetric padding,
+    and the rows and columns to drop from the start of its output. 'same' (stride 1) pads
+    dilation * (kernel - 1) in all; where that is odd (an even kernel) torch puts the extra zero
+    after: the op pads both sides with the larger half and its first output row / column goes."""
     if isinstance(padding, str):
         if padding == "valid":
-            return (0, 0)
+            return (0, 0), (0, 0)
         if padding != "same":
             raise ValueError(f"{OP}: padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
         if stride != (1, 1):
             raise ValueError(f"{OP}: padding='same' is not supported for strided convolutions (stride={stride})")
         total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
-        if any(t % 2 for t in total):
-            raise ValueError(f"{OP}: padding='same' needs an odd effective kernel size here (kernel_size="
-                             f"{tuple(kernel_size)}, dilation={dilation}); pass explicit padding")
-        return (total[0] // 2, total[1] // 2)
-    return _checks.pair(padding, "padding", OP, minimum=0)
+        trim = (total[0] % 2, total[1] % 2)
+        return (total[0] // 2 + trim[0], total[1] // 2 + trim[1]), trim
+    return _checks.pair(padding, "padding", OP, minimum=0), (0, 0)
 
 
 def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
