@@ -1,6 +1,7 @@
-"""Every op under torch.compile(fullgraph=True) with a batch known only at run time (cut by a
-tensor's value: an unbacked size). The fake functions must not guard on it, and must give the
-layout the kernels return: inductor checks the strides it was promised against the real ones.
+"""Every op under torch.compile(fullgraph=True) with a dynamic batch, and with a batch known only at
+run time (cut by a tensor's value: an unbacked size). The fake functions must not guard on the
+latter, and must give the layout the kernels return: inductor checks the strides it was promised
+against the real ones.
 
 Whole models are not tested so: torch's own fake convolution (in aten) gives up on the layout for
 such a size on CPU and fails the same check, with or without cnnfast."""
@@ -33,6 +34,10 @@ def _conv_weight(x):
     return _CONV_WEIGHT.to(x.device)
 
 
+def _scale_and_shift(x):
+    return _BATCH_NORM[2].to(x.device), _BATCH_NORM[3].to(x.device)
+
+
 def _bn_add_relu(x, training):
     return cf.bn_add_relu(x, x, *_batch_norm_arguments(x), training)
 
@@ -58,6 +63,8 @@ OPS = {
     "avg_pool2d": (lambda x: avg_pool2d(x, 3, 2), lambda x: F.avg_pool2d(x, 3, 2)),
     "relu_lrn_max_pool2d": (lambda x: cf.relu_lrn_max_pool2d(x, 3, 0.5),
                             lambda x: F.max_pool2d(F.local_response_norm(F.relu(x), 3, 0.5), 3, 2)),
+    "bn_relu": (lambda x: cf.bn_relu(x, *_scale_and_shift(x)),
+                lambda x: F.relu(x * _scale_and_shift(x)[0].view(-1, 1, 1) + _scale_and_shift(x)[1].view(-1, 1, 1))),
     "bn_add_relu_eval": (lambda x: _bn_add_relu(x, False), lambda x: _torch_bn_add_relu(x, False)),
     "bn_add_relu_train": (lambda x: _bn_add_relu(x, True), lambda x: _torch_bn_add_relu(x, True)),
     "bn_relu_conv2d_eval": (lambda x: _bn_relu_conv2d(x, False), lambda x: _torch_bn_relu_conv2d(x, False)),
@@ -91,3 +98,25 @@ def test_a_batch_known_only_at_run_time(backend, device, op, layout, monkeypatch
         (grad,) = torch.autograd.grad(compiled.sum(), x)
         (expected_grad,) = torch.autograd.grad(expected.sum(), x)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(reference=False))
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_a_dynamic_batch(backend, device, op, layout):
+    """One graph for every batch size (dynamic=True): 3, then 5 and 2 through the same code."""
+    ours, theirs = OPS[op]
+    torch._dynamo.reset()
+    compiled_op = torch.compile(ours, fullgraph=True, dynamic=True)
+    for n in (3, 5, 2):
+        x = torch.randn(n, C, 9, 9, generator=torch.Generator().manual_seed(n)).to(device, memory_format=layout)
+        x.requires_grad_()
+        with cnnfast.backend(backend):
+            compiled = compiled_op(x)
+        expected = theirs(x)
+        torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+        assert compiled.stride() == expected.stride()
+        if compiled.is_floating_point():
+            (grad,) = torch.autograd.grad(compiled.sum(), x)
+            (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
