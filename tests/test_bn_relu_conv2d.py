@@ -397,12 +397,19 @@ def test_output_and_gradient_in_torchs_layouts(backend, device, layout):
     ((2, 3), "same", 1), (4, "same", 3), (2, "same", (1, 2)),  # torch pads one more after (an odd total)
 ], ids=["3-same", "5-same-dilated", "3-valid", "2x3-same", "4-same-dilated", "2-same-dilated-w"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_string_padding_is_fused(backend, device, kernel, padding, dilation, layout):
+@pytest.mark.parametrize("shape,out_channels", [((2, 4, 9, 8), 5), ((1, 4, 9, 8), 1), ((1, 4, 1, 6), 5)],
+                         ids=["2x4x9x8", "batch-1-one-output-channel", "batch-1-height-1"])
+def test_string_padding_is_fused(backend, device, kernel, padding, dilation, layout, shape, out_channels):
+    # Batch 1 with one output channel or one row: size-1 dims, where a view of the op's output with
+    # its first row / column dropped would already read as dense, with strides other than torch's.
     torch.manual_seed(0)
-    ours = cnnfast.nn.BNReLUConv2d(4, 5, kernel, padding=padding, dilation=dilation)
+    ours = cnnfast.nn.BNReLUConv2d(4, out_channels, kernel, padding=padding, dilation=dilation)
     ours = randomise_batch_norms(ours).to(device=device, dtype=torch.float64)
     theirs = nn.Sequential(copy.deepcopy(ours.bn), nn.ReLU(), copy.deepcopy(ours.conv))
-    x = in_layout(torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device), layout)
+    if padding == "valid":  # the same output sizes as 'same' gives: the input larger by the kernel's span
+        span = [d * (k - 1) for d, k in zip(ours.conv.dilation, ours.conv.kernel_size)]
+        shape = (*shape[:2], shape[2] + span[0], shape[3] + span[1])
+    x = in_layout(torch.randn(shape, dtype=torch.float64, device=device), layout)
     with torch.no_grad():
         grad = torch.randn_like(ours.conv(x))  # the conv alone: no BatchNorm step counted
     with cnnfast.backend(backend):

@@ -115,13 +115,17 @@ def test_lrn_backward_where_scales_are_zero_or_infinite(backend, device, beta, k
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("beta", [0.0, 0.75])
-def test_relu_lrn_max_pool_backward_where_scales_are_zero(backend, device, beta):
+@pytest.mark.parametrize("alpha", [0.5, 0.0])
+def test_relu_lrn_max_pool_backward_where_scales_are_zero(backend, device, beta, alpha):
+    """With alpha = 0 and k = 0 every scale is 0, positive x included (with alpha > 0 the ReLU
+    masks every x whose window is all zeros)."""
     x = _zero_windows_and_an_infinity().to(device)
 
     def ours(t):
         with cnnfast.backend(backend):
-            return cnnfast.functional.relu_lrn_max_pool2d(t, 3, alpha=0.5, beta=beta, k=0.0, kernel_size=2, stride=1)
+            return cnnfast.functional.relu_lrn_max_pool2d(t, 3, alpha=alpha, beta=beta, k=0.0, kernel_size=2,
+                                                          stride=1)
 
     def theirs(t):
-        return F.max_pool2d(F.local_response_norm(F.relu(t), 3, 0.5, beta, 0.0), 2, 1)
+        return F.max_pool2d(F.local_response_norm(F.relu(t), 3, alpha, beta, 0.0), 2, 1)
     _assert_same(_grads(ours, (x,)), _grads(theirs, (x,)))

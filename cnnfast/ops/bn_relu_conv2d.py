@@ -105,7 +105,8 @@ def bn_relu_conv2d(input: torch.Tensor, running_mean: torch.Tensor | None, runni
         return out
     # An even kernel's padding='same': torch pads one more zero after than before. The op padded
     # both sides by the larger amount; its first row / column is the one torch does not compute.
-    return out[:, :, trim[0]:, trim[1]:].contiguous(memory_format=_checks.output_memory_format(out))
+    # A copy always (contiguous() could return the view where size-1 dims make it look dense).
+    return out[:, :, trim[0]:, trim[1]:].clone(memory_format=_checks.output_memory_format(out))
 
 
 def autocast_conv_parameters(weight, bias, device_type: str):
