@@ -243,19 +243,15 @@ CNNFAST_HOST_DEVICE void lrn_reverse_window_sum(int64_t j, int64_t lanes, const 
 }
 
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (reverse window sum of t), through Load's mask.
-// With beta = 0 (y = x) the sum is exactly 0, as torch's pow backward gives 0 for an exponent of
-// 0, whatever t is (infinite or NaN where a window's scale is 0): the second term is x_j * 0, NaN
-// only for a non-finite x_j, as torch's x * x backward makes it.
 template <typename scalar_t, typename acc_t, typename Load = LoadAsIs>
 CNNFAST_HOST_DEVICE void lrn_emit_dx(const scalar_t* __restrict__ x_row, const scalar_t* __restrict__ dy_row,
                                      scalar_t* __restrict__ dx_row, int64_t lanes, int64_t lane_stride,
                                      const acc_t* __restrict__ power_j, const acc_t* __restrict__ t_sum,
-                                     acc_t coefficient, bool beta_zero) {
+                                     acc_t coefficient) {
   for (int64_t l = 0; l < lanes; ++l) {
     const int64_t o = l * lane_stride;
     const acc_t x = static_cast<acc_t>(x_row[o]);
-    const acc_t cross = coefficient * Load::apply(x) * (beta_zero ? acc_t(0) : t_sum[l]);
-    const acc_t dx = static_cast<acc_t>(dy_row[o]) * power_j[l] - cross;
+    const acc_t dx = static_cast<acc_t>(dy_row[o]) * power_j[l] - coefficient * Load::apply(x) * t_sum[l];
     dx_row[o] = static_cast<scalar_t>(Load::mask(x, dx));
   }
 }
@@ -270,6 +266,10 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
                                               const LrnBackwardScratch<acc_t>& s) {
   const int64_t ring = p.ring_length();
   const acc_t coefficient = acc_t(2) * p.alpha_over_size * p.beta;
+  // With beta = 0 (y = x) the reverse window sum is exactly 0, as torch's pow backward gives 0 for
+  // an exponent of 0, whatever t is (infinite or NaN where a window's scale is 0): the second term
+  // of dx is x_j * 0, NaN only for a non-finite x_j, as torch's x * x backward makes it.
+  const bool beta_zero = p.beta == acc_t(0);
   // Steps past C only emit; when size > C they start at `before`, where the first dx is due.
   const int64_t end = p.channels + p.before();
   for (int64_t c = 0; c < end; c = (c + 1 == p.channels && p.before() > p.channels) ? p.before() : c + 1) {
@@ -281,11 +281,16 @@ CNNFAST_HOST_DEVICE void lrn_backward_columns(const scalar_t* dy, const scalar_t
     }
     const int64_t j = c - p.before();
     if (j >= 0) {
-      lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
+      if (beta_zero) {
+        for (int64_t l = 0; l < lanes; ++l) {
+          s.t_sum[l] = acc_t(0);
+        }
+      } else {
+        lrn_reverse_window_sum(j, lanes, p, s.ring_t, ring, s.ring_stride, s.t_sum);
+      }
       lrn_emit_dx<scalar_t, acc_t, Load>(x + j * p.channel_stride, dy + j * p.channel_stride,
                                          dx + j * p.channel_stride, lanes, p.lane_stride,
-                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient,
-                                         p.beta == acc_t(0));
+                                         s.ring_power + (j % ring) * s.ring_stride, s.t_sum, coefficient);
     }
   }
 }
