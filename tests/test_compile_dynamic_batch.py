@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import cnnfast
 import cnnfast.functional as cf
+from cnnfast import reference
 from cnnfast.ops.avg_pool2d import avg_pool2d
 from helpers import backend_params
 
@@ -38,23 +39,7 @@ def _scale_and_shift(x):
     return _BATCH_NORM[2].to(x.device), _BATCH_NORM[3].to(x.device)
 
 
-def _bn_add_relu(x, training):
-    return cf.bn_add_relu(x, x, *_batch_norm_arguments(x), training)
-
-
-def _torch_bn_add_relu(x, training):
-    return F.relu(F.batch_norm(x, *_batch_norm_arguments(x), training) + x)
-
-
-def _bn_relu_conv2d(x, training):
-    return cf.bn_relu_conv2d(x, *_batch_norm_arguments(x), _conv_weight(x), padding=1, training=training)
-
-
-def _torch_bn_relu_conv2d(x, training):
-    return F.conv2d(F.relu(F.batch_norm(x, *_batch_norm_arguments(x), training)), _conv_weight(x), padding=1)
-
-
-# op -> (cnnfast's call, torch's call): each takes the input.
+# op -> (cnnfast's call, the reference's: torch.nn.functional or cnnfast.reference); each takes the input.
 OPS = {
     "local_response_norm": (lambda x: cf.local_response_norm(x, 3, 0.5), lambda x: F.local_response_norm(x, 3, 0.5)),
     "max_pool2d": (lambda x: cf.max_pool2d(x, 3, 2), lambda x: F.max_pool2d(x, 3, 2)),
@@ -62,13 +47,18 @@ OPS = {
                                 lambda x: F.max_pool2d(x, 3, 2, return_indices=True)[1]),
     "avg_pool2d": (lambda x: avg_pool2d(x, 3, 2), lambda x: F.avg_pool2d(x, 3, 2)),
     "relu_lrn_max_pool2d": (lambda x: cf.relu_lrn_max_pool2d(x, 3, 0.5),
-                            lambda x: F.max_pool2d(F.local_response_norm(F.relu(x), 3, 0.5), 3, 2)),
-    "bn_relu": (lambda x: cf.bn_relu(x, *_scale_and_shift(x)),
-                lambda x: F.relu(x * _scale_and_shift(x)[0].view(-1, 1, 1) + _scale_and_shift(x)[1].view(-1, 1, 1))),
-    "bn_add_relu_eval": (lambda x: _bn_add_relu(x, False), lambda x: _torch_bn_add_relu(x, False)),
-    "bn_add_relu_train": (lambda x: _bn_add_relu(x, True), lambda x: _torch_bn_add_relu(x, True)),
-    "bn_relu_conv2d_eval": (lambda x: _bn_relu_conv2d(x, False), lambda x: _torch_bn_relu_conv2d(x, False)),
-    "bn_relu_conv2d_train": (lambda x: _bn_relu_conv2d(x, True), lambda x: _torch_bn_relu_conv2d(x, True)),
+                            lambda x: reference.relu_lrn_max_pool2d(x, 3, 0.5)),
+    "bn_relu": (lambda x: cf.bn_relu(x, *_scale_and_shift(x)), lambda x: reference.bn_relu(x, *_scale_and_shift(x))),
+    **{f"bn_add_relu_{mode}": (
+        lambda x, training=training: cf.bn_add_relu(x, x, *_batch_norm_arguments(x), training),
+        lambda x, training=training: reference.bn_add_relu(x, x, *_batch_norm_arguments(x), training))
+       for mode, training in (("eval", False), ("train", True))},
+    **{f"bn_relu_conv2d_{mode}": (
+        lambda x, training=training: cf.bn_relu_conv2d(x, *_batch_norm_arguments(x), _conv_weight(x), padding=1,
+                                                       training=training),
+        lambda x, training=training: reference.bn_relu_conv2d(x, *_batch_norm_arguments(x), _conv_weight(x),
+                                                              padding=1, training=training))
+       for mode, training in (("eval", False), ("train", True))},
 }
 
 

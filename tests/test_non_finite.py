@@ -103,8 +103,8 @@ def _zero_windows_and_an_infinity():
 @pytest.mark.parametrize("beta", [0.0, 0.75])
 @pytest.mark.parametrize("k", [0.0, 1.0])
 def test_lrn_backward_where_scales_are_zero_or_infinite(backend, device, beta, k):
-    """beta = 0 makes LRN the identity: torch's gradient is then exactly the output's (its pow
-    backward gives 0 for an exponent of 0), whatever the windows hold."""
+    """beta = 0 makes LRN the identity: torch's gradient is then the output's (its pow backward
+    gives 0 for an exponent of 0) whatever the windows hold, NaN only at a non-finite x."""
     x = _zero_windows_and_an_infinity().to(device)
 
     def ours(t):

@@ -187,12 +187,13 @@ def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, cha
     for j in range(0, C):
         window_sum = _window_sum(x_ptr, base, mask, j - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK, RELU)
         power = _inverse_power(_scale(window_sum, alpha_over_size_acc, k_acc), beta_acc, BETA_KIND)
-        t_sum = _window_sum(t_ptr, base, mask, j - AFTER, C, channel_stride, SIZE, False, ACC, BLOCK, False)
+        if BETA_KIND == 3:  # the sum is exactly 0 whatever t is (csrc/common/lrn.h lrn_backward_columns)
+            t_sum = tl.zeros_like(window_sum)
+        else:
+            t_sum = _window_sum(t_ptr, base, mask, j - AFTER, C, channel_stride, SIZE, False, ACC, BLOCK, False)
         offsets = _row_offsets(base, j, channel_stride)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        if BETA_KIND == 3:  # the sum is exactly 0 whatever t is (csrc/common/lrn.h lrn_emit_dx)
-            t_sum = tl.zeros_like(t_sum)
         dx = _relu_mask(x, dy * power - coefficient * _relu(x, RELU) * t_sum, RELU)
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

@@ -4,6 +4,7 @@ Each check raises with a message that names the argument, before any kernel runs
 """
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import sys
@@ -214,9 +215,9 @@ def has_example_value(size) -> bool:
 def _ordering_hint(value) -> int:
     """An int to sort strides by without guarding on them: a symbolic stride's example value (one
     known only at run time sorts last). The comparisons made on the sorted strides are guarded."""
-    if not isinstance(value, torch.SymInt):
-        return int(value)
-    return value.node.hint if value.node.has_hint() else sys.maxsize
+    if not has_example_value(value):
+        return sys.maxsize
+    return value.node.hint if isinstance(value, torch.SymInt) else int(value)
 
 
 def lrn_in_place(x: torch.Tensor) -> bool:
@@ -230,9 +231,7 @@ def lrn_in_place(x: torch.Tensor) -> bool:
     if _false_unless_known_true(x.numel() == 0):
         return True
     n, c = x.shape[0], x.shape[1]
-    s = 1
-    for size in x.shape[2:]:
-        s = s * size
+    s = math.prod(x.shape[2:])  # not numel() // (n * c): a division a run-time size cannot simplify
     channels_inner = _true_unless_known_false(c > 1) and _false_unless_known_true(x.stride(1) == 1)
     if ((not channels_inner and _true_unless_known_false(c > 1) and _true_unless_known_false(x.stride(1) != s))
             or (_true_unless_known_false(n > 1) and _true_unless_known_false(x.stride(0) != c * s))):
