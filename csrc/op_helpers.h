@@ -31,26 +31,35 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               " must be a floating-point tensor, got ", t.scalar_type());
 }
 
-// Whether LRN walks x's channels innermost ([N][S][C]); otherwise [N][C][S]. For x as
-// prepare_local_response_norm leaves it, or as the max-pool ops lay out the fused op's input.
-inline bool lrn_channels_inner(const at::Tensor& x) {
-  return x.dim() >= 2 && x.size(1) > 1 && x.stride(1) == 1;
+// LRN walks a dense x as [outer][C][inner]: the dims whose strides are below the channels' form
+// `inner` (x.stride(1) elements), those above form `outer`, in whatever order they lie (batch
+// outermost or not, H and W swapped, channels between H and W, ...). A "column" is the C values
+// of one (outer, inner) position; inner == 1 means the channels are innermost. With one channel
+// every element is a column of its own, in any layout.
+struct LrnGeometry {
+  int64_t outer, inner;
+  int64_t columns() const { return outer * inner; }
+};
+
+inline LrnGeometry lrn_geometry(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 3, "cnnfast.local_response_norm: input must have 3 or more dims");
+  TORCH_CHECK(x.numel() == 0 || x.is_non_overlapping_and_dense(),
+              "cnnfast.local_response_norm: the kernels walk a dense tensor (prepare_local_response_norm)");
+  if (x.numel() == 0) return {0, 1};
+  const int64_t channels = x.size(1);
+  const int64_t inner = channels > 1 ? x.stride(1) : x.numel();
+  return {x.numel() / (channels * inner), inner};
 }
 
-// LRN works on [N, C, S]: S is the product of the trailing dims. For a contiguous tensor the
-// lanes (spatial positions) are adjacent; for channels_last the channels are.
 template <typename acc_t>
 LrnParams<acc_t> lrn_params(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
-  TORCH_CHECK(x.dim() >= 3, "cnnfast.local_response_norm: input must have 3 or more dims");
   TORCH_CHECK(size > 0, "cnnfast.local_response_norm: size must be positive");
   check_floating(x, "input");
-  const int64_t channels = x.size(1);
-  const int64_t spatial = x.numel() / std::max<int64_t>(1, x.size(0) * channels);
-  const bool channels_last = lrn_channels_inner(x);
+  const LrnGeometry geometry = lrn_geometry(x);
   LrnParams<acc_t> p;
-  p.channels = channels;
-  p.channel_stride = channels_last ? 1 : spatial;
-  p.lane_stride = channels_last ? channels : 1;
+  p.channels = x.size(1);
+  p.channel_stride = geometry.inner;
+  p.lane_stride = geometry.inner == 1 ? p.channels : 1;
   p.size = size;
   p.alpha_over_size = static_cast<acc_t>(alpha / static_cast<double>(size));
   p.beta = static_cast<acc_t>(beta);
@@ -113,45 +122,26 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
 
 // What a binding needs to launch a kernel, prepared the same way for CPU and CUDA: inputs in the
 // op's layout, outputs allocated in it, geometry, and the invariants a direct call could break.
+//
+// The output takes at::empty_like(input)'s strides, as torch's elementwise LRN gives them: x's own
+// where x is dense (read where it lies), else dense in x's stride order (x is copied so first, by
+// clone's preserve_format). cnnfast/ops/lrn.py's fake function is that empty_like.
 struct LrnCall {
   at::Tensor x, grad_output, result;  // grad_output is undefined for the forward
-  bool channels_last;
+  LrnGeometry geometry;
 };
-
-// Whether LRN reads x where it lies: its memory is [N][C][S] or [N][S][C], the S spatial positions
-// dense in any order (contiguous, channels_last, H and W swapped, ...), which the kernels walk as
-// they walk a contiguous or channels_last tensor; the output then takes x's strides, as torch's
-// elementwise LRN gives it. An empty x too (nothing to walk). cnnfast/ops/_checks.py
-// `lrn_in_place` mirrors this for the fake functions.
-inline bool lrn_in_place(const at::Tensor& x) {
-  if (x.numel() == 0) return true;
-  const int64_t n = x.size(0), c = x.size(1), s = x.numel() / (n * c);
-  const bool channels_inner = c > 1 && x.stride(1) == 1;
-  if ((c > 1 && !channels_inner && x.stride(1) != s) || (n > 1 && x.stride(0) != c * s)) return false;
-  std::vector<std::pair<int64_t, int64_t>> spatial;  // (stride, size) of the spatial dims that step
-  for (int64_t d = 2; d < x.dim(); ++d) {
-    if (x.size(d) > 1) spatial.emplace_back(x.stride(d), x.size(d));
-  }
-  std::sort(spatial.begin(), spatial.end());
-  int64_t step = channels_inner ? c : 1;
-  for (const auto& [stride, size] : spatial) {
-    if (stride != step) return false;
-    step *= size;
-  }
-  return true;
-}
 
 inline LrnCall prepare_local_response_norm(const at::Tensor& input, const at::Tensor* grad_output) {
   TORCH_CHECK(grad_output == nullptr || grad_output->sizes() == input.sizes(),
               "cnnfast.local_response_norm backward: grad_output and input shapes differ");
   LrnCall call;
-  call.x = lrn_in_place(input) ? input : input.contiguous(output_memory_format(input));
+  call.x = input.numel() == 0 || input.is_non_overlapping_and_dense() ? input : input.clone();
   if (grad_output != nullptr) {
     call.grad_output = grad_output->strides() == call.x.strides() ? *grad_output
                                                                    : at::empty_like(call.x).copy_(*grad_output);
   }
   call.result = at::empty_like(call.x);  // x's strides: x is dense here
-  call.channels_last = lrn_channels_inner(call.x);
+  call.geometry = lrn_geometry(call.x);
   return call;
 }
 

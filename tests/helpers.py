@@ -44,7 +44,9 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     (channels innermost, for 3-d unbatched input too); "transposed" (the last two dims swapped in
     memory, so they do not merge into one stride); "channels_last_transposed" (both); "channel_slice" /
     "channels_last_slice" (a view of the channels [2, 2 + C) of a wider contiguous / channels_last
-    buffer: non-contiguous)."""
+    buffer: non-contiguous); "batch_inner" (dense, the batch innermost); "channels_between"
+    (dense, [N][H][C][W]: the channels between two spatial dims); "transposed_slice" (a view of the
+    first W columns of a wider buffer laid out as "transposed": neither dense nor in NCHW order)."""
     if layout == "contiguous":
         return t.contiguous()
     if layout == "channels_last":
@@ -61,6 +63,15 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
                          "channels_last" if layout == "channels_last_slice" else "contiguous")
         wide[:, 2:2 + c] = t
         return wide[:, 2:2 + c]
+    if layout == "batch_inner":
+        return t.movedim(0, -1).contiguous().movedim(-1, 0)
+    if layout == "channels_between":
+        return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "transposed_slice":
+        w = t.shape[-1]
+        wide = in_layout(t.new_zeros(t.shape[:-1] + (w + 3,)), "transposed")
+        wide[..., :w] = t
+        return wide[..., :w]
     raise ValueError(f"unknown layout {layout!r}")
 
 

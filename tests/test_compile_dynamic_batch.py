@@ -113,3 +113,26 @@ def _assert_matches(compiled, expected, x):
         (grad,) = torch.autograd.grad(compiled.sum(), x)
         (expected_grad,) = torch.autograd.grad(expected.sum(), x)
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params(reference=False))
+def test_lrn_of_a_view_whose_width_is_known_only_at_run_time(backend, device, monkeypatch):
+    """LRN of x.transpose(2, 3)[:, :, :n], n known only at run time: a view that is dense when n is
+    the full width (read where it lies, its strides kept) and not otherwise (copied). Both give
+    empty_like's strides, which the fake function promises without knowing which case it is."""
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    ours, theirs = OPS["local_response_norm"]
+
+    def first_columns(count, x):
+        n = count.item()
+        torch._check(n >= 1)
+        torch._check(n <= x.shape[3])
+        return ours(x.transpose(2, 3)[:, :, :n])
+
+    x = torch.randn(2, C, 6, 9, generator=torch.Generator().manual_seed(3)).to(device).requires_grad_()
+    torch._dynamo.reset()
+    compiled_first_columns = torch.compile(first_columns, fullgraph=True)
+    for n in (9, 4):
+        with cnnfast.backend(backend):
+            compiled = compiled_first_columns(torch.tensor(n, device=device), x)
+        _assert_matches(compiled, theirs(x.transpose(2, 3)[:, :, :n]), x)

@@ -25,6 +25,13 @@ CASES = [
     ((2, 8, 5, 5), 3, 1.0, 0.75, 1.0, "transposed"),      # non-contiguous, read where it lies
     ((2, 8, 4, 5), 3, 1.0, 0.75, 1.0, "channels_last_transposed"),  # channels innermost, H and W swapped
     ((2, 10, 3, 4), 5, 2.0, 0.75, 1.0, "channel_slice"),  # non-contiguous view of a larger tensor
+    # Any dense layout is read where it lies, and keeps its strides; anything else comes back
+    # dense in its own stride order: torch's elementwise rule (the test compares strides).
+    ((3, 6, 4, 5), 3, 1.0, 0.75, 1.0, "batch_inner"),
+    ((3, 6, 11), 4, 1.0, 0.75, 1.0, "batch_inner"),
+    ((2, 6, 4, 5), 5, 1.0, 0.75, 1.0, "channels_between"),
+    ((2, 6, 4, 5), 3, 1.0, 0.75, 1.0, "transposed_slice"),
+    ((2, 1, 4, 5), 3, 1.0, 0.75, 1.0, "batch_inner"),      # one channel: every element a column
     ((2, 3, 70, 3), 5, 1.0, 0.75, 1.0, "contiguous"),     # spatial size > one CPU tile of 64
     ((2, 12, 3, 3), 3, 3.0, 0.75, 0.01, "one_large"),     # a large square leaves the running sums
 ]
@@ -110,7 +117,8 @@ def test_gradcheck_fp64(backend, device, size, beta):
 @pytest.mark.parametrize("op_name", ["local_response_norm", "local_response_norm_triton"])
 def test_opcheck(op_name):
     op, device = registered_op(op_name)
-    for layout in ("contiguous", "channels_last"):
+    # The fake function's strides against the kernels' (opcheck compares them) in every kind of layout.
+    for layout in ("contiguous", "channels_last", "batch_inner", "channels_between", "transposed_slice"):
         x = make_input((2, 6, 4, 5), layout, torch.float32, device)
         torch.library.opcheck(op, (x, 5, 0.5, 0.75, 1.0))
     torch.library.opcheck(op, (make_input((2, 4, 7), "contiguous", torch.float64, device), 3, 1.0, 0.5, 2.0))

@@ -4,8 +4,10 @@
     y_c  = x_c * s_c^-beta
     dx_j = dy_j * s_j^-beta - 2*alpha*beta/size * x_j * sum_{c: j in window(c)} dy_c x_c s_c^(-beta-1)
 
-The tensor is viewed as [N, C, S] (S = product of the trailing dims). A "column" is the C values of
-one (n, spatial position); each program owns BLOCK columns and walks their channels. Each window
+A dense tensor is viewed as [outer, C, inner]: the dims whose strides are below the channels'
+make `inner`, the rest `outer`, in any order (as csrc/op_helpers.h LrnGeometry). A "column" is
+the C values of one (outer, inner) position; each program owns BLOCK columns and walks their
+channels. Each window
 sum is added up afresh in channel order from rows still in cache, as the C++ kernels do (a running
 sum that subtracts the square leaving the window keeps a rounding residue after a large value,
 and a NaN or inf never leaves it). Accumulation is fp32 for fp16/bf16/fp32 and fp64 for fp64.
@@ -127,20 +129,20 @@ def _window_sum(ptr, base, mask, first, C, channel_stride, SIZE: tl.constexpr, S
 
 
 @triton.jit
-def _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK: tl.constexpr):
+def _column_bases(n_cols, inner, outer_stride, lane_stride, BLOCK: tl.constexpr):
     cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
-    n = cols // S
-    lane = cols - n * S
-    return n * batch_stride + lane * lane_stride, mask
+    o = cols // inner
+    lane = cols - o * inner
+    return o * outer_stride + lane * lane_stride, mask
 
 
 @triton.jit
-def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
+def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, inner, C, outer_stride, channel_stride, lane_stride,
                         alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
                         SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr,
                         ACC: tl.constexpr, BLOCK: tl.constexpr):
-    base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
+    base, mask = _column_bases(n_cols, inner, outer_stride, lane_stride, BLOCK)
     # tl.full rather than .to: under the interpreter a float argument arrives as a Python float.
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
@@ -154,12 +156,12 @@ def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, S, C, batch_stride, channel_stride
 
 
 @triton.jit
-def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
+def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, inner, C, outer_stride, channel_stride, lane_stride,
                   alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
                   SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr, RELU: tl.constexpr,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     # t_c = dy_c x_c s_c^(-beta-1), in the C++ kernels' order of operations.
-    base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
+    base, mask = _column_bases(n_cols, inner, outer_stride, lane_stride, BLOCK)
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
@@ -174,12 +176,12 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, S, C, batch_stride, channel_stri
 
 
 @triton.jit
-def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, channel_stride, lane_stride,
+def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, inner, C, outer_stride, channel_stride, lane_stride,
                    alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
                    SIZE: tl.constexpr, BEFORE: tl.constexpr, AFTER: tl.constexpr, BETA_KIND: tl.constexpr,
                    RELU: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * (sum of t over [j - after, j + before]).
-    base, mask = _column_bases(n_cols, S, batch_stride, lane_stride, BLOCK)
+    base, mask = _column_bases(n_cols, inner, outer_stride, lane_stride, BLOCK)
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
@@ -199,14 +201,13 @@ def _lrn_dx_kernel(dy_ptr, x_ptr, t_ptr, dx_ptr, n_cols, S, C, batch_stride, cha
 
 
 def _geometry(x: torch.Tensor):
-    """(N, C, S, batch, channel and lane strides) of x's memory as [N][C][S] or, channels
-    innermost, [N][S][C]: the layouts its callers give it (cnnfast/ops/_checks.py lrn_in_place),
-    the S spatial positions dense in any order."""
-    n, c = x.shape[0], x.shape[1]
-    s = x.numel() // (n * c)
-    if c > 1 and x.stride(1) == 1:
-        return n, c, s, c * s, 1, c
-    return n, c, s, c * s, s, 1
+    """(outer, C, inner, outer, channel and lane strides) of a dense x walked as [outer][C][inner]
+    (as csrc/op_helpers.h LrnGeometry): inner is the channels' stride, 1 where they are innermost;
+    with one channel every element is a column of its own."""
+    c = x.shape[1]
+    inner = x.stride(1) if c > 1 else x.numel()
+    outer = x.numel() // (c * inner)
+    return outer, c, inner, c * inner, inner, c if inner == 1 else 1
 
 
 def _beta_kind(beta: float) -> int:
@@ -224,11 +225,11 @@ def _acc_dtype(dtype: torch.dtype):
 
 
 def _launch(kernel, tensors, x, size, alpha, beta, k, **constants):
-    """One program per BLOCK columns of x's [N, C, S] view."""
-    n, c, s, batch_stride, channel_stride, lane_stride = _geometry(x)
-    n_cols = n * s
+    """One program per BLOCK columns of x's [outer, C, inner] view."""
+    outer, c, s, outer_stride, channel_stride, lane_stride = _geometry(x)
+    n_cols = outer * s
     kernel[(triton.cdiv(n_cols, _BLOCK),)](
-        *tensors, n_cols, s, c, batch_stride, channel_stride, lane_stride, float(alpha) / size, float(beta),
+        *tensors, n_cols, s, c, outer_stride, channel_stride, lane_stride, float(alpha) / size, float(beta),
         float(k), SIZE=size, BEFORE=size // 2, BETA_KIND=_beta_kind(float(beta)),
         ACC=_acc_dtype(x.dtype), BLOCK=_BLOCK, num_warps=_NUM_WARPS, **constants)
 

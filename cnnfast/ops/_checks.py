@@ -4,10 +4,8 @@ Each check raises with a message that names the argument, before any kernel runs
 """
 from __future__ import annotations
 
-import math
 import numbers
 import operator
-import sys
 from typing import Sequence
 
 import torch
@@ -212,36 +210,15 @@ def has_example_value(size) -> bool:
     return not isinstance(size, torch.SymInt) or size.node.has_hint()
 
 
-def _ordering_hint(value) -> int:
-    """An int to sort strides by without guarding on them: a symbolic stride's example value (one
-    known only at run time sorts last). The comparisons made on the sorted strides are guarded."""
-    if not has_example_value(value):
-        return sys.maxsize
-    return value.node.hint if isinstance(value, torch.SymInt) else int(value)
-
-
-def lrn_in_place(x: torch.Tensor) -> bool:
-    """Whether LRN reads x where it lies (as csrc/op_helpers.h `lrn_in_place`): its memory is
-    [N][C][S] or [N][S][C], the S spatial positions dense in any order, which the kernels walk as
-    they walk a contiguous or channels_last tensor, the output taking x's strides as torch's
-    elementwise LRN does. An empty x too.
-
-    Under torch.compile a size known only at run time is not guarded on (as output_memory_format):
-    a comparison it cannot decide counts the size as more than 1 and a stride as out of place."""
-    if _false_unless_known_true(x.numel() == 0):
-        return True
-    n, c = x.shape[0], x.shape[1]
-    s = math.prod(x.shape[2:])  # not numel() // (n * c): a division a run-time size cannot simplify
-    channels_inner = _true_unless_known_false(c > 1) and _false_unless_known_true(x.stride(1) == 1)
-    if ((not channels_inner and _true_unless_known_false(c > 1) and _true_unless_known_false(x.stride(1) != s))
-            or (_true_unless_known_false(n > 1) and _true_unless_known_false(x.stride(0) != c * s))):
-        return False
-    step = c if channels_inner else 1
-    spatial = [(x.stride(d), x.shape[d]) for d in range(2, x.dim()) if _true_unless_known_false(x.shape[d] > 1)]
-    for stride, size in sorted(spatial, key=lambda pair: _ordering_hint(pair[0])):
-        if _true_unless_known_false(stride != step):
+def non_overlapping_and_dense(x: torch.Tensor) -> bool:
+    """Whether x's elements fill its memory span exactly, in some order of its dims (C++'s
+    TensorImpl::is_non_overlapping_and_dense, which Python does not expose): each stride, from the
+    smallest, is the product of the sizes below it. Dims of size 1 never step and do not count."""
+    step = 1
+    for stride, size in sorted((x.stride(d), x.shape[d]) for d in range(x.dim()) if x.shape[d] != 1):
+        if stride != step:
             return False
-        step = step * size
+        step *= size
     return True
 
 

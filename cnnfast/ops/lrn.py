@@ -33,8 +33,9 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
 
 
 def _walkable(input):
-    """input where the kernels can read it (_checks.lrn_in_place), else a copy in the ops' layout."""
-    return input if _checks.lrn_in_place(input) else input.contiguous(memory_format=_checks.output_memory_format(input))
+    """input where it lies if dense (the kernels walk any dense layout), else a dense copy in its
+    stride order: clone's preserve_format, as csrc/op_helpers.h prepare_local_response_norm."""
+    return input if _checks.non_overlapping_and_dense(input) else input.clone()
 
 
 def _triton_forward(input, size, alpha, beta, k):
@@ -52,7 +53,9 @@ def _triton_backward(grad_output, input, size, alpha, beta, k):
 
 
 def _fake(input, size, alpha, beta, k):
-    return torch.empty_like(_walkable(input))  # x's strides (csrc/op_helpers.h prepare_local_response_norm)
+    # torch's elementwise layout, which every backend returns: x's strides where x is dense, else
+    # dense in x's stride order (csrc/op_helpers.h prepare_local_response_norm).
+    return torch.empty_like(input)
 
 
 def _fake_backward(grad_output, input, size, alpha, beta, k):

@@ -16,7 +16,7 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
     const scalar_t* x_data = x.const_data_ptr<scalar_t>();
     scalar_t* y_data = y.mutable_data_ptr<scalar_t>();
     lrn_dispatch_power(p.beta, [&](auto power) {
-      cpu::for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
+      cpu::for_each_column_tile(x, [&](int64_t offset, int64_t lanes) {
         acc_t window_sum[cpu::kLrnTile];
         lrn_forward_columns<decltype(power)>(x_data + offset, y_data + offset, lanes, p, window_sum);
       });

@@ -17,25 +17,26 @@ namespace cpu {
 // The backward's ring (2 * min(size, C) * 64 accumulators) stays in L1 for AlexNet's size 5.
 constexpr int64_t kLrnTile = 64;
 
-// Calls body(column_offset, lanes) over every (batch, tile) of x, in parallel.
+// Calls body(column_offset, lanes) over every column tile of x's [outer][C][inner] walk
+// (csrc/op_helpers.h LrnGeometry), in parallel.
 template <typename Body>
-void for_each_column_tile(const at::Tensor& x, int64_t channel_stride, const Body& body) {
-  const int64_t batch = x.size(0);
+void for_each_column_tile(const at::Tensor& x, const Body& body) {
+  const LrnGeometry geometry = lrn_geometry(x);
   const int64_t channels = x.size(1);
-  const int64_t spatial = x.numel() / (batch * channels);
-  if (channel_stride == 1) {
-    // channels_last: each spatial position is a contiguous column.
-    at::parallel_for(0, batch * spatial, 256, [&](int64_t begin, int64_t end) {
+  const int64_t outer = geometry.outer, inner = geometry.inner;
+  if (inner == 1) {
+    // Channels innermost (channels_last): each column is contiguous.
+    at::parallel_for(0, outer, 256, [&](int64_t begin, int64_t end) {
       for (int64_t column = begin; column < end; ++column) body(column * channels, 1);
     });
     return;
   }
-  const int64_t tiles = (spatial + kLrnTile - 1) / kLrnTile;
-  at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tiles = (inner + kLrnTile - 1) / kLrnTile;
+  at::parallel_for(0, outer * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / tiles;
+      const int64_t o = task / tiles;
       const int64_t first = (task % tiles) * kLrnTile;
-      body(n * channels * spatial + first, std::min(kLrnTile, spatial - first));
+      body(o * channels * inner + first, std::min(kLrnTile, inner - first));
     }
   });
 }
@@ -53,7 +54,7 @@ void lrn_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& d
     const scalar_t* dy_data = dy.const_data_ptr<scalar_t>();
     scalar_t* dx_data = dx.mutable_data_ptr<scalar_t>();
     lrn_dispatch_power(p.beta, [&](auto power) {
-      for_each_column_tile(x, p.channel_stride, [&](int64_t offset, int64_t lanes) {
+      for_each_column_tile(x, [&](int64_t offset, int64_t lanes) {
         // One allocation per column tile is small next to the C * lanes elements it walks.
         std::vector<acc_t> scratch(2 * kLrnTile + 2 * ring * lanes);
         LrnBackwardScratch<acc_t> s{scratch.data(), scratch.data() + kLrnTile, scratch.data() + 2 * kLrnTile,

@@ -28,11 +28,11 @@ at::Tensor local_response_norm_forward_kernel(const at::Tensor& input, int64_t s
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
     const auto p = lrn_params<acc_t>(x, size, alpha, beta, k);
-    const int64_t columns = x.numel() / p.channels;
+    const int64_t columns = call.geometry.columns();
     C10_CUDA_CHECK(launch_lrn_forward<cuda_t>(
         reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
-        reinterpret_cast<cuda_t*>(y.mutable_data_ptr<scalar_t>()), columns, columns / x.size(0),
-        call.channels_last, p, at::cuda::getCurrentCUDAStream()));
+        reinterpret_cast<cuda_t*>(y.mutable_data_ptr<scalar_t>()), columns, call.geometry.inner,
+        call.geometry.inner == 1, p, at::cuda::getCurrentCUDAStream()));
   });
   return y;
 }
@@ -52,7 +52,7 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
     using cuda_t = typename CudaScalar<scalar_t>::type;
     using acc_t = acc_type<cuda_t>;
     const auto p = lrn_params<acc_t>(x, size, alpha, beta, k);
-    const int64_t columns = x.numel() / p.channels;
+    const int64_t columns = call.geometry.columns();
     // Only windows too long for shared memory need this; the caching allocator makes it cheap,
     // and stream order keeps it alive until the kernel is done with it.
     at::Tensor ring;
@@ -65,8 +65,8 @@ at::Tensor local_response_norm_backward_kernel(const at::Tensor& grad_output, co
     C10_CUDA_CHECK(launch_lrn_backward<cuda_t>(
         reinterpret_cast<const cuda_t*>(dy.const_data_ptr<scalar_t>()),
         reinterpret_cast<const cuda_t*>(x.const_data_ptr<scalar_t>()),
-        reinterpret_cast<cuda_t*>(dx.mutable_data_ptr<scalar_t>()), columns, columns / x.size(0),
-        call.channels_last, p, ring_data, at::cuda::getCurrentCUDAStream()));
+        reinterpret_cast<cuda_t*>(dx.mutable_data_ptr<scalar_t>()), columns, call.geometry.inner,
+        call.geometry.inner == 1, p, ring_data, at::cuda::getCurrentCUDAStream()));
   });
   return dx;
 }

@@ -116,8 +116,9 @@ int64_t lrn_backward_global_ring_elements(const LrnParams<acc_t>& p, int64_t col
   return detail::lrn_backward_shared_threads(p) == 0 ? 2 * p.ring_length() * columns : 0;
 }
 
-// columns = N * S; spatial = S. channels_last: each column's C values are adjacent (p.channel_stride
-// = 1); otherwise column (n, s) starts at n * C * S + s.
+// x as [outer][C][inner] (csrc/op_helpers.h LrnGeometry): columns = outer * inner; spatial = inner.
+// channels_last: each column's C values are adjacent (p.channel_stride = 1); otherwise column
+// (o, i) starts at o * C * inner + i.
 template <typename scalar_t>
 cudaError_t launch_lrn_forward(const scalar_t* x, scalar_t* y, int64_t columns, int64_t spatial,
                                bool channels_last, const LrnParams<acc_type<scalar_t>>& p,
