@@ -1,4 +1,5 @@
-"""What every op's tests share: the backends that run here, and the low-precision rule."""
+"""What every op's tests share: the backends that run here, layouts, the low-precision rule, and
+the step-by-step comparison of a module with the torch.nn modules it replaces."""
 from __future__ import annotations
 
 import hashlib
@@ -117,6 +118,71 @@ def assert_state_dict_layout(model: torch.nn.Module, expected: dict) -> None:
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == expected["sha256"]
     if "parameters" in expected:
         assert sum(p.numel() for p in model.parameters()) == expected["parameters"]
+
+
+def training_step(module: torch.nn.Module, *inputs_and_grad, seed: int | None = None):
+    """One forward of module(*inputs) on fresh leaf copies of the tensor inputs (None passes
+    through) and its backward, the last argument being the output's gradient: (output, then each
+    input's gradient, None for a None input). seed: torch's global seed, set just before the
+    forward, so that two modules draw the same dropout masks."""
+    *inputs, grad = inputs_and_grad
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    if seed is not None:
+        torch.manual_seed(seed)
+    y = module(*leaves)
+    y.backward(grad)
+    return (y, *(None if t is None else t.grad for t in leaves))
+
+
+def assert_state_matches(ours: torch.nn.Module, theirs: torch.nn.Module, rtol: float = 1e-10,
+                         atol: float = 1e-12, where: str = "") -> None:
+    """Every parameter's gradient and every buffer (running statistics, num_batches_tracked) of
+    `ours` against `theirs`, paired in registration order: the names may differ (BNReLUConv2d's
+    bn.weight is nn.Sequential's 0.weight), their number and shapes may not."""
+    for kind, mine, other in (("grad", ours.named_parameters(), theirs.named_parameters()),
+                              ("buffer", ours.named_buffers(), theirs.named_buffers())):
+        mine, other = list(mine), list(other)
+        assert [tuple(t.shape) for _, t in mine] == [tuple(t.shape) for _, t in other], \
+            f"{where}{kind}s of {[n for n, _ in mine]} against {[n for n, _ in other]}"
+        for (name, a), (their_name, b) in zip(mine, other):
+            if kind == "grad":
+                a, b = a.grad, b.grad
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol,
+                                       msg=lambda m, label=f"{where}{name} ({their_name}) {kind}": f"{label}: {m}")
+
+
+def assert_steps_match(backend: str, ours: torch.nn.Module, theirs: torch.nn.Module, modes, make_step, seed: int,
+                       rtol: float = 1e-10, atol: float = 1e-12, reference=None, check=None) -> list:
+    """Runs `ours` (under `backend`) and `theirs` through `modes` ("train" / "eval"), each step on
+    new inputs: make_step(generator) -> (inputs, the output's gradient). After each step, checks
+    the output and every input's gradient (training_step), then every parameter's gradient and
+    buffer (assert_state_matches). reference(*inputs), called before the step (on the state it
+    starts from), is an output ours must also give; check(ours_result, theirs_result) adds a test's
+    own checks. Both draw the same dropout masks (the step's index as the seed). Returns our outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    outputs = []
+    for index, mode in enumerate(modes):
+        for module in (ours, theirs):
+            module.train(mode == "train")
+        inputs, grad = make_step(generator)
+        expected = None if reference is None else reference(*inputs)
+        with cnnfast.backend(backend):
+            result = training_step(ours, *inputs, grad, seed=index)
+        their_result = training_step(theirs, *inputs, grad, seed=index)
+        where = f"{mode} step {index}, "
+        names = ["output"] + [f"input {i} grad" for i in range(len(inputs))]
+        for name, a, b in zip(names, result, their_result):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, label=where + name: f"{label}: {m}")
+        if expected is not None:
+            torch.testing.assert_close(result[0], expected, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{where}output against the reference: {m}")
+        if check is not None:
+            check(result, their_result)
+        assert_state_matches(ours, theirs, rtol, atol, where)
+        for p in [*ours.parameters(), *theirs.parameters()]:
+            p.grad = None
+        outputs.append(result[0])
+    return outputs
 
 
 def assert_training_steps_match(ours: torch.nn.Module, reference: torch.nn.Module, inputs, modes,

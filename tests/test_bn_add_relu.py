@@ -12,7 +12,8 @@ from torch import nn
 import cnnfast
 from cnnfast.nn.residual import bn_add_relu_module
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, in_layout, randomise_batch_norms, registered_op
+from helpers import (assert_low_precision_close, assert_steps_match, backend_params, in_layout, randomise_batch_norms,
+                     registered_op, training_step)
 
 BACKENDS = backend_params()
 
@@ -39,58 +40,25 @@ def make_pair(channels=5, dtype=torch.float64, device="cpu", seed=0, **bn_kwargs
     return ours, TorchTail(bn)
 
 
-def step(module, x, identity, grad):
-    """One forward and backward: (output, dx, d identity)."""
-    x = x.detach().clone().requires_grad_()
-    identity = None if identity is None else identity.detach().clone().requires_grad_()
-    y = module(x, identity)
-    y.backward(grad)
-    return y, x.grad, None if identity is None else identity.grad
-
-
-def assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12):
-    bn = theirs.bn
-    for name in ("weight", "bias"):
-        a, b = getattr(ours, name), getattr(bn, name)
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}.grad: {m}")
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        a, b = getattr(ours, name), getattr(bn, name)
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
-
-
-def assert_steps_match(backend, ours, theirs, modes, make_inputs, seed, check_reference=True):
-    """Runs both modules through `modes` ("train"/"eval") on new inputs each step and checks the
-    output, dx, d identity, the parameter gradients and the buffers after each; with
-    check_reference, also the op against cnnfast.reference on the same buffers."""
-    generator = torch.Generator().manual_seed(seed)
-    outputs = []
-    for mode in modes:
-        for m in (ours, theirs):
-            m.train(mode == "train")
+def assert_tail_steps_match(backend, ours, theirs, modes, make_inputs, seed):
+    """helpers.assert_steps_match on (x, identity) from make_inputs, with an output gradient of x's
+    shape; the output also against cnnfast.reference on the buffers each step starts from, and the
+    identity's gradient (the masked output gradient) exact. Returns our outputs."""
+    def make_step(generator):
         x, identity = make_inputs(generator)
-        grad = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
-        if check_reference:
-            expected = cnnfast.reference.bn_add_relu(
-                x, identity, copy.deepcopy(ours.running_mean), copy.deepcopy(ours.running_var), ours.weight,
-                ours.bias, ours.training or ours.running_mean is None, 0.0, ours.eps)
-        with cnnfast.backend(backend):
-            y, dx, di = step(ours, x, identity, grad)
-        y_ref, dx_ref, di_ref = step(theirs, x, identity, grad)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-        if check_reference:
-            torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
-        if identity is not None:
-            torch.testing.assert_close(di, di_ref, rtol=0, atol=0)  # the masked gradient: exact
-        assert_same_state(ours, theirs)
-        for p in list(ours.parameters()) + list(theirs.parameters()):
-            p.grad = None
-        outputs.append(y)
-    return outputs
+        return (x, identity), torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
+
+    def reference(x, identity):
+        return cnnfast.reference.bn_add_relu(
+            x, identity, copy.deepcopy(ours.running_mean), copy.deepcopy(ours.running_var), ours.weight, ours.bias,
+            ours.training or ours.running_mean is None, 0.0, ours.eps)
+
+    def identity_grad_exact(result, their_result):
+        if result[2] is not None:
+            torch.testing.assert_close(result[2], their_result[2], rtol=0, atol=0)
+
+    return assert_steps_match(backend, ours, theirs, modes, make_step, seed, reference=reference,
+                              check=identity_grad_exact)
 
 
 def random_inputs(shape, device, x_layout="contiguous", identity_layout="contiguous", with_identity=True):
@@ -111,7 +79,7 @@ LAYOUTS = [("contiguous", "contiguous"), ("channels_last", "channels_last"), ("c
 @pytest.mark.parametrize("layouts", LAYOUTS, ids=lambda p: f"x_{p[0]}-identity_{p[1]}")
 def test_training_steps_then_eval_match_torch(backend, device, layouts):
     ours, theirs = make_pair(5, device=device)
-    outputs = assert_steps_match(backend, ours, theirs, ("train", "train", "eval"),
+    outputs = assert_tail_steps_match(backend, ours, theirs, ("train", "train", "eval"),
                                  random_inputs((2, 5, 4, 3), device, *layouts), seed=1)
     if backend != "reference":  # x's layout as torch's BatchNorm takes it (suggest_memory_format)
         expected = torch.channels_last if layouts[0] == "channels_last" else torch.contiguous_format
@@ -122,7 +90,7 @@ def test_training_steps_then_eval_match_torch(backend, device, layouts):
 @pytest.mark.parametrize("x_layout", ["contiguous", "channels_last"])
 def test_without_identity_is_batch_norm_then_relu(backend, device, x_layout):
     ours, theirs = make_pair(4, device=device)
-    assert_steps_match(backend, ours, theirs, ("train", "eval", "train"),
+    assert_tail_steps_match(backend, ours, theirs, ("train", "eval", "train"),
                        random_inputs((3, 4, 5, 2), device, x_layout, with_identity=False), seed=2)
 
 
@@ -131,7 +99,7 @@ def test_without_identity_is_batch_norm_then_relu(backend, device, x_layout):
                          ids=["momentum_none", "no_running_stats", "not_affine"])
 def test_batch_norm_options_as_torch(backend, device, bn_kwargs):
     ours, theirs = make_pair(3, device=device, **bn_kwargs)
-    assert_steps_match(backend, ours, theirs, ("train", "train", "eval", "train"),
+    assert_tail_steps_match(backend, ours, theirs, ("train", "train", "eval", "train"),
                        random_inputs((2, 3, 3, 4), device), seed=3)
 
 
@@ -139,7 +107,7 @@ def test_batch_norm_options_as_torch(backend, device, bn_kwargs):
 @pytest.mark.parametrize("shape", [(1, 3, 2, 3), (4, 1, 1, 2), (2, 6, 1, 1)], ids=["batch1", "one_channel", "1x1"])
 def test_small_shapes(backend, device, shape):
     ours, theirs = make_pair(shape[1], device=device)
-    assert_steps_match(backend, ours, theirs, ("train", "eval"), random_inputs(shape, device), seed=4)
+    assert_tail_steps_match(backend, ours, theirs, ("train", "eval"), random_inputs(shape, device), seed=4)
 
 
 def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
@@ -190,9 +158,9 @@ def test_low_precision_error_at_most_twice_torch(backend, device, dtype):
     identity = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
     grad = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
     with cnnfast.backend(backend):
-        y, dx, di = step(ours, x, identity, grad)
-    y_torch, dx_torch, di_torch = step(theirs, x, identity, grad)
-    y_exact, dx_exact, di_exact = step(exact, x.double(), identity.double(), grad.double())
+        y, dx, di = training_step(ours, x, identity, grad)
+    y_torch, dx_torch, di_torch = training_step(theirs, x, identity, grad)
+    y_exact, dx_exact, di_exact = training_step(exact, x.double(), identity.double(), grad.double())
     assert y.dtype == dx.dtype == di.dtype == dtype
     assert_low_precision_close(y, y_torch, y_exact)
     assert_low_precision_close(dx, dx_torch, dx_exact)
@@ -256,11 +224,11 @@ def test_torch_compile_fullgraph(backend, device, with_identity):
     identity = torch.randn(2, 5, 4, 6, device=device) if with_identity else None
     grad = torch.randn(2, 5, 4, 6, device=device)
     with cnnfast.backend(backend):
-        y, dx, di = step(ours, x, identity, grad)
+        y, dx, di = training_step(ours, x, identity, grad)
         compiled = torch.compile(compiled_module, fullgraph=True)
-        y_compiled, dx_compiled, di_compiled = step(compiled, x, identity, grad)
-    y_torch, dx_torch, _ = step(theirs, x, identity, grad)
-    y_exact, dx_exact, _ = step(exact, x.double(), None if identity is None else identity.double(), grad.double())
+        y_compiled, dx_compiled, di_compiled = training_step(compiled, x, identity, grad)
+    y_torch, dx_torch, _ = training_step(theirs, x, identity, grad)
+    y_exact, dx_exact, _ = training_step(exact, x.double(), None if identity is None else identity.double(), grad.double())
     torch.testing.assert_close(y_compiled, y)
     torch.testing.assert_close(dx_compiled, dx)
     if with_identity:
@@ -494,8 +462,8 @@ def test_empty_batch(backend, device):
     x, identity = torch.randn(0, 3, 4, 4, device=device), torch.randn(0, 3, 4, 4, device=device)
     grad = torch.randn(0, 3, 4, 4, device=device)
     with cnnfast.backend(backend):
-        y, dx, di = step(ours, x, identity, grad)
-    y_ref, dx_ref, di_ref = step(theirs, x, identity, grad)
+        y, dx, di = training_step(ours, x, identity, grad)
+    y_ref, dx_ref, di_ref = training_step(theirs, x, identity, grad)
     assert y.shape == y_ref.shape and dx.shape == dx_ref.shape and di.shape == di_ref.shape
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs.bn, name))

@@ -10,7 +10,8 @@ from torch import nn
 
 import cnnfast
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params, in_layout, randomise_batch_norms, registered_op
+from helpers import (assert_low_precision_close, assert_state_matches, assert_steps_match, backend_params, in_layout,
+                     randomise_batch_norms, registered_op, training_step)
 
 BACKENDS = backend_params()
 
@@ -41,49 +42,12 @@ def output_shape(config, x):
                                       for size in x.shape[2:])
 
 
-def step(module, x, grad):
-    x = x.detach().clone().requires_grad_()
-    y = module(x)
-    y.backward(grad)
-    return y, x.grad
-
-
-def assert_same_state(ours, theirs, rtol, atol):
-    bn, conv = theirs[0], theirs[2]
-    for name, a, b in (("bn.weight", ours.bn.weight, bn.weight), ("bn.bias", ours.bn.bias, bn.bias),
-                       ("conv.weight", ours.conv.weight, conv.weight), ("conv.bias", ours.conv.bias, conv.bias)):
-        if a is None:
-            assert b is None
-            continue
-        torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol, msg=lambda m: f"{name}.grad: {m}")
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        a, b = getattr(ours.bn, name), getattr(bn, name)
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"bn.{name}: {m}")
-
-
-def assert_steps_match(backend, ours, theirs, config, modes, make_x, seed):
-    """Runs both modules through `modes` ("train"/"eval"), a new input from make_x(generator) each
-    step, and checks the output, dx, every parameter gradient and every buffer after each one;
-    returns our outputs."""
-    generator = torch.Generator().manual_seed(seed)
-    outputs = []
-    for mode in modes:
-        ours.train(mode == "train")
-        theirs.train(mode == "train")
+def steps_of(config, make_x):
+    """make_step for helpers.assert_steps_match: an input from make_x, and a gradient of its output's shape."""
+    def make_step(generator):
         x = make_x(generator)
-        grad = torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(x.device)
-        with cnnfast.backend(backend):
-            y, dx = step(ours, x, grad)
-        y_ref, dx_ref = step(theirs, x, grad)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
-        assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
-        for p in list(ours.parameters()) + list(theirs.parameters()):
-            p.grad = None
-        outputs.append(y)
-    return outputs
+        return (x,), torch.randn(output_shape(config, x), generator=generator, dtype=torch.float64).to(x.device)
+    return make_step
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -97,7 +61,8 @@ def test_training_steps_then_eval_match_sequential(backend, device, config, layo
         x = torch.randn(2, config[0], *config[8], generator=generator, dtype=torch.float64) * 2 + 0.3
         return x.to(device).contiguous(memory_format=memory_format)
 
-    outputs = assert_steps_match(backend, ours, theirs, config, ("train", "train", "train", "eval"), make_x, seed=1)
+    outputs = assert_steps_match(backend, ours, theirs, ("train", "train", "train", "eval"), steps_of(config, make_x),
+                                 seed=1)
     if backend != "reference":
         assert all(y.is_contiguous(memory_format=memory_format) for y in outputs)
 
@@ -112,7 +77,7 @@ def test_batch_norm_options_as_torch(backend, device, bn_kwargs):
     def make_x(generator):
         return (torch.randn(3, config[0], *config[8], generator=generator, dtype=torch.float64) + 1).to(device)
 
-    assert_steps_match(backend, ours, theirs, config, ("train", "train", "eval", "train"), make_x, seed=2)
+    assert_steps_match(backend, ours, theirs, ("train", "train", "eval", "train"), steps_of(config, make_x), seed=2)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -125,9 +90,9 @@ def test_low_precision_error_at_most_twice_torch(backend, device, config, dtype)
     x = (torch.randn(2, config[0], *config[8], generator=generator) * 2 + 0.3).to(device=device, dtype=dtype)
     grad = torch.randn(output_shape(config, x), generator=generator).to(device=device, dtype=dtype)
     with cnnfast.backend(backend):
-        y, dx = step(ours, x, grad)
-    y_torch, dx_torch = step(theirs, x, grad)
-    y_exact, dx_exact = step(exact, x.double(), grad.double())
+        y, dx = training_step(ours, x, grad)
+    y_torch, dx_torch = training_step(theirs, x, grad)
+    y_exact, dx_exact = training_step(exact, x.double(), grad.double())
     assert y.dtype == dtype and dx.dtype == dtype
     assert_low_precision_close(y, y_torch, y_exact)
     assert_low_precision_close(dx, dx_torch, dx_exact)
@@ -147,9 +112,9 @@ def test_autocast_runs_the_convolution_in_low_precision(backend, device):
     low = torch.bfloat16
     with torch.autocast(device, dtype=low):
         with cnnfast.backend(backend):
-            y, dx = step(ours, x, grad)
-        y_torch, dx_torch = step(theirs, x, grad)
-    y_exact, dx_exact = step(exact, x.double(), grad.double())
+            y, dx = training_step(ours, x, grad)
+        y_torch, dx_torch = training_step(theirs, x, grad)
+    y_exact, dx_exact = training_step(exact, x.double(), grad.double())
     assert y.dtype == y_torch.dtype == low and dx.dtype == dx_torch.dtype == torch.float32
     assert ours.conv.weight.grad.dtype == torch.float32
     # The same computation in the same precisions as torch's autocast: no more than twice its error.
@@ -276,11 +241,11 @@ def test_torch_compile_fullgraph(backend, device):
     x = torch.randn(2, config[0], *config[8], device=device)
     grad = torch.randn(output_shape(config, x), device=device)
     with cnnfast.backend(backend):
-        y, dx = step(ours, x, grad)
+        y, dx = training_step(ours, x, grad)
         compiled = torch.compile(compiled_module, fullgraph=True)
-        y_compiled, dx_compiled = step(compiled, x, grad)
-    y_torch, dx_torch = step(theirs, x, grad)
-    y_exact, dx_exact = step(exact, x.double(), grad.double())
+        y_compiled, dx_compiled = training_step(compiled, x, grad)
+    y_torch, dx_torch = training_step(theirs, x, grad)
+    y_exact, dx_exact = training_step(exact, x.double(), grad.double())
     torch.testing.assert_close(y_compiled, y)
     torch.testing.assert_close(dx_compiled, dx)
     torch.testing.assert_close(compiled_module.bn.running_var, ours.bn.running_var)
@@ -319,7 +284,7 @@ def test_deterministic_gradients(backend, device):
         # cuDNN may choose an atomic (run-to-run varying) weight-gradient algorithm: pin a
         # deterministic one, so that what is checked is cnnfast's BN-ReLU and its reductions.
         with cnnfast.backend(backend), torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
-            _, dx = step(ours, x, grad)
+            _, dx = training_step(ours, x, grad)
         results.append((dx, ours.bn.weight.grad, ours.conv.weight.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -370,11 +335,11 @@ def test_wrapped_conv_with_another_padding_mode_runs_as_the_plain_modules(paddin
     ours = cnnfast.nn.BNReLUConv2d.from_modules(bn, conv)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     grad = torch.randn(2, 6, 5, 5, dtype=torch.float64)
-    y, dx = step(ours, x, grad)
-    y_ref, dx_ref = step(theirs, x, grad)
+    y, dx = training_step(ours, x, grad)
+    y_ref, dx_ref = training_step(theirs, x, grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
-    assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert_state_matches(ours, theirs)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
@@ -385,8 +350,8 @@ def test_output_and_gradient_in_torchs_layouts(backend, device, layout):
     x = in_layout(torch.randn(2, CONFIGS[1][0], *CONFIGS[1][8], dtype=torch.float64, device=device), layout)
     grad = torch.randn(output_shape(CONFIGS[1], x), dtype=torch.float64, device=device)
     with cnnfast.backend(backend):
-        y, dx = step(ours, x, grad)
-    y_ref, dx_ref = step(theirs, x, grad)
+        y, dx = training_step(ours, x, grad)
+    y_ref, dx_ref = training_step(theirs, x, grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     assert (y.stride(), dx.stride()) == (y_ref.stride(), dx_ref.stride())
 
@@ -413,11 +378,11 @@ def test_string_padding_is_fused(backend, device, kernel, padding, dilation, lay
     with torch.no_grad():
         grad = torch.randn_like(ours.conv(x))  # the conv alone: no BatchNorm step counted
     with cnnfast.backend(backend):
-        (y, dx), saved = cnnfast.saved_tensor_bytes(lambda t: step(ours, t, grad), x, exclude=ours.parameters())
-    y_ref, dx_ref = step(theirs, x, grad)
+        (y, dx), saved = cnnfast.saved_tensor_bytes(lambda t: training_step(ours, t, grad), x, exclude=ours.parameters())
+    y_ref, dx_ref = training_step(theirs, x, grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
-    assert_same_state(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert_state_matches(ours, theirs)
     assert (y.stride(), dx.stride()) == (y_ref.stride(), dx_ref.stride())
     assert saved <= x.numel() * x.element_size() + 4 * 4 * 8  # x and a few per-channel vectors: fused
 
@@ -502,8 +467,8 @@ def test_frozen_convolution(backend, device):
     x = torch.randn(2, 5, 6, 5, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(output_shape(CONFIGS[1], x), dtype=torch.float64, device=device)
     with cnnfast.backend(backend):
-        _, dx = step(ours, x, grad)
-    _, dx_ref = step(theirs, x, grad)
+        _, dx = training_step(ours, x, grad)
+    _, dx_ref = training_step(theirs, x, grad)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ours.bn.weight.grad, theirs[0].weight.grad, rtol=1e-10, atol=1e-12)
 

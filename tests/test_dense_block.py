@@ -12,7 +12,7 @@ import cnnfast
 from cnnfast import reference_models
 from cnnfast.nn import DenseBlock, Transition
 from cnnfast.ops.batch_norm import acc_dtype
-from helpers import assert_low_precision_close, backend_params
+from helpers import assert_low_precision_close, assert_state_matches, assert_steps_match, backend_params, training_step
 
 BACKENDS = backend_params()
 
@@ -40,49 +40,27 @@ def make_blocks(num_layers=3, c0=6, bn_size=2, growth=4, drop_rate=0.0, seed=0, 
     return ours.to(device), plain.to(device), reference.to(device)
 
 
-def run_step(module, x, grad, seed):
-    x = x.detach().clone().requires_grad_()
-    torch.manual_seed(seed)  # the same dropout masks for every module
-    y = module(x)
-    y.backward(grad)
-    return y, x.grad
-
-
-def assert_same(ours, theirs, tol=1e-10):
-    their_parameters = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, their_parameters[name].grad, rtol=tol, atol=tol,
-                                   msg=lambda m: f"{name}.grad: {m}")
-    their_buffers = dict(theirs.named_buffers())
-    for name, b in ours.named_buffers():
-        torch.testing.assert_close(b, their_buffers[name], rtol=tol, atol=tol,
-                                   msg=lambda m: f"{name}: {m}")
-
-
-def assert_steps_match(backend, ours, theirs, modes, shape=(2, 6, 5, 5), layout=torch.contiguous_format):
-    generator = torch.Generator().manual_seed(1)
-    device = next(ours.parameters()).device
-    for step, mode in enumerate(modes):
-        ours.train(mode == "train")
-        theirs.train(mode == "train")
-        x = torch.randn(shape, generator=generator, dtype=torch.float64).to(device, memory_format=layout)
+def assert_block_steps_match(backend, ours, theirs, modes, shape=(2, 6, 5, 5), layout=torch.contiguous_format):
+    """helpers.assert_steps_match for two blocks, on inputs of `shape` in `layout`; the shared
+    buffer, and its gradient, in the input's layout."""
+    def make_step(generator):
+        x = torch.randn(shape, generator=generator, dtype=torch.float64).to(ours_device, memory_format=layout)
         out_channels = shape[1] + len(ours) * ours.growth_rate
-        grad = torch.randn((shape[0], out_channels) + shape[2:], generator=generator, dtype=torch.float64).to(device)
-        with cnnfast.backend(backend):
-            y, dx = run_step(ours, x, grad, seed=step)
-        y_ref, dx_ref = run_step(theirs, x, grad, seed=step)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
-        if backend != "reference":  # the shared buffer, and its gradient, in the input's layout
+        grad = torch.randn((shape[0], out_channels) + shape[2:], generator=generator, dtype=torch.float64)
+        return (x,), grad.to(ours_device)
+
+    def in_input_layout(result, their_result):
+        if backend != "reference":
+            y, dx = result
             assert y.is_contiguous(memory_format=layout) and dx.is_contiguous(memory_format=layout)
-        assert_same(ours, theirs)
-        for p in list(ours.parameters()) + list(theirs.parameters()):
-            p.grad = None
+
+    ours_device = next(ours.parameters()).device
+    assert_steps_match(backend, ours, theirs, modes, make_step, seed=1, atol=1e-10, check=in_input_layout)
 
 
 def test_plain_block_matches_torch_nn_block():
     _, plain, reference = make_blocks(drop_rate=0.25)
-    assert_steps_match("reference", plain, reference, ["train", "train", "eval"])
+    assert_block_steps_match("reference", plain, reference, ["train", "train", "eval"])
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
@@ -91,7 +69,7 @@ def test_plain_block_matches_torch_nn_block():
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "channels_last"])
 def test_memory_efficient_block_matches_plain(backend, device, drop_rate, recompute_bottleneck, layout):
     ours, plain, _ = make_blocks(drop_rate=drop_rate, recompute_bottleneck=recompute_bottleneck, device=device)
-    assert_steps_match(backend, ours, plain, ["train", "train", "eval", "train"], layout=layout)
+    assert_block_steps_match(backend, ours, plain, ["train", "train", "eval", "train"], layout=layout)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
@@ -105,7 +83,7 @@ def test_batch_norm_options_as_torch(backend, device):
             else:
                 layer.norm2.track_running_stats = False
                 layer.norm2.running_mean = layer.norm2.running_var = None
-    assert_steps_match(backend, ours, plain, ["train", "train", "eval"])
+    assert_block_steps_match(backend, ours, plain, ["train", "train", "eval"])
 
 
 # The Triton kernels under the interpreter take 400 s here: skipped, as said, where the block-level
@@ -184,7 +162,7 @@ def test_dropout_masks_drawn_again_in_backward_leave_the_generator_as_the_plain_
         results.append((y, xx.grad, *between, torch.rand(4), torch.rand(4, device=device)))
     for ours_value, plain_value in zip(*results):
         torch.testing.assert_close(ours_value, plain_value, rtol=1e-10, atol=1e-10)
-    assert_same(ours, plain)
+    assert_state_matches(ours, plain, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
@@ -219,11 +197,11 @@ def test_torch_compile_fullgraph_runs_the_block(backend, device, drop_rate):
     x = torch.randn(2, 6, 5, 5, dtype=torch.float64, device=device)
     grad = torch.randn(2, 18, 5, 5, dtype=torch.float64, device=device)
     with cnnfast.backend(backend):
-        y, dx = run_step(compiled, x, grad, seed=0)
-    y_ref, dx_ref = run_step(plain, x, grad, seed=0)
+        y, dx = training_step(compiled, x, grad, seed=0)
+    y_ref, dx_ref = training_step(plain, x, grad, seed=0)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
-    assert_same(ours, plain)
+    assert_state_matches(ours, plain, atol=1e-10)
 
 
 @pytest.mark.parametrize("change", ["activation", "conv bias", "5x5 conv", "reflect padding", "hooks"])
@@ -247,11 +225,11 @@ def test_a_layer_changed_after_construction_runs_as_its_modules(change):
             layer.register_forward_hook(lambda *args: calls.append("layer"))
             layer.conv2.register_forward_hook(lambda *args: calls.append("conv2"))
     x, grad = torch.randn(2, 6, 5, 5, dtype=torch.float64), torch.randn(2, 18, 5, 5, dtype=torch.float64)
-    y, dx = run_step(ours.train(), x, grad, seed=0)
-    y_ref, dx_ref = run_step(plain.train(), x, grad, seed=0)
+    y, dx = training_step(ours.train(), x, grad, seed=0)
+    y_ref, dx_ref = training_step(plain.train(), x, grad, seed=0)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-10, atol=1e-10)
-    assert_same(ours, plain)
+    assert_state_matches(ours, plain, atol=1e-10)
     assert calls == (["conv2", "layer"] * 2 if change == "hooks" else [])
 
 
@@ -261,8 +239,8 @@ def test_transition_matches_torchvision_layout():
     plain = copy.deepcopy(ours)
     plain.memory_efficient = False
     x = torch.randn(2, 6, 6, 6, dtype=torch.float64)
-    y, dx = run_step(ours, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
-    y_ref, dx_ref = run_step(plain, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
+    y, dx = training_step(ours, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
+    y_ref, dx_ref = training_step(plain, x, torch.ones(2, 3, 3, 3, dtype=torch.float64), seed=0)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(dx, dx_ref)
     assert list(ours.state_dict()) == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var",
@@ -303,7 +281,7 @@ def test_each_layers_dropout_setting_is_followed(change):
             block.train()
             block.denselayer1.eval()
     if change == "one layer's drop_rate":
-        assert_steps_match("cpu", ours, plain, ["train"])
+        assert_block_steps_match("cpu", ours, plain, ["train"])
         return
     # train() would undo the layer's eval(): run the step by hand. The layer in eval reads its
     # running statistics and leaves them as they are; the others update theirs.
@@ -311,11 +289,11 @@ def test_each_layers_dropout_setting_is_followed(change):
     grad = torch.randn(2, 18, 5, 5, dtype=torch.float64)
     before = [layer.norm1.running_mean.clone() for layer in (ours.denselayer1, ours.denselayer2)]
     with cnnfast.backend("cpu"):
-        y, dx = run_step(ours, x, grad, seed=0)
-    y_ref, dx_ref = run_step(plain, x, grad, seed=0)
+        y, dx = training_step(ours, x, grad, seed=0)
+    y_ref, dx_ref = training_step(plain, x, grad, seed=0)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(dx, dx_ref)
-    assert_same(ours, plain)
+    assert_state_matches(ours, plain, atol=1e-10)
     assert torch.equal(ours.denselayer1.norm1.running_mean, before[0])
     assert not torch.equal(ours.denselayer2.norm1.running_mean, before[1])
 
