@@ -125,7 +125,9 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
 //
 // The output takes at::empty_like(input)'s strides, as torch's elementwise LRN gives them: x's own
 // where x is dense (read where it lies), else dense in x's stride order (x is copied so first, by
-// clone's preserve_format). cnnfast/ops/lrn.py's fake function is that empty_like.
+// clone's preserve_format). cnnfast/ops/lrn.py's fake function is that empty_like. (Along a dim x
+// is broadcast over, stride 0, x has no order: torch's LRN then follows its window sums' layout,
+// an artefact of how it is composed, which this does not copy; the values are the same.)
 struct LrnCall {
   at::Tensor x, grad_output, result;  // grad_output is undefined for the forward
   LrnGeometry geometry;

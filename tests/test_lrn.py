@@ -158,6 +158,38 @@ def test_keeps_only_its_input_for_backward(backend, device):
     assert saved_torch > 2 * saved
 
 
+def _broadcast_over_batch(device):
+    return torch.randn(1, 5, 4, 3, dtype=torch.float64, device=device).expand(3, 5, 4, 3)
+
+
+def _broadcast_over_height(device):  # channels_last, broadcast along an inner dim
+    x = torch.randn(2, 5, 1, 3, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last)
+    return x.expand(2, 5, 4, 3)
+
+
+def _size_one_dim_with_any_stride(device):  # dense; the size-1 dim's stride is not the one torch would give
+    return torch.randn(4, 1, 3, 5, dtype=torch.float64, device=device).transpose(0, 1)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[0] != "reference"])
+@pytest.mark.parametrize("make_x", [_broadcast_over_batch, _broadcast_over_height, _size_one_dim_with_any_stride],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_broadcast_and_size_one_inputs(backend, device, make_x):
+    """Values and gradients as torch's; strides empty_like's (torch's elementwise rule), which are
+    torch's LRN's too, but for the strides of size-1 dims (which never step) and along a dim the
+    input is broadcast over (no order there: torch's LRN follows its window sums')."""
+    x = make_x(device).requires_grad_()
+    grad = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4)).to(device)
+    with cnnfast.backend(backend):
+        y, dx = run_with_grad(lambda t: cnnfast.functional.local_response_norm(t, 3, 0.5), x, grad)
+    y_torch, dx_torch = run_with_grad(lambda t: F.local_response_norm(t, 3, 0.5), x, grad)
+    torch.testing.assert_close(y, y_torch, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(dx, dx_torch, rtol=1e-12, atol=1e-13)
+    assert y.stride() == torch.empty_like(x).stride() and dx.stride() == y.stride()
+    if make_x is not _broadcast_over_height:
+        assert [s for s, n in zip(y.stride(), x.shape) if n > 1] == [s for s, n in zip(y_torch.stride(), x.shape) if n > 1]
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_empty_batch_gives_empty_result(backend, device):
     x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)

@@ -211,9 +211,12 @@ def has_example_value(size) -> bool:
 
 
 def non_overlapping_and_dense(x: torch.Tensor) -> bool:
-    """Whether x's elements fill its memory span exactly, in some order of its dims (C++'s
-    TensorImpl::is_non_overlapping_and_dense, which Python does not expose): each stride, from the
-    smallest, is the product of the sizes below it. Dims of size 1 never step and do not count."""
+    """Whether x's elements fill its memory span exactly, in some order of its dims, as C++'s
+    TensorImpl::is_non_overlapping_and_dense (torch's Python one is private): each stride, from
+    the smallest, is the product of the sizes below it. Dims of size 1 never step and do not count;
+    an empty tensor has nothing to walk."""
+    if x.numel() == 0:
+        return True
     step = 1
     for stride, size in sorted((x.stride(d), x.shape[d]) for d in range(x.dim()) if x.shape[d] != 1):
         if stride != step:

@@ -1,10 +1,10 @@
 // CUDA kernels of local response normalisation (the math: csrc/common/lrn.h). Torch-free, so that
 // tools/check_cuda_kernels.py compiles every instantiation with plain nvcc.
 //
-// One thread per column (lanes = 1): a thread walks the C channels of one (batch, spatial
-// position) with the shared running-window routines. For contiguous tensors neighbouring threads
-// take neighbouring spatial positions, so every step of the channel walk is a coalesced row
-// access across the warp.
+// One thread per column (lanes = 1): a thread walks the C channels of one (outer, inner) position
+// of x's [outer][C][inner] walk (csrc/op_helpers.h LrnGeometry) with the shared running-window
+// routines. Where the channels are not innermost, neighbouring threads take neighbouring inner
+// positions, so every step of the channel walk is a coalesced row access across the warp.
 #pragma once
 
 #include "cuda_half.cuh"
