@@ -228,7 +228,8 @@ def test_torch_compile_fullgraph(backend, device, with_identity):
         compiled = torch.compile(compiled_module, fullgraph=True)
         y_compiled, dx_compiled, di_compiled = training_step(compiled, x, identity, grad)
     y_torch, dx_torch, _ = training_step(theirs, x, identity, grad)
-    y_exact, dx_exact, _ = training_step(exact, x.double(), None if identity is None else identity.double(), grad.double())
+    y_exact, dx_exact, _ = training_step(exact, x.double(), None if identity is None else identity.double(),
+                                         grad.double())
     torch.testing.assert_close(y_compiled, y)
     torch.testing.assert_close(dx_compiled, dx)
     if with_identity:
