@@ -160,6 +160,38 @@ def op_inputs(device, layout="contiguous", bias=True, dtype=torch.float32):
             torch.randn(3, device=device, dtype=dtype).requires_grad_() if bias else None]
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kernel,stride", [(3, (1, 2)), (3, (1, 1)), (1, (1, 1))], ids=["3x3-s12", "3x3", "1x1"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_one_channel_in_channels_last_strides_as_torch(backend, device, kernel, stride, training):
+    """One input channel with channels_last strides, (H*W, 1, W, 1), which read as contiguous too:
+    torch's composition gives its convolution the contiguous ones (relu's output), and torch's CPU
+    convolution misreads the others (torch 2.13: values off by up to 1e34 with a stride of (1, 2)).
+    The same values, gradients and output layout as torch's; the fake function agrees (opcheck)."""
+    config = (1, 2, kernel, stride, 0, 1, 1, True, (6, 4))
+    ours, theirs = make_pair(config, dtype=torch.float32, device=device)
+    ours.train(training)
+    theirs.train(training)
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 1, 6, 4, generator=generator).to(device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out_shape = copy.deepcopy(theirs)(x).shape
+    grad = torch.randn(out_shape, generator=generator).to(device)
+    with cnnfast.backend(backend):
+        y, dx = training_step(ours, x, grad)
+    y_torch, dx_torch = training_step(theirs, x, grad)
+    torch.testing.assert_close(y, y_torch, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, dx_torch, rtol=1e-4, atol=1e-5)
+    assert_state_matches(ours, theirs, rtol=1e-4, atol=1e-5)
+    if backend != "reference":
+        assert y.stride() == y_torch.stride()
+        op_backend = "cpp" if backend in ("cpu", "cuda") else backend
+        mean, invstd = torch.zeros(1, device=device), torch.ones(1, device=device)
+        torch.library.opcheck(torch.ops.cnnfast.bn_relu_conv2d,
+                              (x.detach().requires_grad_(), mean, invstd, ours.bn.weight, ours.bn.bias, ours.conv.weight,
+                               ours.conv.bias, list(stride), [0, 0], [1, 1], 1, training, op_backend, ""))
+
+
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_opcheck(backend):
     _, device = registered_op("bn_relu_conv2d" if backend == "cpp" else "bn_relu_triton")

@@ -28,6 +28,8 @@ GEOMETRIES = [
     ((1, 2, 5, 2), 3, 1, 1, 1, False),                # 3/1/1 on a map 2 wide
     ((1, 2, 8, 3), 5, 1, 2, 1, False),                # SPP's 5/1/2 on a map 3 wide
     ((1, 2, 1, 2), (1, 3), (1, 2), (0, 1), 1, True),  # 1x3 windows on one row of 2
+    # A 1x1 output (global pooling) reads as both layouts: the gradient must still take the input's.
+    ((2, 3, 4, 4), 4, None, 0, 1, False),
 ]
 LAYOUTS = ["contiguous", "channels_last", "transposed", "channels_last_transposed", "channel_slice"]
 
@@ -68,8 +70,11 @@ def test_matches_torch_bit_for_bit(backend, device, geometry, layout, values):
     assert torch.equal(indices, indices_t)
     assert torch.equal(dx, dx_t)
     # torch's layouts too (its suggest_memory_format): channels_last only for channels innermost
-    # with W inside H.
-    assert (out.stride(), indices.stride(), dx.stride()) == (out_t.stride(), indices_t.stride(), dx_t.stride())
+    # with W inside H. The int64 indices are computed from the offsets by elementwise ops, whose
+    # strides for size-1 dims (which never step: a 1x1 output) are their own.
+    assert (out.stride(), dx.stride()) == (out_t.stride(), dx_t.stride())
+    assert [s for s, n in zip(indices.stride(), indices.shape) if n > 1] == \
+        [s for s, n in zip(indices_t.stride(), indices.shape) if n > 1]
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

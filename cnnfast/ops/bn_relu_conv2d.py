@@ -136,10 +136,16 @@ def conv_padding(padding, kernel_size, stride, dilation) -> tuple[tuple[int, int
     return _checks.pair(padding, "padding", OP, minimum=0), (0, 0)
 
 
+def _conv_input(r):
+    """relu(bn(x)) as the kernel hands it to the convolution (csrc/composite/bn_relu_conv2d.cpp
+    `conv_input`): with one channel, a channels_last tensor viewed with contiguous strides."""
+    return r.squeeze(1).unsqueeze(1) if r.shape[1] == 1 else r
+
+
 def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding, dilation, groups, training,
           backend, sync_group):
     layout = _checks.output_memory_format(input)
-    r = torch.empty(input.shape, dtype=weight.dtype, device=input.device, memory_format=layout)
+    r = _conv_input(torch.empty(input.shape, dtype=weight.dtype, device=input.device, memory_format=layout))
     out = torch.ops.aten.convolution(r, weight, bias, list(stride), list(padding), list(dilation), False, [0, 0],
                                      groups)
     if all(_checks.has_example_value(size) for size in input.shape):
@@ -152,8 +158,8 @@ def _fake(input, mean, invstd, bn_weight, bn_bias, weight, bias, stride, padding
         if _checks.has_example_value(size):
             return size
         return 2 if d == 0 else dilation[d - 2] * (weight.shape[d] - 1) + 1 + 2 * stride[d - 2]
-    stand_in = torch.empty([example(size, d) for d, size in enumerate(input.shape)], dtype=weight.dtype,
-                           device=input.device, memory_format=layout)
+    stand_in = _conv_input(torch.empty([example(size, d) for d, size in enumerate(input.shape)], dtype=weight.dtype,
+                                       device=input.device, memory_format=layout))
     picked = torch.ops.aten.convolution(stand_in, weight, bias, list(stride), list(padding), list(dilation), False,
                                         [0, 0], groups)
     return torch.empty(out.shape, dtype=out.dtype, device=out.device,

@@ -60,7 +60,7 @@ def _triton_forward(input, kernel_size, stride, padding, dilation, ceil_mode):
                    for i in range(2))
     with on_device(x):
         output, offsets = triton_module("max_pool2d").max_pool2d_forward(
-            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw)
+            x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw, layout)
     if input.dim() == 3:
         return output.squeeze(0), offsets.squeeze(0)
     return output, offsets
@@ -74,7 +74,7 @@ def _triton_backward(grad_output, offsets, input_hw, kernel_size, stride, paddin
     with on_device(offsets):
         grad_input = triton_module("max_pool2d").max_pool2d_backward(
             grad_output.contiguous(memory_format=layout), offsets.contiguous(memory_format=layout), tuple(input_hw),
-            tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+            tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), layout)
     return grad_input.squeeze(0) if unbatched else grad_input
 
 

@@ -39,12 +39,14 @@ def relu_lrn_max_pool2d(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
 
 
 def _triton_forward(input, size, alpha, beta, k, kernel_size, stride, padding, dilation, ceil_mode):
-    x = input.contiguous(memory_format=_checks.output_memory_format(input))
+    layout = _checks.output_memory_format(input)
+    x = input.contiguous(memory_format=layout)
     out_hw = tuple(_checks.pooled_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
                    for i in range(2))
     with on_device(x):
         return triton_module("relu_lrn_max_pool2d").relu_lrn_max_pool2d_forward(
-            x, size, alpha, beta, k, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw)
+            x, size, alpha, beta, k, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), out_hw,
+            layout)
 
 
 def _triton_backward(grad_output, offsets, input, size, alpha, beta, k, kernel_size, stride, padding, dilation):
@@ -53,7 +55,7 @@ def _triton_backward(grad_output, offsets, input, size, alpha, beta, k, kernel_s
         return triton_module("relu_lrn_max_pool2d").relu_lrn_max_pool2d_backward(
             grad_output.contiguous(memory_format=layout), offsets.contiguous(memory_format=layout),
             input.contiguous(memory_format=layout), size, alpha, beta, k, tuple(kernel_size), tuple(stride),
-            tuple(padding), tuple(dilation))
+            tuple(padding), tuple(dilation), layout)
 
 
 def _fake(input, size, alpha, beta, k, kernel_size, stride, padding, dilation, ceil_mode):

@@ -78,11 +78,22 @@ struct ConvArgs {
 };
 
 // Whether the Triton GEMM with the BN-ReLU prologue runs this convolution: a 1x1, unstrided,
-// ungrouped convolution with the 'triton' backend, in one dtype (not under autocast).
+// ungrouped convolution with the 'triton' backend, in one dtype (not under autocast), of more than
+// one input channel (one is no GEMM; aten's convolution gives its output the layout of
+// conv_input's, which the fake function reports).
 bool fused_1x1(c10::string_view backend, const Tensor& input, const Tensor& weight, const ConvArgs& conv) {
-  return backend == "triton" && input.scalar_type() == weight.scalar_type() && weight.sym_size(2) == 1 &&
-         weight.sym_size(3) == 1 && conv.stride == std::vector<int64_t>{1, 1} &&
+  return backend == "triton" && input.scalar_type() == weight.scalar_type() && input.sym_size(1) != 1 &&
+         weight.sym_size(2) == 1 && weight.sym_size(3) == 1 && conv.stride == std::vector<int64_t>{1, 1} &&
          conv.padding == std::vector<int64_t>{0, 0} && conv.groups == 1;
+}
+
+// relu(bn(x)) as the convolution's input. With one channel a channels_last tensor's strides,
+// (H*W, 1, W, 1), also read as contiguous ones; torch's composition hands its convolution the
+// contiguous strides (relu's), and torch's CPU convolution misreads the others (torch 2.13:
+// values off by up to 1e34 with a stride of (1, 2)). The same memory, viewed with those strides.
+// cnnfast/ops/bn_relu_conv2d.py `_conv_input` gives the fake function the same view.
+Tensor conv_input(const Tensor& r) {
+  return r.sym_size(1) == 1 ? r.squeeze(1).unsqueeze(1) : r;
 }
 
 Tensor bn_relu_conv2d_kernel(const Tensor& input, const Tensor& mean, const Tensor& invstd,
@@ -97,8 +108,8 @@ Tensor bn_relu_conv2d_kernel(const Tensor& input, const Tensor& mean, const Tens
     return fused_conv1x1_ops().forward.call(input, scale, shift, weight, bias);
   }
   // Under autocast the convolution runs in the weight's (lower) precision, BN-ReLU in the input's.
-  return at::convolution(ops.bn_relu.call(input, scale, shift).to(weight.scalar_type()), weight, bias, conv.stride,
-                         conv.padding, conv.dilation, false, {0, 0}, conv.groups);
+  return at::convolution(conv_input(ops.bn_relu.call(input, scale, shift).to(weight.scalar_type())), weight, bias,
+                         conv.stride, conv.padding, conv.dilation, false, {0, 0}, conv.groups);
 }
 
 // BN's two gradient sums and the element count per channel, summed over the ranks of the
@@ -158,7 +169,7 @@ Tensor5 bn_relu_conv2d_backward(const Tensor& grad_output, const Tensor& input, 
       // The recomputed activation lives only for the weight gradient; a frozen convolution needs
       // its input only for the shape, so no memory stands behind it. Symbolic sizes throughout, so
       // that torch.compile traces this with dynamic shapes.
-      Tensor r = need_weight ? ops.bn_relu.call(input, scale, shift).to(weight.scalar_type())
+      Tensor r = need_weight ? conv_input(ops.bn_relu.call(input, scale, shift).to(weight.scalar_type()))
                              : at::zeros({}, weight.options()).expand_symint(input.sym_sizes());
       const at::OptionalSymIntArrayRef bias_sizes =
           has_bias ? at::OptionalSymIntArrayRef(weight.sym_sizes().slice(0, 1)) : std::nullopt;
