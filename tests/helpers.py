@@ -76,6 +76,12 @@ def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     raise ValueError(f"unknown layout {layout!r}")
 
 
+def stepping_strides(t: torch.Tensor) -> list[int]:
+    """t's strides but those of its size-1 dims, which never step: its layout, whatever strides
+    those dims happen to carry."""
+    return [stride for stride, size in zip(t.stride(), t.shape) if size != 1]
+
+
 def registered_op(name: str):
     """(torch.ops.cnnfast.<name>, the device to check it on); skips where it cannot run here."""
     if not cnnfast.extension_loaded():

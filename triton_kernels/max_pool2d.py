@@ -168,19 +168,13 @@ def _max_pool2d_backward_kernel(go_ptr, offset_ptr, gi_ptr, total, C, H, W, OH, 
     tl.store(gi_ptr + n * i_sn + c * i_sc + ih * i_sh + iw * i_sw, acc.to(gi_ptr.dtype.element_ty), mask=mask)
 
 
-def _memory_format(t: torch.Tensor, layout: torch.memory_format | None = None) -> torch.memory_format:
-    """The layout t is walked in and results are made in: `layout`, the caller's (its op's rule),
-    where given; t's own otherwise. A tensor can read as both (one channel, a 1x1 plane), and then
-    only the caller knows which one the op returns."""
-    if layout is not None:
-        if not t.is_contiguous(memory_format=layout):
-            raise ValueError(f"max_pool2d: tensors must be {layout}-contiguous")
-        return layout
-    if t.is_contiguous():
-        return torch.contiguous_format
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    raise ValueError("max_pool2d: tensors must be contiguous or channels_last-contiguous")
+def _checked_layout(t: torch.Tensor, layout: torch.memory_format) -> torch.memory_format:
+    """`layout`, the one the op chose (its rule: cnnfast/ops/_checks.py output_memory_format), after
+    checking that t lies in it. Never re-read from t: a tensor can read as both layouts (one
+    channel, a 1x1 plane), and only the op knows which one it returns."""
+    if not t.is_contiguous(memory_format=layout):
+        raise ValueError(f"max_pool2d: tensors must be {layout}-contiguous")
+    return layout
 
 
 def _offset_dtype(kernel_size) -> torch.dtype:
@@ -197,11 +191,11 @@ def _window_constants(kernel_size, stride, padding, dilation) -> dict:
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw)
 
 
-def max_pool2d_forward(x: torch.Tensor, kernel_size, stride, padding, dilation, out_hw, layout=None):
-    """(out, offsets) of the [N, C, H, W] x, both [N, C, OH, OW] in x's memory format (`layout`)."""
+def max_pool2d_forward(x: torch.Tensor, kernel_size, stride, padding, dilation, out_hw, layout):
+    """(out, offsets) of the [N, C, H, W] x, both [N, C, OH, OW] in x's memory format `layout`."""
     n, c, h, w = x.shape
     oh, ow = out_hw
-    layout = _memory_format(x, layout)
+    layout = _checked_layout(x, layout)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=layout)
     offsets = torch.empty((n, c, oh, ow), dtype=_offset_dtype(kernel_size), device=x.device, memory_format=layout)
     total = out.numel()
@@ -218,11 +212,11 @@ def max_pool2d_forward(x: torch.Tensor, kernel_size, stride, padding, dilation, 
 
 
 def max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor, input_hw, kernel_size, stride, padding,
-                        dilation, layout=None) -> torch.Tensor:
-    """grad_input [N, C, H, W] in grad_output's memory format (`layout`) and dtype."""
+                        dilation, layout) -> torch.Tensor:
+    """grad_input [N, C, H, W] in grad_output's memory format `layout` and dtype."""
     n, c, oh, ow = grad_output.shape
     h, w = input_hw
-    layout = _memory_format(grad_output, layout)
+    layout = _checked_layout(grad_output, layout)
     grad_input = torch.empty((n, c, h, w), dtype=grad_output.dtype, device=grad_output.device, memory_format=layout)
     total = grad_input.numel()
     if total == 0:

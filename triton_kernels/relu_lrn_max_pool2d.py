@@ -83,12 +83,12 @@ def _relu_lrn_max_pool2d_forward_kernel(x_ptr, out_ptr, offset_ptr, total, C, H,
 
 
 def relu_lrn_max_pool2d_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, kernel_size,
-                                stride, padding, dilation, out_hw, layout=None):
+                                stride, padding, dilation, out_hw, layout):
     """(out, offsets) of the [N, C, H, W] x (contiguous or channels_last), both [N, C, OH, OW] in
-    x's memory format (`layout`: max_pool2d._memory_format)."""
+    x's memory format `layout` (the op's choice, as max_pool2d_forward)."""
     n, c, h, w = x.shape
     oh, ow = out_hw
-    layout = max_pool2d._memory_format(x, layout)
+    layout = max_pool2d._checked_layout(x, layout)
     out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=layout)
     offsets = torch.empty((n, c, oh, ow), dtype=max_pool2d._offset_dtype(kernel_size), device=x.device,
                           memory_format=layout)
@@ -108,9 +108,9 @@ def relu_lrn_max_pool2d_forward(x: torch.Tensor, size: int, alpha: float, beta: 
 
 def relu_lrn_max_pool2d_backward(grad_output: torch.Tensor, offsets: torch.Tensor, x: torch.Tensor, size: int,
                                  alpha: float, beta: float, k: float, kernel_size, stride, padding,
-                                 dilation, layout=None) -> torch.Tensor:
-    """dx of relu_lrn_max_pool2d_forward; grad_output, offsets and x in one memory format (`layout`)."""
-    layout = max_pool2d._memory_format(x, layout)
+                                 dilation, layout) -> torch.Tensor:
+    """dx of relu_lrn_max_pool2d_forward; grad_output, offsets and x in one memory format `layout`."""
+    max_pool2d._checked_layout(x, layout)
     grad_lrn = max_pool2d.max_pool2d_backward(grad_output, offsets, tuple(x.shape[2:]), kernel_size, stride,
                                               padding, dilation, layout)
     return lrn.lrn_backward(grad_lrn, x, size, alpha, beta, k, relu=True)
