@@ -129,3 +129,33 @@ def test_relu_lrn_max_pool_backward_where_scales_are_zero(backend, device, beta,
     def theirs(t):
         return F.max_pool2d(F.local_response_norm(F.relu(t), 3, alpha, beta, 0.0), 2, 1)
     _assert_same(_grads(ours, (x,)), _grads(theirs, (x,)))
+
+
+def _with_non_finite(case, shape, layout):
+    """x with, in channel 1 only, the values `case` names, at places spread over the batch and
+    the image so that they land in different blocks, tiles and chunks of every kernel."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    n, _, h, w = shape
+    places = [(0, 0, 0), (n - 1, h - 1, w - 1), (n // 2, h // 2, w // 3)]
+    values = {"inf": ["inf"], "-inf": ["-inf"], "nan": ["nan"], "inf_and_-inf": ["inf", "-inf"]}[case]
+    for (b, i, j), value in zip(places, values * len(places)):
+        x[b, 1, i, j] = float(value)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("case", ["inf", "-inf", "nan", "inf_and_-inf"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 3, 3, 4), (3, 3, 41, 37)], ids=["small", "several_blocks"])
+def test_running_statistics_after_a_batch_with_non_finite_values(backend, device, case, layout, shape):
+    """torch's running_mean takes the batch mean, sum / count: +-inf after a batch holding +inf or
+    -inf (NaN for both, or for a NaN); its running_var is NaN. The other channels are unaffected."""
+    x = _with_non_finite(case, shape, layout).to(device)
+    weight, bias, mean, var = (t.to(device) for t in _batch_norm_parameters(3))
+    ours_mean, ours_var = mean.clone(), var.clone()
+    with cnnfast.backend(backend):
+        out = cnnfast.functional.bn_add_relu(x, None, ours_mean, ours_var, weight, bias, True)
+    theirs_mean, theirs_var = mean.clone(), var.clone()
+    expected = F.relu(F.batch_norm(x, theirs_mean, theirs_var, weight, bias, True))
+    _assert_same([out, ours_mean, ours_var], [expected, theirs_mean, theirs_var])
+    assert ours_mean[0].isfinite() and ours_mean[2].isfinite()

@@ -113,13 +113,21 @@ def _affine(x, scale, shift):
 
 
 @triton.jit
+def _combined_mean(mean_a, mean_b, delta, weight_a, weight_b):
+    # As combine_moments: an infinite mean makes delta infinite (and delta * a weight of 0 NaN),
+    # so the means are then weighted directly, giving torch's +-inf (NaN for +inf with -inf).
+    finite = tl.abs(delta) < float("inf")
+    return tl.where(finite, mean_a + delta * weight_b, mean_a * weight_a + mean_b * weight_b)
+
+
+@triton.jit
 def _chan_combine(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
     # Chan, Golub and LeVeque, as combine_moments in csrc/common/batch_norm.h. Two empty sets
     # (count 0: masked partials) give 0 / 1 = 0 for the weight and leave a as it is.
     count = count_a + count_b
     weight_b = count_b / tl.maximum(count, 1.0)
     delta = mean_b - mean_a
-    mean = mean_a + delta * weight_b
+    mean = _combined_mean(mean_a, mean_b, delta, count_a / tl.maximum(count, 1.0), weight_b)
     m2 = m2_a + m2_b + delta * delta * count_a * weight_b
     return count, mean, m2
 
@@ -152,14 +160,17 @@ def _stats_partial_kernel(x_ptr, count_ptr, part_ptr, C, S, tiles, s_blocks, chu
         deviation = tl.where(mask, x - first_mean[:, None], 0.0)
         deviation_sum = tl.sum(deviation, axis=1).to(tl.float64)
         correction = deviation_sum * inverse
-        tile_mean = first_mean.to(tl.float64) + correction
+        # An infinite first mean (an inf in the tile) is the tile's mean as it is: its deviations
+        # hold inf - inf = NaN, and torch's mean of such a set is +-inf.
+        first_mean_f64 = first_mean.to(tl.float64)
+        tile_mean = tl.where(tl.abs(first_mean_f64) < float("inf"), first_mean_f64 + correction, first_mean_f64)
         tile_m2 = tl.sum(deviation * deviation, axis=1).to(tl.float64) - deviation_sum * correction
         tile_m2 = tl.where(tile_m2 < 0, 0.0, tile_m2)  # rounding only; a NaN stays NaN
         # Chan's combine with the tile; the weight is one scalar for all channels.
         total = count + valid
         weight = valid_f64 / total.to(tl.float64)
         delta = tile_mean - mean
-        mean = mean + delta * weight
+        mean = _combined_mean(mean, tile_mean, delta, count.to(tl.float64) / total.to(tl.float64), weight)
         m2 = m2 + tile_m2 + delta * delta * count.to(tl.float64) * weight
         count = total
     row = chunk * C + c

@@ -41,6 +41,10 @@ struct Moments {
   acc_t count, mean, m2;
 };
 
+// An infinite mean (a set holding +inf or -inf) makes delta infinite, and inf * weight_b is NaN
+// where the weight is 0 (an empty set) or the sum inf - inf where the other set is finite: the
+// weighted sum of the two means then gives what torch's sum / count gives (+-inf, or NaN for
+// +inf and -inf together), so running_mean follows torch after such a batch.
 template <typename acc_t>
 CNNFAST_HOST_DEVICE Moments<acc_t> combine_moments(const Moments<acc_t>& a, const Moments<acc_t>& b) {
   const acc_t count = a.count + b.count;
@@ -49,7 +53,7 @@ CNNFAST_HOST_DEVICE Moments<acc_t> combine_moments(const Moments<acc_t>& a, cons
   const acc_t weight_b = b.count / count;
   Moments<acc_t> r;
   r.count = count;
-  r.mean = a.mean + delta * weight_b;
+  r.mean = is_finite(delta) ? a.mean + delta * weight_b : a.mean * (a.count / count) + b.mean * weight_b;
   r.m2 = a.m2 + b.m2 + delta * delta * a.count * weight_b;
   return r;
 }

@@ -1,6 +1,7 @@
 // Torch-free definitions shared by the CPU (g++) and CUDA (nvcc) kernels.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -22,5 +23,14 @@ struct AccType<double> {
 };
 template <typename scalar_t>
 using acc_type = typename AccType<scalar_t>::type;
+
+template <typename acc_t>
+CNNFAST_HOST_DEVICE bool is_finite(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
 
 }  // namespace cnnfast
