@@ -128,6 +128,14 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
 // clone's preserve_format). cnnfast/ops/lrn.py's fake function is that empty_like. (Along a dim x
 // is broadcast over, stride 0, x has no order: torch's LRN then follows its window sums' layout,
 // an artefact of how it is composed, which this does not copy; the values are the same.)
+// t with the strides torch's elementwise ops give a result shaped like `like`: empty_like's, which
+// are like's own where it is dense, else dense in like's stride order. A copy only where they differ.
+inline at::Tensor with_elementwise_strides(const at::Tensor& t, const at::Tensor& like) {
+  if (like.is_non_overlapping_and_dense() && t.strides() == like.strides()) return t;
+  at::Tensor result = at::empty_like(like);
+  return result.strides() == t.strides() ? t : result.copy_(t);
+}
+
 struct LrnCall {
   at::Tensor x, grad_output, result;  // grad_output is undefined for the forward
   LrnGeometry geometry;

@@ -210,6 +210,16 @@ def has_example_value(size) -> bool:
     return not isinstance(size, torch.SymInt) or size.node.has_hint()
 
 
+def with_elementwise_strides(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t with the strides torch's elementwise ops give a result shaped like `like`: empty_like's,
+    like's own where it is dense, else dense in like's stride order (csrc/op_helpers.h has the
+    same). A copy only where they differ."""
+    if non_overlapping_and_dense(like) and t.stride() == like.stride():
+        return t
+    result = torch.empty_like(like)
+    return t if result.stride() == t.stride() else result.copy_(t)
+
+
 def non_overlapping_and_dense(x: torch.Tensor) -> bool:
     """Whether x's elements fill its memory span exactly, in some order of its dims, as C++'s
     TensorImpl::is_non_overlapping_and_dense (torch's Python one is private): each stride, from

@@ -52,10 +52,11 @@ def _triton_forward(input, size, alpha, beta, k, kernel_size, stride, padding, d
 def _triton_backward(grad_output, offsets, input, size, alpha, beta, k, kernel_size, stride, padding, dilation):
     layout = _checks.output_memory_format(input)
     with on_device(input):
-        return triton_module("relu_lrn_max_pool2d").relu_lrn_max_pool2d_backward(
+        grad_input = triton_module("relu_lrn_max_pool2d").relu_lrn_max_pool2d_backward(
             grad_output.contiguous(memory_format=layout), offsets.contiguous(memory_format=layout),
             input.contiguous(memory_format=layout), size, alpha, beta, k, tuple(kernel_size), tuple(stride),
             tuple(padding), tuple(dilation), layout)
+    return _checks.with_elementwise_strides(grad_input, input)
 
 
 def _fake(input, size, alpha, beta, k, kernel_size, stride, padding, dilation, ceil_mode):
@@ -63,8 +64,8 @@ def _fake(input, size, alpha, beta, k, kernel_size, stride, padding, dilation, c
 
 
 def _fake_backward(grad_output, offsets, input, size, alpha, beta, k, kernel_size, stride, padding, dilation):
-    return torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                       memory_format=_checks.output_memory_format(input))
+    # x's own layout, as torch's ReLU backward (elementwise) gives it.
+    return torch.empty_like(input)
 
 
 def _setup_context(ctx, inputs, output):

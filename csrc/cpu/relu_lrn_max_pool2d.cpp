@@ -147,9 +147,9 @@ at::Tensor relu_lrn_max_pool2d_backward_kernel(const at::Tensor& grad_output, co
               "cnnfast.relu_lrn_max_pool2d backward: offsets must be the 4-d output of this input");
   // The gradient of the LRN output: the one temporary of x's size.
   const at::Tensor grad_lrn = max_pool2d_backward(grad_output, offsets, input, kernel_size, stride, padding, dilation);
-  // In the max-pool's layout, as grad_lrn and the fake function's dx (not x's own, which a
-  // plain LRN keeps).
-  const LrnCall call = prepare_local_response_norm(input.contiguous(output_memory_format(input)), &grad_lrn);
+  // dx in x's own layout, as torch's ReLU backward (elementwise) gives it and a plain LRN keeps it;
+  // grad_lrn, in the max-pool's layout, is copied to it only where the two differ.
+  const LrnCall call = prepare_local_response_norm(input, &grad_lrn);
   cpu::lrn_backward<LoadRelu>(call.grad_output, call.x, call.result, size, alpha, beta, k);
   return call.result;
 }

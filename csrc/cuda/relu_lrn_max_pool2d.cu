@@ -97,9 +97,10 @@ at::Tensor relu_lrn_max_pool2d_backward_kernel(const at::Tensor& grad_output, co
       });
     });
   }
-  // The input's layout, as the CPU kernel and the fake function: a 1x1 output is contiguous in both
-  // layouts, so offsets alone may have chosen the other one (a copy only then).
-  return dx.contiguous(output_memory_format(input));
+  // The input's own layout, as torch's ReLU backward (elementwise) gives it, the CPU kernel and the
+  // fake function: a copy only where it is neither of the two the kernel walks (or a 1x1 output,
+  // contiguous in both layouts, made offsets choose the other one).
+  return with_elementwise_strides(dx, input);
 }
 
 }  // namespace
