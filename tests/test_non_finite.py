@@ -159,3 +159,40 @@ def test_running_statistics_after_a_batch_with_non_finite_values(backend, device
     expected = F.relu(F.batch_norm(x, theirs_mean, theirs_var, weight, bias, True))
     _assert_same([out, ours_mean, ours_var], [expected, theirs_mean, theirs_var])
     assert ours_mean[0].isfinite() and ours_mean[2].isfinite()
+
+
+def _an_overflowing_square():
+    # 1e200 squared overflows fp64: its windows' scale is inf, its output and theirs 0 or -0.
+    x = torch.randn(2, 7, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[0, 3, 1, 1] = 1e200
+    x[1, 0, 2, 0] = -1e200
+    return x
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("beta", [0.5, 0.75, 1.0, 1.3, 2.0])
+def test_lrn_backward_where_a_window_overflows(backend, device, beta):
+    """torch's gradient is 0 through an infinite scale for beta <= 1 and NaN for beta > 1 (its pow
+    backward multiplies a zero gradient by s^(beta-1) = inf): over the reverse windows of every
+    channel whose window holds the overflowing square."""
+    x = _an_overflowing_square().to(device)
+
+    def ours(t):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.local_response_norm(t, 3, alpha=0.5, beta=beta, k=1.0)
+    _assert_same(_grads(ours, (x,)), _grads(lambda t: F.local_response_norm(t, 3, 0.5, beta, 1.0), (x,)))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("beta", [0.75, 1.3])
+def test_relu_lrn_max_pool_backward_where_a_window_overflows(backend, device, beta):
+    x = _an_overflowing_square().to(device)
+
+    def ours(t):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.relu_lrn_max_pool2d(t, 3, alpha=0.5, beta=beta, k=1.0, kernel_size=2,
+                                                          stride=1)
+
+    def theirs(t):
+        return F.max_pool2d(F.local_response_norm(F.relu(t), 3, 0.5, beta, 1.0), 2, 1)
+    _assert_same(_grads(ours, (x,)), _grads(theirs, (x,)))

@@ -84,6 +84,16 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
 
 
 @triton.jit
+def _t_where_infinite(t, s, beta, BETA_KIND: tl.constexpr):
+    # As the Power types' t_where_infinite in csrc/common/lrn.h: where s overflowed to inf, torch's
+    # pow backward makes t NaN for beta > 1 (its zero gradient times s^(beta-1)); 0 otherwise.
+    if BETA_KIND == 0 or BETA_KIND == 4:
+        if beta > 1:
+            t = tl.where(s == float("inf"), float("nan"), t)
+    return t
+
+
+@triton.jit
 def _scale(window_sum, alpha_over_size, k):
     return k + alpha_over_size * window_sum
 
@@ -172,7 +182,8 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, inner, C, outer_stride, channel_
         offsets = _row_offsets(base, c, channel_stride)
         x = _relu(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC), RELU)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        tl.store(t_ptr + offsets, _div(dy * x * power, scale), mask=mask)
+        t = _t_where_infinite(_div(dy * x * power, scale), scale, beta_acc, BETA_KIND)
+        tl.store(t_ptr + offsets, t, mask=mask)
 
 
 @triton.jit

@@ -79,23 +79,35 @@ CNNFAST_HOST_DEVICE double lrn_pow(double b, double e) {
 // more than the memory traffic of these kernels; sqrt is correctly rounded, so these stay within
 // a few ulp of pow. The choice is a type, made once per call (lrn_dispatch_power), so that the
 // inner loops over lanes have no branch and vectorise.
+//
+// Each also says what t = dy x s^(-beta-1) is where s is infinite (a square that overflowed): 0,
+// as computed, for beta <= 1; torch's pow backward multiplies its zero gradient by
+// beta * s^(beta-1), infinite for beta > 1, which makes it NaN, and so every dx of that window.
 struct PowerThreeQuarters {
   template <typename acc_t>
   CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t) {
     const acc_t r = acc_t(1) / lrn_sqrt(s);
     return r * lrn_sqrt(r);
   }
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, acc_t) { return t; }
 };
 struct PowerHalf {
   template <typename acc_t>
   CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t) {
     return acc_t(1) / lrn_sqrt(s);
   }
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, acc_t) { return t; }
 };
 struct PowerAny {
   template <typename acc_t>
   CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t beta) {
     return lrn_pow(s, -beta);
+  }
+  template <typename acc_t>
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t s, acc_t beta) {
+    return beta > acc_t(1) && s == acc_t(INFINITY) ? acc_t(NAN) : t;
   }
 };
 
@@ -219,7 +231,8 @@ CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const
     const int64_t o = l * p.lane_stride;
     const acc_t scale = lrn_scale(window_sum[l], p);
     const acc_t power = Power::inverse(scale, p.beta);
-    t_new[l] = static_cast<acc_t>(dy_row[o]) * lrn_load<scalar_t, acc_t, Load>(x_row, o) * power / scale;
+    const acc_t t = static_cast<acc_t>(dy_row[o]) * lrn_load<scalar_t, acc_t, Load>(x_row, o) * power / scale;
+    t_new[l] = Power::t_where_infinite(t, scale, p.beta);
     power_new[l] = power;
   }
 }
