@@ -199,6 +199,25 @@ def test_empty_batch_gives_empty_result(backend, device):
     assert y.shape == x.shape and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("backend,device", backend_params(reference=False))
+def test_a_window_far_longer_than_the_channels(backend, device):
+    """size 2**31 on 5 channels: every window holds all of them, and the kernels walk the C
+    channels, not the size (Triton's loop once ran over all 2**31 taps: a hang). torch's own
+    LRN allocates size - 1 padding channels (out of memory): the formula, in fp64, is the reference."""
+    size, alpha, beta, k = 2 ** 31, 2.0 ** 30, 0.75, 1.0
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).to(device)
+    grad = torch.randn_like(x)
+
+    def formula(t):
+        return t / (k + alpha / size * t.square().sum(1, keepdim=True)).pow(beta)
+    with cnnfast.backend(backend):
+        y, dx = run_with_grad(lambda t: cnnfast.functional.local_response_norm(t, size, alpha, beta, k),
+                              x.clone().requires_grad_(), grad)
+    y_ref, dx_ref = run_with_grad(formula, x.clone().requires_grad_(), grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("call,error,words", [
     (lambda: cnnfast.functional.local_response_norm(torch.randn(4, 5), 3), ValueError, "input"),
     (lambda: cnnfast.functional.local_response_norm(torch.ones(2, 3, 4, dtype=torch.int64), 3), TypeError, "input"),

@@ -125,12 +125,17 @@ def _row_offsets(base, channel, channel_stride):
 def _window_sum(ptr, base, mask, first, C, channel_stride, SIZE: tl.constexpr, SQUARE: tl.constexpr,
                 ACC: tl.constexpr, BLOCK: tl.constexpr, RELU: tl.constexpr):
     # Sum over channels [first, first + SIZE) clipped to [0, C), in channel order, of the rows of
-    # ptr (relu'd when RELU, squared when SQUARE). A clipped channel adds +0, which changes no sum.
+    # ptr (relu'd when RELU, squared when SQUARE). The loop runs over the clipped range: a window
+    # far longer than C (size 2**31 is a valid argument) costs C steps, not SIZE.
     total = tl.zeros([BLOCK], dtype=ACC)
-    for w in range(0, SIZE):
-        channel = first + w
-        inside = mask & (channel >= 0) & (channel < C)
-        v = _relu(tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=inside, other=0.0).to(ACC), RELU)
+    lo = first
+    if lo < 0:
+        lo = 0
+    hi = first + SIZE
+    if hi > C:
+        hi = C
+    for channel in range(lo, hi):
+        v = _relu(tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=mask, other=0.0).to(ACC), RELU)
         if SQUARE:
             total += v * v
         else:
