@@ -431,6 +431,12 @@ def call(**changes):
     (call(momentum="fast"), TypeError, "momentum"),
     (call(weight=torch.ones(3, dtype=torch.float64)), TypeError, "weight must be torch.float32"),
     (call(input=torch.randn(2, 3, 4, 4, dtype=torch.float64), identity=None), TypeError, "running_mean"),
+    (call(running_mean=torch.zeros(1).expand(3), training=True), ValueError, "running_mean is updated in training"),
+    # as F.batch_norm: eps positive in training, non-negative in evaluation; and no input of no channels
+    (call(eps=0.0, training=True), ValueError, "eps must be positive during training, but got 0.0"),
+    (call(eps=-1e-5), ValueError, "eps must be non-negative, but got -1e-05"),
+    (call(input=torch.randn(2, 0, 4, 4), identity=None, running_mean=torch.zeros(0), running_var=torch.ones(0),
+          weight=torch.ones(0), bias=torch.zeros(0), training=True), ValueError, "at least one channel"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):
@@ -470,3 +476,17 @@ def test_empty_batch(backend, device):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs.bn, name))
     for a, b in ((ours.weight, theirs.bn.weight), (ours.bias, theirs.bn.bias)):
         torch.testing.assert_close(a.grad, b.grad)  # zeros, not NaN
+
+
+@pytest.mark.parametrize("backend,device", backend_params(reference=False))
+def test_the_op_itself_takes_an_input_of_no_channels(backend, device):
+    """torch.ops.cnnfast.bn_add_relu called directly (the public function refuses it, as torch does):
+    empty results and gradients, where the backward's count of values per channel once divided by
+    zero channels and killed the process (SIGFPE)."""
+    x = torch.randn(2, 0, 4, 4, device=device, requires_grad=True)
+    weight = torch.ones(0, device=device, requires_grad=True)
+    out = torch.ops.cnnfast.bn_add_relu(x, None, torch.zeros(0, device=device), torch.ones(0, device=device),
+                                         weight, torch.zeros(0, device=device), True,
+                                         "triton" if backend == "triton" else "cpp")
+    grad_x, grad_weight = torch.autograd.grad(out.sum(), (x, weight))
+    assert out.shape == x.shape and grad_x.shape == x.shape and grad_weight.shape == (0,)

@@ -310,6 +310,17 @@ def test_one_value_per_channel_in_training_is_an_error_as_in_torch():
             block(torch.randn(1, 6, 1, 1))
 
 
+def test_non_positive_eps_is_an_error_as_in_torch():
+    # The error of the torch.nn block's own BatchNorm, in training and (eps < 0) in evaluation.
+    for mode, eps, words in (("train", 0.0, "eps must be positive during training"),
+                             ("eval", -1e-5, "eps must be non-negative")):
+        ours, plain, reference = make_blocks()
+        for block in (ours, plain, reference):
+            block.denselayer2.norm2.eps = eps
+            with pytest.raises(ValueError, match=words):
+                getattr(block, mode)()(torch.randn(2, 6, 5, 5, dtype=torch.float64))
+
+
 def test_a_failed_step_counts_num_batches_tracked_where_torch_nn_does():
     # nn.BatchNorm2d counts the step before it checks: the torch.nn block counts its first BatchNorm
     # only, and with momentum=None the count weighs every later running average.

@@ -74,7 +74,12 @@ def normalisation(mean, var, running_mean, running_var, use_batch_stats: bool, m
     `count` values per channel), blended once into the running statistics where there are any;
     or, without batch statistics, the running ones (in `dtype`). `count` is an int, or a
     one-element tensor on the statistics' device for a process group's (already checked to be at
-    least 2: cnnfast/ops/sync_batch_norm.py)."""
+    least 2: cnnfast/ops/sync_batch_norm.py). eps is checked here, where every BatchNorm of every
+    op passes, as F.batch_norm checks it: positive with batch statistics, non-negative without."""
+    if use_batch_stats and eps <= 0.0:
+        raise _checks.InputError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise _checks.InputError(f"batch_norm eps must be non-negative, but got {eps}")
     if use_batch_stats:
         if running_mean is not None and isinstance(count, torch.Tensor):
             torch.ops.cnnfast._update_running_stats_counted(running_mean, running_var, mean, var, momentum, count)
@@ -92,8 +97,11 @@ def values_per_channel(x: torch.Tensor) -> int:
 
 def check_values_per_channel(x: torch.Tensor | torch.Size, training: bool) -> None:
     """As nn.BatchNorm2d, with its message: batch statistics need more than one value per channel.
-    x: the BatchNorm's input, or its shape."""
+    An input of no channels is refused in training and evaluation, as torch's BatchNorm refuses it
+    (with an IndexError from inside). x: the BatchNorm's input, or its shape."""
     shape = x if isinstance(x, torch.Size) else x.shape
+    if shape[1] == 0:
+        raise _checks.InputError(f"BatchNorm: input must have at least one channel, got input size {shape}")
     if training and shape[0] * math.prod(shape[2:]) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
@@ -105,6 +113,12 @@ def check_running_stats(running_mean, running_var, training: bool, op: str) -> N
     if not training and running_mean is None:
         raise _checks.InputError(f"{op}: running_mean and running_var must be given in evaluation mode "
                                  f"(training=False)")
+    for name, value in (("running_mean", running_mean), ("running_var", running_var)):
+        # Training writes one value per channel: an expanded view (stride 0) would have every
+        # channel write one element (torch's CPU kernel lets the last channel win).
+        if training and value is not None and value.shape[0] > 1 and value.stride(0) == 0:
+            raise _checks.InputError(f"{op}: {name} is updated in training and must hold one element per channel, "
+                                     f"got an expanded view (stride 0); pass {name}.clone()")
 
 
 def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:

@@ -39,6 +39,12 @@ inline std::tuple<at::Tensor, at::Tensor> scale_shift(const at::Tensor& mean, co
   return {scale, shift};
 }
 
+// N * H * W, the values BatchNorm averages over per channel of a 4-d input: a product, never
+// numel / C, which divides by zero (SIGFPE) for an input of no channels.
+inline c10::SymInt values_per_channel(const at::Tensor& input) {
+  return input.sym_size(0) * input.sym_size(2) * input.sym_size(3);
+}
+
 // dx = dz * mask * scale + coef_x * x + coef_c: BN's dependence through the batch statistics, from
 // the two gradient sums over `count` values per channel. `count` is a tensor where the sums were
 // all-reduced across ranks (so was the count), the local number of values per channel otherwise.

@@ -105,7 +105,7 @@ class BnAddReluFunction : public torch::autograd::Function<BnAddReluFunction> {
     if (need_input || need_identity) {
       Tensor coef_x, coef_c;
       if (training && need_input) {
-        const c10::Scalar count(input.sym_numel() / input.sym_size(1));
+        const c10::Scalar count(cnnfast::composite::values_per_channel(input));
         std::tie(coef_x, coef_c) =
             cnnfast::composite::input_grad_coefficients(scale, invstd, mean, sum_dz, sum_dz_xmu, count);
       } else {

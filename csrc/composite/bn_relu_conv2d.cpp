@@ -193,7 +193,7 @@ Tensor5 bn_relu_conv2d_backward(const Tensor& grad_output, const Tensor& input, 
   if (need_z) {
     Tensor coef_x, coef_c;
     if (training) {
-      const c10::Scalar local_count(input.sym_numel() / input.sym_size(1));
+      const c10::Scalar local_count(cnnfast::composite::values_per_channel(input));
       // Parameter gradients from this rank's sums (as nn.SyncBatchNorm); the input gradient from
       // every rank's, since the statistics were.
       Tensor global_dz = sum_dz, global_dz_xmu = sum_dz_xmu, global_count;
