@@ -9,6 +9,8 @@
 
 #include <optional>
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -51,6 +53,17 @@ inline LrnGeometry lrn_geometry(const at::Tensor& x) {
   return {x.numel() / (channels * inner), inner};
 }
 
+// LrnParams::nan_scale: for beta > 1, the s from which torch's beta * s^(beta-1) (its pow backward)
+// overflows, (max / beta)^(1/(beta-1)), or max itself (s overflowing), max the largest finite value
+// of x's dtype, which torch computes in; never above the accumulation type's largest value.
+inline double lrn_nan_scale(at::ScalarType dtype, double beta) {
+  double largest = std::numeric_limits<double>::max();
+  if (dtype == at::kFloat) largest = std::numeric_limits<float>::max();
+  if (dtype == at::kHalf) largest = static_cast<double>(std::numeric_limits<c10::Half>::max());
+  if (dtype == at::kBFloat16) largest = static_cast<double>(std::numeric_limits<c10::BFloat16>::max());
+  return beta > 1.0 ? std::min(std::pow(largest / beta, 1.0 / (beta - 1.0)), largest) : largest;
+}
+
 template <typename acc_t>
 LrnParams<acc_t> lrn_params(const at::Tensor& x, int64_t size, double alpha, double beta, double k) {
   TORCH_CHECK(size > 0, "cnnfast.local_response_norm: size must be positive");
@@ -64,6 +77,7 @@ LrnParams<acc_t> lrn_params(const at::Tensor& x, int64_t size, double alpha, dou
   p.alpha_over_size = static_cast<acc_t>(alpha / static_cast<double>(size));
   p.beta = static_cast<acc_t>(beta);
   p.k = static_cast<acc_t>(k);
+  p.nan_scale = static_cast<acc_t>(lrn_nan_scale(x.scalar_type(), beta));
   return p;
 }
 
@@ -120,6 +134,22 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
   }
 }
 
+// Whether a and b step alike: the same strides but along dims of size 1, which never step.
+inline bool same_stepping_strides(const at::Tensor& a, const at::Tensor& b) {
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+// t with the strides torch's elementwise ops give a result shaped like `like`: empty_like's, which
+// are like's own where it is dense, else dense in like's stride order (read off a meta tensor, no
+// memory). A copy only where they step differently.
+inline at::Tensor with_elementwise_strides(const at::Tensor& t, const at::Tensor& like) {
+  const at::Tensor target = like.is_non_overlapping_and_dense() ? like : at::empty_like(like, like.options().device(at::kMeta));
+  return same_stepping_strides(t, target) ? t : at::empty_like(like).copy_(t);
+}
+
 // What a binding needs to launch a kernel, prepared the same way for CPU and CUDA: inputs in the
 // op's layout, outputs allocated in it, geometry, and the invariants a direct call could break.
 //
@@ -128,14 +158,6 @@ void dispatch_offset(at::ScalarType type, const Body& body) {
 // clone's preserve_format). cnnfast/ops/lrn.py's fake function is that empty_like. (Along a dim x
 // is broadcast over, stride 0, x has no order: torch's LRN then follows its window sums' layout,
 // an artefact of how it is composed, which this does not copy; the values are the same.)
-// t with the strides torch's elementwise ops give a result shaped like `like`: empty_like's, which
-// are like's own where it is dense, else dense in like's stride order. A copy only where they differ.
-inline at::Tensor with_elementwise_strides(const at::Tensor& t, const at::Tensor& like) {
-  if (like.is_non_overlapping_and_dense() && t.strides() == like.strides()) return t;
-  at::Tensor result = at::empty_like(like);
-  return result.strides() == t.strides() ? t : result.copy_(t);
-}
-
 struct LrnCall {
   at::Tensor x, grad_output, result;  // grad_output is undefined for the forward
   LrnGeometry geometry;
@@ -147,8 +169,8 @@ inline LrnCall prepare_local_response_norm(const at::Tensor& input, const at::Te
   LrnCall call;
   call.x = input.numel() == 0 || input.is_non_overlapping_and_dense() ? input : input.clone();
   if (grad_output != nullptr) {
-    call.grad_output = grad_output->strides() == call.x.strides() ? *grad_output
-                                                                   : at::empty_like(call.x).copy_(*grad_output);
+    call.grad_output = same_stepping_strides(*grad_output, call.x) ? *grad_output
+                                                                    : at::empty_like(call.x).copy_(*grad_output);
   }
   call.result = at::empty_like(call.x);  // x's strides: x is dense here
   call.geometry = lrn_geometry(call.x);

@@ -432,11 +432,11 @@ def call(**changes):
     (call(weight=torch.ones(3, dtype=torch.float64)), TypeError, "weight must be torch.float32"),
     (call(input=torch.randn(2, 3, 4, 4, dtype=torch.float64), identity=None), TypeError, "running_mean"),
     (call(running_mean=torch.zeros(1).expand(3), training=True), ValueError, "running_mean is updated in training"),
-    # as F.batch_norm: eps positive in training, non-negative in evaluation; and no input of no channels
+    # as F.batch_norm: eps positive in training, non-negative in evaluation; no channels with a weight
     (call(eps=0.0, training=True), ValueError, "eps must be positive during training, but got 0.0"),
     (call(eps=-1e-5), ValueError, "eps must be non-negative, but got -1e-05"),
     (call(input=torch.randn(2, 0, 4, 4), identity=None, running_mean=torch.zeros(0), running_var=torch.ones(0),
-          weight=torch.ones(0), bias=torch.zeros(0), training=True), ValueError, "at least one channel"),
+          weight=torch.ones(0), bias=torch.zeros(0), training=True), ValueError, "input has no channels"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):
@@ -476,6 +476,26 @@ def test_empty_batch(backend, device):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs.bn, name))
     for a, b in ((ours.weight, theirs.bn.weight), (ours.bias, theirs.bn.bias)):
         torch.testing.assert_close(a.grad, b.grad)  # zeros, not NaN
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_no_channels_without_a_weight_gives_torchs_empty_results(backend, device, training):
+    """torch's BatchNorm without a weight (affine=False) takes an input of no channels: so do
+    bn_add_relu and bn_relu_conv2d, forward and backward."""
+    x = torch.randn(2, 0, 5, 5, device=device, requires_grad=True)
+    conv = torch.randn(4, 0, 3, 3, device=device, requires_grad=True)
+    stats = (torch.zeros(0, device=device), torch.ones(0, device=device))
+    with cnnfast.backend(backend):
+        y = cnnfast.functional.bn_add_relu(x, None, *stats, None, None, training)
+        z = cnnfast.functional.bn_relu_conv2d(x, *stats, None, None, conv, padding=1, training=training)
+    grads = torch.autograd.grad(y.sum() + z.sum(), (x, conv))
+    y_ref = F.relu(F.batch_norm(x, *stats, None, None, training))
+    z_ref = F.conv2d(F.relu(F.batch_norm(x, *stats, None, None, training)), conv, padding=1)
+    grads_ref = torch.autograd.grad(y_ref.sum() + z_ref.sum(), (x, conv))
+    for ours, theirs in zip((y, z, *grads), (y_ref, z_ref, *grads_ref)):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("backend,device", backend_params(reference=False))

@@ -476,12 +476,12 @@ def call(**changes):
      TypeError, "running_mean must be torch.bfloat16 or torch.float32"),
     (call(weight=torch.randn(4, 3, 3, 3, dtype=torch.float64)), TypeError, "weight must have input's dtype"),
     (call(running_var=torch.ones(1).expand(3), training=True), ValueError, "running_var is updated in training"),
-    # as F.batch_norm: eps positive in training, non-negative in evaluation; and no input of no channels
+    # as F.batch_norm: eps positive in training, non-negative in evaluation; no channels with a weight
     (call(eps=0.0, training=True), ValueError, "eps must be positive during training, but got 0.0"),
     (call(eps=-1e-5), ValueError, "eps must be non-negative, but got -1e-05"),
     (call(input=torch.randn(2, 0, 5, 5), running_mean=torch.zeros(0), running_var=torch.ones(0),
           bn_weight=torch.ones(0), bn_bias=torch.zeros(0), weight=torch.randn(4, 0, 3, 3), training=True),
-     ValueError, "at least one channel"),
+     ValueError, "input has no channels"),
 ])
 def test_bad_input_names_the_argument(fn, error, words):
     with pytest.raises(error, match=words):

@@ -341,6 +341,8 @@ def test_bad_input_names_the_problem():
         block(torch.randn(2, 5, 5, 5))
     with pytest.raises(ValueError, match="drop_rate"):
         DenseBlock(2, 6, 2, 4, drop_rate=1.0)
+    with pytest.raises(ValueError, match="input has no channels"):
+        DenseBlock(2, 0, 2, 4)(torch.randn(2, 0, 5, 5))
     # As torch's BatchNorm and conv2d: no silent computation in one of two precisions.
     with pytest.raises(TypeError, match=r"BatchNorm running_mean of denselayer1 \(norm1 -> conv1\) must be "
                                         r"torch.float64 for a torch.float64 input"):

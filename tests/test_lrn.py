@@ -201,9 +201,10 @@ def test_empty_batch_gives_empty_result(backend, device):
 
 @pytest.mark.parametrize("backend,device", backend_params(reference=False))
 def test_a_window_far_longer_than_the_channels(backend, device):
-    """size 2**31 on 5 channels: every window holds all of them, and the kernels walk the C
-    channels, not the size (Triton's loop once ran over all 2**31 taps: a hang). torch's own
-    LRN allocates size - 1 padding channels (out of memory): the formula, in fp64, is the reference."""
+    """size 2**31 on 5 channels: every window holds all of them, and the kernels walk at most
+    2C + 1 taps, not the size (Triton's loop once ran over all 2**31: a hang; on a GPU such a size
+    did not compile). torch's own LRN allocates size - 1 padding channels (out of memory): the
+    formula, in fp64, is the reference. Also through the fused ReLU-LRN-max-pool."""
     size, alpha, beta, k = 2 ** 31, 2.0 ** 30, 0.75, 1.0
     x = torch.randn(2, 5, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).to(device)
     grad = torch.randn_like(x)
@@ -214,6 +215,15 @@ def test_a_window_far_longer_than_the_channels(backend, device):
         y, dx = run_with_grad(lambda t: cnnfast.functional.local_response_norm(t, size, alpha, beta, k),
                               x.clone().requires_grad_(), grad)
     y_ref, dx_ref = run_with_grad(formula, x.clone().requires_grad_(), grad)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-13)
+    # The fused ReLU-LRN-max-pool walks the same windows, per output lane.
+    pool_grad = grad[..., :2, :2]
+    with cnnfast.backend(backend):
+        y, dx = run_with_grad(lambda t: cnnfast.functional.relu_lrn_max_pool2d(t, size, alpha, beta, k, 2, 1),
+                              x.clone().requires_grad_(), pool_grad)
+    y_ref, dx_ref = run_with_grad(lambda t: F.max_pool2d(formula(F.relu(t)), 2, 1), x.clone().requires_grad_(),
+                                  pool_grad)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-13)
 

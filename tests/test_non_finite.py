@@ -184,6 +184,30 @@ def test_lrn_backward_where_a_window_overflows(backend, device, beta):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype,beta,value", [
+    (torch.float64, 4.0, 1e52),   # s about 1e104, finite: s^3 overflows, so torch's dx is NaN there
+    (torch.float32, 3.0, 1e10),   # s about 1e20 in fp32: s^2 overflows
+    (torch.float64, 1.5, 1e152),  # s^0.5 stays finite: finite, as torch's
+    (torch.float32, 1.5, 1e10),
+], ids=["fp64-beta4", "fp32-beta3", "fp64-beta1.5", "fp32-beta1.5"])
+def test_lrn_backward_where_s_to_the_beta_minus_one_overflows(backend, device, dtype, beta, value):
+    """torch's LRN gradient is NaN wherever its pow backward's s^(beta-1) overflows the input's
+    dtype, not only where s itself is infinite."""
+    x = torch.randn(1, 5, 2, 2, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    x[0, 2, 1, 0] = value
+    x = x.to(device)
+
+    def ours(t):
+        with cnnfast.backend(backend):
+            return cnnfast.functional.local_response_norm(t, 3, alpha=0.5, beta=beta, k=1.0)
+    ours_out, ours_dx = _grads(ours, (x,))
+    torch_out, torch_dx = _grads(lambda t: F.local_response_norm(t, 3, 0.5, beta, 1.0), (x,))
+    torch.testing.assert_close(ours_out, torch_out, equal_nan=True)
+    torch.testing.assert_close(ours_dx, torch_dx, equal_nan=True)
+    assert ours_dx.isnan().any() == (beta > 2)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("beta", [0.75, 1.3])
 def test_relu_lrn_max_pool_backward_where_a_window_overflows(backend, device, beta):
     x = _an_overflowing_square().to(device)

@@ -160,8 +160,9 @@ def _stats_partial_kernel(x_ptr, count_ptr, part_ptr, C, S, tiles, s_blocks, chu
         deviation = tl.where(mask, x - first_mean[:, None], 0.0)
         deviation_sum = tl.sum(deviation, axis=1).to(tl.float64)
         correction = deviation_sum * inverse
-        # An infinite first mean (an inf in the tile) is the tile's mean as it is: its deviations
-        # hold inf - inf = NaN, and torch's mean of such a set is +-inf.
+        # An infinite first mean is kept uncorrected (its deviations hold inf - inf = NaN): for an
+        # inf in the tile it is torch's mean, +-inf; for an fp32 sum of finite values past the
+        # largest float (values near 3e38) it stays inf where torch's mean is finite.
         first_mean_f64 = first_mean.to(tl.float64)
         tile_mean = tl.where(tl.abs(first_mean_f64) < float("inf"), first_mean_f64 + correction, first_mean_f64)
         tile_m2 = tl.sum(deviation * deviation, axis=1).to(tl.float64) - deviation_sum * correction

@@ -84,12 +84,12 @@ def _inverse_power(s, beta, BETA_KIND: tl.constexpr):
 
 
 @triton.jit
-def _t_where_infinite(t, s, beta, BETA_KIND: tl.constexpr):
-    # As the Power types' t_where_infinite in csrc/common/lrn.h: where s overflowed to inf, torch's
-    # pow backward makes t NaN for beta > 1 (its zero gradient times s^(beta-1)); 0 otherwise.
+def _t_where_infinite(t, s, beta, nan_scale, BETA_KIND: tl.constexpr):
+    # As the Power types' t_where_infinite in csrc/common/lrn.h: for beta > 1, where |s| reaches
+    # nan_scale (beta * s^(beta-1), or s, overflows the input's dtype), torch's pow backward makes t NaN.
     if BETA_KIND == 0 or BETA_KIND == 4:
         if beta > 1:
-            t = tl.where(s == float("inf"), float("nan"), t)
+            t = tl.where(tl.abs(s) >= nan_scale, float("nan"), t)
     return t
 
 
@@ -125,17 +125,14 @@ def _row_offsets(base, channel, channel_stride):
 def _window_sum(ptr, base, mask, first, C, channel_stride, SIZE: tl.constexpr, SQUARE: tl.constexpr,
                 ACC: tl.constexpr, BLOCK: tl.constexpr, RELU: tl.constexpr):
     # Sum over channels [first, first + SIZE) clipped to [0, C), in channel order, of the rows of
-    # ptr (relu'd when RELU, squared when SQUARE). The loop runs over the clipped range: a window
-    # far longer than C (size 2**31 is a valid argument) costs C steps, not SIZE.
+    # ptr (relu'd when RELU, squared when SQUARE). A clipped channel adds +0, which changes no sum.
+    # `first` may differ per lane (the fused ReLU-LRN-max-pool); the loop over the constexpr SIZE
+    # unrolls into independent loads, and SIZE is at most 2C + 1 (window).
     total = tl.zeros([BLOCK], dtype=ACC)
-    lo = first
-    if lo < 0:
-        lo = 0
-    hi = first + SIZE
-    if hi > C:
-        hi = C
-    for channel in range(lo, hi):
-        v = _relu(tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=mask, other=0.0).to(ACC), RELU)
+    for w in range(0, SIZE):
+        channel = first + w
+        inside = mask & (channel >= 0) & (channel < C)
+        v = _relu(tl.load(ptr + _row_offsets(base, channel, channel_stride), mask=inside, other=0.0).to(ACC), RELU)
         if SQUARE:
             total += v * v
         else:
@@ -172,7 +169,7 @@ def _lrn_forward_kernel(x_ptr, y_ptr, n_cols, inner, C, outer_stride, channel_st
 
 @triton.jit
 def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, inner, C, outer_stride, channel_stride, lane_stride,
-                  alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64,
+                  alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64, nan_scale: tl.float64,
                   SIZE: tl.constexpr, BEFORE: tl.constexpr, BETA_KIND: tl.constexpr, RELU: tl.constexpr,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     # t_c = dy_c x_c s_c^(-beta-1), in the C++ kernels' order of operations.
@@ -180,6 +177,7 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, inner, C, outer_stride, channel_
     alpha_over_size_acc = tl.full((), alpha_over_size, ACC)
     beta_acc = tl.full((), beta, ACC)
     k_acc = tl.full((), k, ACC)
+    nan_scale_acc = tl.full((), nan_scale, ACC)
     for c in range(0, C):
         window_sum = _window_sum(x_ptr, base, mask, c - BEFORE, C, channel_stride, SIZE, True, ACC, BLOCK, RELU)
         scale = _scale(window_sum, alpha_over_size_acc, k_acc)
@@ -187,7 +185,7 @@ def _lrn_t_kernel(dy_ptr, x_ptr, t_ptr, n_cols, inner, C, outer_stride, channel_
         offsets = _row_offsets(base, c, channel_stride)
         x = _relu(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC), RELU)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
-        t = _t_where_infinite(_div(dy * x * power, scale), scale, beta_acc, BETA_KIND)
+        t = _t_where_infinite(_div(dy * x * power, scale), scale, beta_acc, nan_scale_acc, BETA_KIND)
         tl.store(t_ptr + offsets, t, mask=mask)
 
 
@@ -240,13 +238,41 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _launch(kernel, tensors, x, size, alpha, beta, k, **constants):
-    """One program per BLOCK columns of x's [outer, C, inner] view."""
+def window(size: int, channels: int) -> tuple[int, int, int]:
+    """(SIZE, BEFORE, AFTER) for the kernels: the window's reach before and after its channel,
+    each at most C, and its length. Clipped to [0, C), a reach of C or more is the same window as
+    any longer one, so a size far above C (2**31 is a valid size) loops over at most 2C + 1 taps
+    and keeps its constexprs in int32; for size <= 2C + 1 they are size, size // 2, (size - 1) // 2.
+    alpha / size keeps the true size."""
+    before, after = min(size // 2, channels), min((size - 1) // 2, channels)
+    return before + after + 1, before, after
+
+
+def nan_scale(dtype: torch.dtype, beta: float) -> float:
+    """For beta > 1, the |s| from which torch's LRN backward is NaN: where its beta * s^(beta-1)
+    overflows, min((max / beta)^(1/(beta-1)), max), max the largest finite value of the input's
+    dtype (csrc/op_helpers.h lrn_nan_scale)."""
+    largest = torch.finfo(dtype).max
+    if beta <= 1:
+        return largest
+    try:
+        return min((largest / beta) ** (1.0 / (beta - 1.0)), largest)
+    except OverflowError:  # beta just above 1: the power is past any float
+        return largest
+
+
+def _launch(kernel, tensors, x, size, alpha, beta, k, reverse=False, t_kernel=False, **constants):
+    """One program per BLOCK columns of x's [outer, C, inner] view. reverse: the kernel also sums
+    reverse windows (AFTER); t_kernel: it also takes nan_scale."""
     outer, c, s, outer_stride, channel_stride, lane_stride = _geometry(x)
     n_cols = outer * s
+    span, before, after = window(size, c)
+    if reverse:
+        constants["AFTER"] = after
+    scalars = (float(alpha) / size, float(beta), float(k)) + ((nan_scale(x.dtype, float(beta)),) if t_kernel else ())
     kernel[(triton.cdiv(n_cols, _BLOCK),)](
-        *tensors, n_cols, s, c, outer_stride, channel_stride, lane_stride, float(alpha) / size, float(beta),
-        float(k), SIZE=size, BEFORE=size // 2, BETA_KIND=_beta_kind(float(beta)),
+        *tensors, n_cols, s, c, outer_stride, channel_stride, lane_stride, *scalars,
+        SIZE=span, BEFORE=before, BETA_KIND=_beta_kind(float(beta)),
         ACC=_acc_dtype(x.dtype), BLOCK=_BLOCK, num_warps=_NUM_WARPS, **constants)
 
 
@@ -271,6 +297,6 @@ def lrn_backward(grad_output: torch.Tensor, x: torch.Tensor, size: int, alpha: f
         raise ValueError("lrn_backward: grad_output must have x's shape and layout")
     # t in the accumulation type, for the second kernel's reverse-window sums; freed on return.
     t = torch.empty_like(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    _launch(_lrn_t_kernel, (grad_output, x, t), x, size, alpha, beta, k, RELU=relu)
-    _launch(_lrn_dx_kernel, (grad_output, x, t, dx), x, size, alpha, beta, k, AFTER=(size - 1) // 2, RELU=relu)
+    _launch(_lrn_t_kernel, (grad_output, x, t), x, size, alpha, beta, k, t_kernel=True, RELU=relu)
+    _launch(_lrn_dx_kernel, (grad_output, x, t, dx), x, size, alpha, beta, k, reverse=True, RELU=relu)
     return dx

@@ -95,9 +95,10 @@ def relu_lrn_max_pool2d_forward(x: torch.Tensor, size: int, alpha: float, beta: 
     total = out.numel()
     if total == 0:
         return out, offsets
+    span, before, _ = lrn.window(size, c)
     _relu_lrn_max_pool2d_forward_kernel[(triton.cdiv(total, _BLOCK),)](
         x, out, offsets, total, c, h, w, oh, ow, *x.stride(), *out.stride(),
-        float(alpha) / size, float(beta), float(k), SIZE=size, BEFORE=size // 2,
+        float(alpha) / size, float(beta), float(k), SIZE=span, BEFORE=before,
         BETA_KIND=lrn._beta_kind(float(beta)),
         **max_pool2d._window_constants(kernel_size, stride, padding, dilation),
         UNROLL=kernel_size[0] * kernel_size[1] <= max_pool2d._MAX_UNROLLED,

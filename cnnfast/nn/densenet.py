@@ -106,6 +106,9 @@ class DenseBlock(NotScriptable, nn.ModuleDict):
         if layers and input.shape[1] != layers[0].norm1.num_features:
             raise _checks.InputError(f"DenseBlock: expected input with {layers[0].norm1.num_features} channels, got "
                                      f"{input.shape[1]}")
+        if layers and input.shape[1] == 0:  # torch.nn's block fails inside its first BatchNorm
+            raise _checks.InputError("DenseBlock: input has no channels (num_input_features=0): its first "
+                                     "BatchNorm has nothing to normalise")
         backend = resolve("bn_relu_conv2d", input) if self.memory_efficient else "reference"
         # Statistics shared across ranks (nn.SyncBatchNorm, e.g. from convert_sync_bn) need an
         # all-reduce per BatchNorm, which the shared-buffer block does not do: such a block runs

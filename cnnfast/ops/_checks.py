@@ -210,14 +210,24 @@ def has_example_value(size) -> bool:
     return not isinstance(size, torch.SymInt) or size.node.has_hint()
 
 
+def check_batch_norm_eps(eps: float, training: bool) -> None:
+    """F.batch_norm's own check and message: eps positive with batch statistics, non-negative
+    without (NaN passes, as there)."""
+    if training and eps <= 0.0:
+        raise InputError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise InputError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
 def with_elementwise_strides(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """t with the strides torch's elementwise ops give a result shaped like `like`: empty_like's,
-    like's own where it is dense, else dense in like's stride order (csrc/op_helpers.h has the
-    same). A copy only where they differ."""
-    if non_overlapping_and_dense(like) and t.stride() == like.stride():
+    like's own where it is dense, else dense in like's stride order (read off a meta tensor;
+    csrc/op_helpers.h has the same). A copy only where they step differently (dims of size 1
+    never step)."""
+    target = like if non_overlapping_and_dense(like) else torch.empty_like(like, device="meta")
+    if all(a == b for a, b, size in zip(t.stride(), target.stride(), t.shape) if size != 1):
         return t
-    result = torch.empty_like(like)
-    return t if result.stride() == t.stride() else result.copy_(t)
+    return torch.empty_like(like).copy_(t)
 
 
 def non_overlapping_and_dense(x: torch.Tensor) -> bool:

@@ -76,10 +76,7 @@ def normalisation(mean, var, running_mean, running_var, use_batch_stats: bool, m
     one-element tensor on the statistics' device for a process group's (already checked to be at
     least 2: cnnfast/ops/sync_batch_norm.py). eps is checked here, where every BatchNorm of every
     op passes, as F.batch_norm checks it: positive with batch statistics, non-negative without."""
-    if use_batch_stats and eps <= 0.0:
-        raise _checks.InputError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise _checks.InputError(f"batch_norm eps must be non-negative, but got {eps}")
+    _checks.check_batch_norm_eps(eps, use_batch_stats)
     if use_batch_stats:
         if running_mean is not None and isinstance(count, torch.Tensor):
             torch.ops.cnnfast._update_running_stats_counted(running_mean, running_var, mean, var, momentum, count)
@@ -97,11 +94,8 @@ def values_per_channel(x: torch.Tensor) -> int:
 
 def check_values_per_channel(x: torch.Tensor | torch.Size, training: bool) -> None:
     """As nn.BatchNorm2d, with its message: batch statistics need more than one value per channel.
-    An input of no channels is refused in training and evaluation, as torch's BatchNorm refuses it
-    (with an IndexError from inside). x: the BatchNorm's input, or its shape."""
+    x: the BatchNorm's input, or its shape."""
     shape = x if isinstance(x, torch.Size) else x.shape
-    if shape[1] == 0:
-        raise _checks.InputError(f"BatchNorm: input must have at least one channel, got input size {shape}")
     if training and shape[0] * math.prod(shape[2:]) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
@@ -132,9 +126,14 @@ def check_per_channel(value, name: str, input: torch.Tensor, op: str) -> None:
 def check_batch_norm_parameter(value, name: str, input: torch.Tensor, op: str) -> None:
     """A BatchNorm weight, bias or running statistic: one value per channel, in input's dtype or,
     for a float16 / bfloat16 input, float32 (torch's BatchNorm refuses any other mix rather than
-    compute in one of the two precisions silently)."""
+    compute in one of the two precisions silently). An input of no channels with a weight is
+    refused, as torch's BatchNorm refuses it (with an IndexError from inside); without one, torch
+    and cnnfast return empty results."""
     check_per_channel(value, name, input, op)
     check_batch_norm_dtype(value, name, input.dtype, op)
+    if input.shape[1] == 0 and name.endswith("weight"):
+        raise _checks.InputError(f"{op}: input has no channels, got input size {tuple(input.shape)}; torch's "
+                                 f"BatchNorm with a {name} (affine) fails on it too")
 
 
 def check_batch_norm_dtype(value: torch.Tensor, name: str, dtype: torch.dtype, op: str) -> None:

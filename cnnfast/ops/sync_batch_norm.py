@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from cnnfast.ops import _checks
+
 
 def group_name(process_group) -> str:
     """The name an op carries for `process_group`, or "" when there is nothing to synchronise
@@ -64,10 +66,11 @@ def batch_norm_across_ranks(input: torch.Tensor, running_mean: torch.Tensor | No
     and unbiased variance, with `momentum` (the step's factor: cnnfast/nn/_batch_norm_step.py)."""
     from torch.distributed.nn.functional import all_reduce  # differentiable, unlike torch.distributed's
 
+    _checks.check_batch_norm_eps(eps, True)
     dims = [0, *range(2, input.dim())]
     shape = [1, -1] + [1] * (input.dim() - 2)
     x = input.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
-    count = x.numel() // x.shape[1]
+    count = x.shape[0] * x.shape[2:].numel()  # a product: numel // C divides by zero for no channels
     mean, var = (x.mean(dims), x.var(dims, unbiased=False)) if count else (x.new_zeros(x.shape[1]),) * 2
     mean, var, total = global_moments(mean, var, count, name, all_reduce)
     with torch.no_grad():

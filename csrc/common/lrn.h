@@ -39,6 +39,9 @@ struct LrnParams {
   acc_t alpha_over_size;
   acc_t beta;
   acc_t k;
+  // For beta > 1, the |s| from which torch's LRN backward is NaN (t_where_infinite): where
+  // beta * s^(beta-1), or s itself, overflows the input's dtype. Set on the host (lrn_params).
+  acc_t nan_scale;
 
   CNNFAST_HOST_DEVICE int64_t before() const { return size / 2; }
   CNNFAST_HOST_DEVICE int64_t after() const { return (size - 1) / 2; }
@@ -80,9 +83,11 @@ CNNFAST_HOST_DEVICE double lrn_pow(double b, double e) {
 // a few ulp of pow. The choice is a type, made once per call (lrn_dispatch_power), so that the
 // inner loops over lanes have no branch and vectorise.
 //
-// Each also says what t = dy x s^(-beta-1) is where s is infinite (a square that overflowed): 0,
-// as computed, for beta <= 1; torch's pow backward multiplies its zero gradient by
-// beta * s^(beta-1), infinite for beta > 1, which makes it NaN, and so every dx of that window.
+// Each also says what t = dy x s^(-beta-1) is where s is huge: 0 or tiny, as computed. torch's
+// pow backward multiplies its gradient, 0 there (its div = s^beta squared overflows), by
+// beta * s^(beta-1): for beta > 1 that product overflows too once |s| reaches p.nan_scale (an
+// infinite s always), which makes torch's t NaN, and so every dx of that window. For beta <= 1
+// it never does.
 struct PowerThreeQuarters {
   template <typename acc_t>
   CNNFAST_HOST_DEVICE static acc_t inverse(acc_t s, acc_t) {
@@ -90,7 +95,7 @@ struct PowerThreeQuarters {
     return r * lrn_sqrt(r);
   }
   template <typename acc_t>
-  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, acc_t) { return t; }
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, const LrnParams<acc_t>&) { return t; }
 };
 struct PowerHalf {
   template <typename acc_t>
@@ -98,7 +103,7 @@ struct PowerHalf {
     return acc_t(1) / lrn_sqrt(s);
   }
   template <typename acc_t>
-  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, acc_t) { return t; }
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t, const LrnParams<acc_t>&) { return t; }
 };
 struct PowerAny {
   template <typename acc_t>
@@ -106,8 +111,8 @@ struct PowerAny {
     return lrn_pow(s, -beta);
   }
   template <typename acc_t>
-  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t s, acc_t beta) {
-    return beta > acc_t(1) && s == acc_t(INFINITY) ? acc_t(NAN) : t;
+  CNNFAST_HOST_DEVICE static acc_t t_where_infinite(acc_t t, acc_t s, const LrnParams<acc_t>& p) {
+    return p.beta > acc_t(1) && (s < acc_t(0) ? -s : s) >= p.nan_scale ? acc_t(NAN) : t;
   }
 };
 
@@ -232,7 +237,7 @@ CNNFAST_HOST_DEVICE void lrn_produce_t(const scalar_t* __restrict__ x_row, const
     const acc_t scale = lrn_scale(window_sum[l], p);
     const acc_t power = Power::inverse(scale, p.beta);
     const acc_t t = static_cast<acc_t>(dy_row[o]) * lrn_load<scalar_t, acc_t, Load>(x_row, o) * power / scale;
-    t_new[l] = Power::t_where_infinite(t, scale, p.beta);
+    t_new[l] = Power::t_where_infinite(t, scale, p);
     power_new[l] = power;
   }
 }
