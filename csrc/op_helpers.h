@@ -146,7 +146,8 @@ inline bool same_stepping_strides(const at::Tensor& a, const at::Tensor& b) {
 // are like's own where it is dense, else dense in like's stride order (read off a meta tensor, no
 // memory). A copy only where they step differently.
 inline at::Tensor with_elementwise_strides(const at::Tensor& t, const at::Tensor& like) {
-  const at::Tensor target = like.is_non_overlapping_and_dense() ? like : at::empty_like(like, like.options().device(at::kMeta));
+  const at::Tensor target =
+      like.is_non_overlapping_and_dense() ? like : at::empty_like(like, like.options().device(at::kMeta));
   return same_stepping_strides(t, target) ? t : at::empty_like(like).copy_(t);
 }
 
