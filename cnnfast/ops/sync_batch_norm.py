@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from cnnfast.ops import _checks
+from cnnfast.ops.batch_norm import values_per_channel
 
 
 def group_name(process_group) -> str:
@@ -70,7 +71,7 @@ def batch_norm_across_ranks(input: torch.Tensor, running_mean: torch.Tensor | No
     dims = [0, *range(2, input.dim())]
     shape = [1, -1] + [1] * (input.dim() - 2)
     x = input.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
-    count = x.shape[0] * x.shape[2:].numel()  # a product: numel // C divides by zero for no channels
+    count = values_per_channel(x)  # N * H * W: numel // C divides by zero for no channels
     mean, var = (x.mean(dims), x.var(dims, unbiased=False)) if count else (x.new_zeros(x.shape[1]),) * 2
     mean, var, total = global_moments(mean, var, count, name, all_reduce)
     with torch.no_grad():
