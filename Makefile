@@ -3,7 +3,7 @@
 PYTHON ?= python3
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test bench check-cuda check-triton clean
+.PHONY: all deps build test bench check-cuda check-cuda-emulated check-triton clean
 
 all: test
 
@@ -25,6 +25,12 @@ bench: build
 # Compiles every torch-free CUDA kernel with nvcc -arch=sm_90 (also run by the tests).
 check-cuda:
 	$(PYTHON) tools/check_cuda_kernels.py
+
+# Runs the CUDA kernels and bindings on the CPU: the cpp-cpu tests against them, built for the CPU
+# with an emulated CUDA runtime (tools/cuda_emulation; also run by the tests).
+check-cuda-emulated: build
+	CNNFAST_EMULATED_CUDA_LIBRARY=$$($(PYTHON) tools/cuda_emulation/build.py | tail -1) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider -k cpp-cpu tests
 
 # Compiles every Triton kernel, as the tests launch it, for sm_90 (also run by the tests).
 check-triton: build

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "op_helpers.h"
+
 TORCH_LIBRARY(cnnfast, m) {
   // Local response normalisation; the backward recomputes the scale from the input.
   m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> Tensor");
@@ -126,8 +128,16 @@ TORCH_LIBRARY(cnnfast, m) {
       "Tensor scale, Tensor shift) -> (Tensor grad_z, Tensor sum_dz, Tensor sum_dz_xmu)");
 }
 
-// `import cnnfast._C` loads this library, which runs the registrations above.
+// `import cnnfast._C` loads this library, which runs the registrations above. The module says how
+// its CPU kernels accumulate fp32 (op_helpers.h), which the Python op layer follows.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr &&
+      PyModule_AddIntConstant(m, "cpu_kernels_accumulate_fp32_in_fp64",
+                              cnnfast::kCpuKernelsAccumulateFp32InFp64 ? 1 : 0) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

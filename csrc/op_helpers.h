@@ -263,11 +263,22 @@ inline ChannelGeometry channel_geometry(const at::Tensor& t) {
   return g;
 }
 
+// Whether the kernels registered for CPU tensors accumulate fp32 in fp64, as torch's CPU BatchNorm
+// does. The CUDA kernels accumulate it in fp32, and keep that rule where they are built for the CPU
+// (tools/cuda_emulation, which defines CNNFAST_CUDA_EMULATION). cnnfast._C exports it to Python
+// (cnnfast/_extension.py), whose op layer allocates the same per-channel tensors.
+#if defined(CNNFAST_CUDA_EMULATION)
+constexpr bool kCpuKernelsAccumulateFp32InFp64 = false;
+#else
+constexpr bool kCpuKernelsAccumulateFp32InFp64 = true;
+#endif
+
 // Per-channel tensors: `channels` values of the accumulation type, on the input's device. As torch's
 // BatchNorm: fp64 for fp64 inputs, and for fp32 inputs on CPU; fp32 otherwise.
 inline at::ScalarType bn_acc_type(const at::Tensor& input) {
   const auto type = input.scalar_type();
-  return type == at::kDouble || (type == at::kFloat && input.is_cpu()) ? at::kDouble : at::kFloat;
+  const bool fp32_in_fp64 = type == at::kFloat && input.is_cpu() && kCpuKernelsAccumulateFp32InFp64;
+  return type == at::kDouble || fp32_in_fp64 ? at::kDouble : at::kFloat;
 }
 
 inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& input, const char* name) {

@@ -22,6 +22,11 @@ CASES = [
     ((2, 6, 4, 3), "channels_last_slice"),  # the same slice of a channels_last buffer
     ((2, 4, 3, 5), "transposed"),        # H and W do not merge: copied into the op's layout
     ((2, 3, 48, 50), "contiguous"),      # planes longer than one CPU block of 2048
+    # The CUDA kernels' walks (csrc/cuda/batch_norm_kernels.cuh bn_walk), which the emulated CUDA
+    # run (test_cuda_emulation.py) checks: 11 reduction splits combined by the finalize kernel, the
+    # last range shorter; and a partial tile of channels (37 channels in tiles of 32 lanes).
+    ((3, 5, 41, 43), "channels_last"),
+    ((2, 37, 3, 5), "channels_last"),
 ]
 
 

@@ -35,6 +35,15 @@ CASES = [
     ((2, 3, 70, 3), 5, 1.0, 0.75, 1.0, "contiguous"),     # spatial size > one CPU tile of 64
     ((2, 12, 3, 3), 3, 3.0, 0.75, 0.01, "one_large"),     # a large square leaves the running sums
 ]
+# Long windows, for the CUDA backward's rings (csrc/cuda/lrn_kernels.cuh), which the emulated CUDA
+# run (test_cuda_emulation.py) checks: 33 channels' rings fit shared memory for 128 threads in fp32,
+# for 32 in fp64; 101 for 32 threads in fp32 and in global memory in fp64; 199 in global memory in
+# both. Not under the Triton interpreter, which runs each tap of a window as a numpy op (minutes).
+LONG_WINDOW_CASES = [
+    ((2, 40, 3, 3), 33, 1.0, 0.75, 1.0, "contiguous"),
+    ((1, 120, 2, 3), 101, 1.0, 0.75, 1.0, "channels_last"),
+    ((1, 200, 2, 2), 199, 1.0, 0.75, 1.0, "contiguous"),
+]
 
 
 def make_input(shape, layout, dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
@@ -57,6 +66,17 @@ def run_with_grad(fn, x, grad):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[5]}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_torch_forward_and_backward(backend, device, case, dtype):
+    check_matches_torch(backend, device, case, dtype)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton-interpreter"])
+@pytest.mark.parametrize("case", LONG_WINDOW_CASES, ids=lambda c: f"{c[0]}-n{c[1]}-{c[5]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_windows_match_torch(backend, device, case, dtype):
+    check_matches_torch(backend, device, case, dtype)
+
+
+def check_matches_torch(backend, device, case, dtype):
     shape, size, alpha, beta, k, layout = case
     x = make_input(shape, layout, dtype, device)
     grad = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).to(device)

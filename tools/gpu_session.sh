@@ -53,10 +53,11 @@ echo "built in $((SECONDS - start)) s"
 
 # The tests whose ids name a CUDA backend ("cuda", "triton-cuda") and the opchecks (on CUDA tensors
 # where a GPU exists), spread over the machine's cores. The nvcc sm_90 check is left out: the build
-# just compiled the same kernels. -v logs each test as it ends, so a stopped run still says which ran.
+# just compiled the same kernels, and so are the CUDA kernels run on the CPU (test_cuda_emulation.py),
+# which the GPU itself now runs. -v logs each test as it ends, so a stopped run still says which ran.
 start=$SECONDS
 timeout -s INT -k 15 "$(budget "${2:-150}" 150)" python3 -m pytest -v -n 8 --tb=short -rfE \
-    -p no:cacheprovider -k "(cuda or opcheck) and not compile_for_sm90" tests >"$OUT/tests.log" 2>&1
+    -p no:cacheprovider -k "(cuda or opcheck) and not compile_for_sm90 and not test_cuda_emulation" tests >"$OUT/tests.log" 2>&1
 echo "tests: exit $? in $((SECONDS - start)) s; $(tail -1 "$OUT/tests.log")"
 
 # Whole models without their torch.compile twins: ten compilations of minutes each do not fit a call.

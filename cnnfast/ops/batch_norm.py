@@ -13,7 +13,7 @@ import torch
 
 from cnnfast import reference
 from cnnfast._backend import resolve
-from cnnfast._extension import extension_loaded
+from cnnfast._extension import CPU_KERNELS_ACCUMULATE_FP32_IN_FP64, extension_loaded
 from cnnfast.ops import _checks
 from cnnfast.ops._higher_order import refuse_double_backward
 from cnnfast.ops._triton import on_device, triton_module
@@ -24,10 +24,12 @@ OP = "cnnfast.bn_relu"
 def acc_dtype(input: torch.Tensor, backend: str = "cpp") -> torch.dtype:
     """Per-channel tensors and sums, as torch's BatchNorm accumulates: fp64 for fp64 inputs and, with the
     C++ kernels and the reference, for fp32 inputs on CPU; fp32 otherwise (csrc/op_helpers.h
-    `bn_acc_type`). The Triton kernels use the GPU rule on every device."""
+    `bn_acc_type`, whose CPU rule cnnfast._C exports). The Triton kernels use the GPU rule on every
+    device."""
     if input.dtype == torch.float64:
         return torch.float64
-    if input.dtype == torch.float32 and input.device.type == "cpu" and backend != "triton":
+    cpu_in_fp64 = backend == "reference" or (backend == "cpp" and CPU_KERNELS_ACCUMULATE_FP32_IN_FP64)
+    if input.dtype == torch.float32 and input.device.type == "cpu" and cpu_in_fp64:
         return torch.float64
     return torch.float32
 
