@@ -29,7 +29,7 @@ check-cuda:
 # Runs the CUDA kernels and bindings on the CPU: the cpp-cpu tests against them, built for the CPU
 # with an emulated CUDA runtime (tools/cuda_emulation; also run by the tests).
 check-cuda-emulated: build
-	CNNFAST_EMULATED_CUDA_LIBRARY=$$($(PYTHON) tools/cuda_emulation/build.py | tail -1) \
+	library=$$($(PYTHON) tools/cuda_emulation/build.py) && CNNFAST_EMULATED_CUDA_LIBRARY=$$library \
 		$(PYTHON) -m pytest -q -p no:cacheprovider -k cpp-cpu tests
 
 # Compiles every Triton kernel, as the tests launch it, for sm_90 (also run by the tests).

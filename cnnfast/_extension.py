@@ -13,7 +13,7 @@ try:
     LOAD_ERROR: str | None = None
     # fp32 inputs of the C++ kernels on CPU accumulate in fp64, as torch's CPU BatchNorm, unless
     # the library is the CUDA kernels built for the CPU (tools/cuda_emulation), which keep fp32.
-    CPU_KERNELS_ACCUMULATE_FP32_IN_FP64 = bool(_C.cpu_kernels_accumulate_fp32_in_fp64)
+    CPU_KERNELS_ACCUMULATE_FP32_IN_FP64 = bool(getattr(_C, "cpu_kernels_accumulate_fp32_in_fp64", True))
 except ImportError as error:  # not built, or built against another torch
     LOAD_ERROR = str(error)
     CPU_KERNELS_ACCUMULATE_FP32_IN_FP64 = True

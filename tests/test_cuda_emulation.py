@@ -42,22 +42,46 @@ def test_the_emulated_runtime_stops_at_a_barrier_some_threads_never_reach(self_t
     assert "__syncthreads() reached by some threads of a block while others exited" in result.stderr
 
 
-def test_a_launch_that_escapes_the_rewrite_fails_the_build():
+def test_the_rewrite_turns_cuda_syntax_into_calls_of_the_runtime_and_refuses_unknown_forms():
     text, launches = emulation.rewrite_cuda_syntax(
         "detail::k<W, true>\n      <<<grid(), block(), 0, stream>>>(x, y);", "example.cuh")
     assert launches == 1
     assert text == ("::cuda_emulation::launch([](auto... a) { detail::k<W, true>(a...); }, "
                     "grid(), block(), 0, stream)(x, y);")
-    with pytest.raises(SystemExit, match="extern __shared__"):
+    text, _ = emulation.rewrite_cuda_syntax("  __shared__ Moments<acc_t> shared[kBnThreads];", "example.cuh")
+    assert text == "  static Moments<acc_t> shared[kBnThreads]; ::cuda_emulation::shared_array(shared, sizeof(shared));"
+    with pytest.raises(SystemExit, match="__shared__"):
         emulation.rewrite_cuda_syntax("extern __shared__ float ring[];", "example.cuh")
 
 
+@pytest.fixture(scope="module")
+def emulated_library():
+    # In its own process: building loads the library, whose registrations would clash with the
+    # real cnnfast._C that this process has loaded.
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emulation" / "build.py"), str(BUILD_DIR)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-20000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+# as_launched: every cpp-cpu test, each launch as the bindings make it. reversed_grid_stride: the
+# kernels' own tests again with a block's threads in reverse order (a missing barrier between a
+# lower thread's write and a higher one's read) and at most 2 blocks along x (every grid-stride
+# loop takes several steps, as on a GPU whose grid the launch caps).
+SCHEDULES = {
+    "as_launched": ({}, ["tests"]),
+    "reversed_grid_stride": ({"CUDA_EMULATION_REVERSE_THREADS": "1", "CUDA_EMULATION_MAX_GRID_X": "2"},
+                             ["tests/test_bn_relu.py", "tests/test_bn_add_relu.py", "tests/test_lrn.py",
+                              "tests/test_max_pool2d.py", "tests/test_relu_lrn_max_pool2d.py"]),
+}
+
+
 @pytest.mark.skipif(EMULATED is not None, reason="this process already runs the emulated kernels")
-def test_the_cuda_kernels_pass_every_cpp_cpu_test_on_the_cpu():
-    library = emulation.build(BUILD_DIR)
-    env = dict(os.environ, CNNFAST_EMULATED_CUDA_LIBRARY=str(library))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpp-cpu",
-               str(ROOT / "tests")]
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_the_cuda_kernels_pass_every_cpp_cpu_test_on_the_cpu(emulated_library, schedule):
+    variables, paths = SCHEDULES[schedule]
+    env = dict(os.environ, CNNFAST_EMULATED_CUDA_LIBRARY=emulated_library, **variables)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpp-cpu", *paths]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     summary = result.stdout.strip().splitlines()[-1:] or [""]
     assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout[-20000:]}\n{result.stderr[-5000:]}"

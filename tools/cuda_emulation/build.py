@@ -14,12 +14,15 @@ walks and block reductions, on a machine without a GPU (tests/test_cuda_emulatio
 
 The sources are copied and rewritten, never edited in place: a launch `kernel<<<grid, block,
 shared, stream>>>(args)` becomes `::cuda_emulation::launch([](auto... a) { kernel(a...); }, grid,
-block, shared, stream)(args)`, a dynamic `extern __shared__` array a pointer to the block's emulated buffer, the
+block, shared, stream)(args)`, a `__shared__` array a function static the runtime poisons per block (a dynamic
+`extern __shared__` one a pointer to the block's emulated buffer), the
 CUDA registrations CPU ones, and the bindings' CUDA-tensor check a CPU-tensor check. Each rewrite
 must apply where it is expected, so a change to the sources that escapes one fails the build
 rather than quietly testing less.
 
 Usage: python tools/cuda_emulation/build.py [BUILD_DIR]   (prints the built library's path)
+Run it in its own process: building also loads the library, which registers the cnnfast ops, and
+a process that has loaded the real cnnfast._C cannot register them twice.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ DEFAULT_BUILD_DIR = ROOT / "build" / "cuda_emulation"
 LAUNCH_OPEN, LAUNCH_CLOSE = "<<<", ">>>"
 EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\((?:[^()]|\([^()]*\))*\)\s+)?unsigned\s+char\s+(\w+)\s*\[\s*\]\s*;")
+STATIC_SHARED = re.compile(r"__shared__\s+([\w:<>, ]+?)\s+(\w+)\s*\[([^\]]+)\]\s*;")
 CUDA_REGISTRATION = "TORCH_LIBRARY_IMPL(cnnfast, CUDA, m)"
 CUDA_TENSOR_CHECK = "t.is_cuda()"
 
@@ -88,8 +92,10 @@ def rewrite_cuda_syntax(text: str, name: str) -> tuple[str, int]:
     """The launches and dynamic shared arrays of CUDA source `text`, as C++; and the launch count."""
     text, launches = rewrite_launches(text)
     text = EXTERN_SHARED.sub(r"unsigned char* const \1 = ::cuda_emulation::dynamic_shared_memory();", text)
-    if "extern __shared__" in text:
-        raise SystemExit(f"cuda_emulation: an extern __shared__ array in {name} has a new form; update build.py")
+    # A static array: a function static (blocks run one at a time), poisoned per block by the runtime.
+    text = STATIC_SHARED.sub(r"static \1 \2[\3]; ::cuda_emulation::shared_array(\2, sizeof(\2));", text)
+    if "__shared__" in text:
+        raise SystemExit(f"cuda_emulation: a __shared__ array in {name} has a new form; update build.py")
     return text, launches
 
 
@@ -160,4 +166,5 @@ def build_self_test(build_dir: Path = DEFAULT_BUILD_DIR) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_BUILD_DIR, verbose=True))
+    # Only the library's path goes to stdout (the compiler's errors, if any, to stderr).
+    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_BUILD_DIR))

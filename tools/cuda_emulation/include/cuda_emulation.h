@@ -5,8 +5,10 @@
 //
 // A launch runs its blocks one after another; the threads of a block run as fibers (ucontext) in
 // one OS thread, switching only at __syncthreads(), so a block's shared memory is one buffer that
-// every fiber of the block sees, and a barrier is a real barrier. What CUDA would refuse is an
-// error here too: an empty grid or block, a block past 1024 threads or a grid past CUDA's limits,
+// every fiber of the block sees, and a barrier is a real barrier. Shared memory starts each block
+// as NaN bytes. Not reached: races inside a warp's lockstep, the __CUDA_ARCH__ branches of the
+// shared math, and nvcc's fused multiply-adds (results may differ from a GPU's in the last bit).
+// What CUDA would refuse is an error here too: an empty grid or block, a block past 1024 threads or a grid past CUDA's limits,
 // dynamic shared memory past 48 KiB (the default limit), and a __syncthreads() that not every
 // thread of the block reaches.
 #pragma once
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <tuple>
 #include <type_traits>
@@ -29,8 +32,6 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// A block's static shared arrays: blocks run one at a time, so one static per kernel serves all.
-#define __shared__ static
 
 struct uint3 {
   unsigned int x, y, z;
@@ -60,16 +61,40 @@ constexpr std::size_t kStackBytes = 256 * 1024;
 constexpr std::size_t kDefaultSharedBytes = 48 * 1024;
 constexpr unsigned int kMaxBlockThreads = 1024;
 
+// Garbage that reads as NaN in every floating type (and -1 in every integer one): a kernel reading
+// shared memory no thread of its block wrote gets values no test can mistake for right ones.
+constexpr unsigned char kPoison = 0xFF;
+
+inline unsigned int max_grid_x_from_environment() {
+  const char* value = std::getenv("CUDA_EMULATION_MAX_GRID_X");
+  const long cap = value == nullptr ? 0 : std::strtol(value, nullptr, 10);
+  return cap > 0 ? static_cast<unsigned int>(cap) : 0x7fffffffu;
+}
+
+// As CUDA's, per host thread.
+inline thread_local cudaError_t last_error = cudaSuccess;
+
+struct SharedArray {
+  void* data;
+  std::size_t bytes;
+};
+
 struct Runtime {
   std::mutex launch_mutex;  // one launch at a time: the builtins and shared memory are global
-  cudaError_t last_error = cudaSuccess;
   std::vector<unsigned char> dynamic_shared;
+  // The kernels' static __shared__ arrays (function statics: blocks run one at a time), poisoned
+  // when first seen and at the start of every block.
+  std::vector<SharedArray> shared_arrays;
+  // Test schedules (tests/test_cuda_emulation.py): a block's threads in reverse order, which
+  // exposes a missing barrier between a lower thread's write and a higher one's read; and gridDim.x
+  // capped, so that every kernel's grid-stride loop takes more than one step.
+  bool reverse_threads = std::getenv("CUDA_EMULATION_REVERSE_THREADS") != nullptr;
+  unsigned int max_grid_x = max_grid_x_from_environment();
   // Fibers of the running block.
   ucontext_t scheduler;
   std::vector<ucontext_t> contexts;
   std::vector<std::vector<unsigned char>> stacks;
   std::vector<int> finished;
-  std::vector<int> at_barrier;
   int current = -1;
   void (*body)(void*) = nullptr;
   void* body_argument = nullptr;
@@ -83,9 +108,19 @@ inline Runtime& runtime() {
 inline unsigned char* dynamic_shared_memory() { return runtime().dynamic_shared.data(); }
 
 inline cudaError_t take_last_error() {
-  const cudaError_t e = runtime().last_error;
-  runtime().last_error = cudaSuccess;
+  const cudaError_t e = last_error;
+  last_error = cudaSuccess;
   return e;
+}
+
+// Called where a kernel declares a static __shared__ array (build.py rewrites the declaration).
+inline void shared_array(void* data, std::size_t bytes) {
+  Runtime& r = runtime();
+  for (const SharedArray& a : r.shared_arrays) {
+    if (a.data == data) return;
+  }
+  r.shared_arrays.push_back({data, bytes});
+  std::memset(data, kPoison, bytes);
 }
 
 inline void fail(const char* what) {
@@ -116,7 +151,7 @@ inline void run_block(void (*body)(void*), void* argument) {
   if (static_cast<int>(r.stacks.size()) < threads) r.stacks.resize(threads);
   r.contexts.assign(threads, ucontext_t{});
   r.finished.assign(threads, 0);
-  r.at_barrier.assign(threads, 0);
+  for (const SharedArray& a : r.shared_arrays) std::memset(a.data, kPoison, a.bytes);
   for (int t = 0; t < threads; ++t) {
     if (r.stacks[t].empty()) r.stacks[t].resize(kStackBytes);
     getcontext(&r.contexts[t]);
@@ -127,9 +162,9 @@ inline void run_block(void (*body)(void*), void* argument) {
   }
   for (;;) {
     int waiting = 0, done = 0;
-    for (int t = 0; t < threads; ++t) {
+    for (int i = 0; i < threads; ++i) {
+      const int t = r.reverse_threads ? threads - 1 - i : i;
       if (r.finished[t]) continue;
-      r.at_barrier[t] = 0;
       r.current = t;
       set_thread(t);
       swapcontext(&r.scheduler, &r.contexts[t]);
@@ -149,7 +184,6 @@ inline void syncthreads() {
   Runtime& r = runtime();
   if (r.current < 0) fail("__syncthreads() outside a kernel");
   const int t = r.current;
-  r.at_barrier[t] = 1;
   swapcontext(&r.contexts[t], &r.scheduler);
   // Resumed by the scheduler's next pass, after every other thread reached the barrier.
   r.current = t;
@@ -177,7 +211,7 @@ struct Launch {
     Runtime& r = runtime();
     std::lock_guard<std::mutex> lock(r.launch_mutex);
     if (!valid_launch(grid, block, shared_bytes)) {
-      r.last_error = cudaErrorInvalidConfiguration;
+      last_error = cudaErrorInvalidConfiguration;
       return;
     }
     using Parameters = std::tuple<std::decay_t<Args>...>;
@@ -193,14 +227,14 @@ struct Launch {
       const Call* c = static_cast<const Call*>(p);
       std::apply(*c->kernel, *c->parameters);
     };
-    gridDim = grid;
+    gridDim = dim3(grid.x < r.max_grid_x ? grid.x : r.max_grid_x, grid.y, grid.z);
     blockDim = block;
-    for (unsigned int z = 0; z < grid.z; ++z) {
-      for (unsigned int y = 0; y < grid.y; ++y) {
-        for (unsigned int x = 0; x < grid.x; ++x) {
+    for (unsigned int z = 0; z < gridDim.z; ++z) {
+      for (unsigned int y = 0; y < gridDim.y; ++y) {
+        for (unsigned int x = 0; x < gridDim.x; ++x) {
           blockIdx = uint3{x, y, z};
-          // Fresh, garbage-filled shared memory per block: a GPU's is never zeroed.
-          r.dynamic_shared.assign(shared_bytes + 16, 0xA5);
+          // Fresh, poisoned shared memory per block: a GPU's is never zeroed.
+          r.dynamic_shared.assign(shared_bytes + 16, kPoison);
           run_block(body, &call);
         }
       }
