@@ -8,9 +8,9 @@
 // every fiber of the block sees, and a barrier is a real barrier. Shared memory starts each block
 // as NaN bytes. Not reached: races inside a warp's lockstep, the __CUDA_ARCH__ branches of the
 // shared math, and nvcc's fused multiply-adds (results may differ from a GPU's in the last bit).
-// What CUDA would refuse is an error here too: an empty grid or block, a block past 1024 threads or a grid past CUDA's limits,
-// dynamic shared memory past 48 KiB (the default limit), and a __syncthreads() that not every
-// thread of the block reaches.
+// What CUDA would refuse is an error here too: an empty grid or block, a block past 1024 threads or
+// a grid past CUDA's limits, dynamic shared memory past 48 KiB (the default limit), and a
+// __syncthreads() that not every thread of the block reaches.
 #pragma once
 
 #include <ucontext.h>
