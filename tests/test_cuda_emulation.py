@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "cuda_emulation"))
 import build as emulation  # noqa: E402
 
-BUILD_DIR = ROOT / "build" / "cuda_emulation"
+BUILD_DIR = emulation.DEFAULT_BUILD_DIR
 EMULATED = os.environ.get("CNNFAST_EMULATED_CUDA_LIBRARY")
 
 

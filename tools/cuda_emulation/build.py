@@ -120,9 +120,10 @@ def prepare_sources(build_dir: Path) -> list[Path]:
         if path.suffix not in (".cu", ".cuh"):
             continue
         text = rewrite(path)
-        (source / "cuda" / path.name).write_text(text)
-        if path.suffix == ".cu":
-            # The host compiler takes it as C++; the .cu stays for the headers' relative includes.
+        if path.suffix == ".cuh":
+            (source / "cuda" / path.name).write_text(text)
+        else:
+            # A .cpp beside its headers, which the host compiler takes as C++.
             binding = source / "cuda" / f"{path.stem}_emulated.cpp"
             binding.write_text(text)
             bindings.append(binding)
