@@ -3,7 +3,7 @@
 PYTHON ?= python3
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps build test bench check-cuda check-cuda-emulated check-triton clean
+.PHONY: all deps build test bench check-cuda check-cuda-emulated check-sanitized check-triton clean
 
 all: test
 
@@ -29,8 +29,17 @@ check-cuda:
 # Runs the CUDA kernels and bindings on the CPU: the cpp-cpu tests against them, built for the CPU
 # with an emulated CUDA runtime (tools/cuda_emulation; also run by the tests).
 check-cuda-emulated: build
-	library=$$($(PYTHON) tools/cuda_emulation/build.py) && CNNFAST_EMULATED_CUDA_LIBRARY=$$library \
-		$(PYTHON) -m pytest -q -p no:cacheprovider -k cpp-cpu tests
+	library=$$($(PYTHON) tools/cuda_emulation/build.py) && CNNFAST_C_LIBRARY=$$library \
+		$(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests
+
+# The cpp-cpu tests against the CPU kernels, then the CUDA kernels built for the CPU, both built under
+# AddressSanitizer and UBSan (tools/sanitized_build.py; also run by the tests).
+check-sanitized: build
+	for kind in cpu cuda-emulated; do \
+		library=$$($(PYTHON) tools/sanitized_build.py $$kind) && env $$($(PYTHON) tools/sanitized_build.py --environment) \
+			CNNFAST_C_LIBRARY=$$library $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests \
+			|| exit 1; \
+	done
 
 # Compiles every Triton kernel, as the tests launch it, for sm_90 (also run by the tests).
 check-triton: build

@@ -1,10 +1,14 @@
 """What every op's tests share: the backends that run here, layouts, the low-precision rule, and
-the step-by-step comparison of a module with the torch.nn modules it replaces."""
+the step-by-step comparison of a module with the torch.nn modules it replaces, and the cpp-cpu tests
+run again against a stand-in cnnfast._C."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +271,30 @@ def saved_bytes(model, x):
 # A small DPN (cnnfast.models.dpn.DPN's arguments) with every block type: 'proj', 'down', 'normal',
 # and a stage of one block.
 TINY_DPN = dict(k_sec=(2, 3, 1), inc_sec=(4, 6, 8), k_r=16, groups=4, small=True, num_init_features=8, num_classes=5)
+
+
+# The tests of the kernels themselves (the composite ops and models call the same kernels): what a
+# slower stand-in library runs where running every test would take too long.
+KERNEL_TEST_FILES = ["tests/test_bn_relu.py", "tests/test_bn_add_relu.py", "tests/test_lrn.py",
+                     "tests/test_max_pool2d.py", "tests/test_relu_lrn_max_pool2d.py"]
+
+
+def assert_cpp_cpu_tests_pass_with(library: str, paths: list[str], variables: dict[str, str]) -> None:
+    """Runs the cpp-cpu tests of `paths` in a second pytest process that loads `library` as
+    cnnfast._C (tests/conftest.py), with `variables` added to its environment, and asserts that
+    they all pass (the emulated CUDA kernels, the sanitized builds)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CNNFAST_C_LIBRARY=library, **variables)
+    # A compile cache of its own (conftest.py makes one): a graph this process compiled would be
+    # found again by its traced graph, with this process's library's rules baked in (the real
+    # library's fp64 statistics for fp32 CPU inputs aborted the emulated CUDA kernels' process).
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    # --capture=sys: a report written straight to fd 2 before an abort (AddressSanitizer's, the
+    # emulated runtime's) reaches stderr here instead of dying in pytest's capture file.
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--capture=sys", "-k", "cpp-cpu",
+               *paths]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=3600)
+    summary = result.stdout.strip().splitlines()[-1:] or [""]
+    assert result.returncode == 0, (f"{' '.join(command)}:\n{result.stdout[-20000:]}\n{result.stderr[:5000]}\n"
+                                    f"...\n{result.stderr[-5000:]}")
+    assert " passed" in summary[0], summary

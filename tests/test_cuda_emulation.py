@@ -19,9 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools" / "cuda_emulation"))
 import build as emulation  # noqa: E402
+from helpers import KERNEL_TEST_FILES, assert_cpp_cpu_tests_pass_with  # noqa: E402
 
 BUILD_DIR = emulation.DEFAULT_BUILD_DIR
-EMULATED = os.environ.get("CNNFAST_EMULATED_CUDA_LIBRARY")
+STAND_IN = os.environ.get("CNNFAST_C_LIBRARY")
 
 
 @pytest.fixture(scope="module")
@@ -68,26 +69,14 @@ def emulated_library():
 # kernels' own tests again with a block's threads in reverse order (a missing barrier between a
 # lower thread's write and a higher one's read) and at most 2 blocks along x (every grid-stride
 # loop takes several steps, as on a GPU whose grid the launch caps).
-SCHEDULES = {
-    "as_launched": ({}, ["tests"]),
-    "reversed_grid_stride": ({"CUDA_EMULATION_REVERSE_THREADS": "1", "CUDA_EMULATION_MAX_GRID_X": "2"},
-                             ["tests/test_bn_relu.py", "tests/test_bn_add_relu.py", "tests/test_lrn.py",
-                              "tests/test_max_pool2d.py", "tests/test_relu_lrn_max_pool2d.py"]),
+SCHEDULES = {  # the test paths, and the runtime's environment variables
+    "as_launched": (["tests"], {}),
+    "reversed_grid_stride": (KERNEL_TEST_FILES,
+                             {"CUDA_EMULATION_REVERSE_THREADS": "1", "CUDA_EMULATION_MAX_GRID_X": "2"}),
 }
 
 
-@pytest.mark.skipif(EMULATED is not None, reason="this process already runs the emulated kernels")
+@pytest.mark.skipif(STAND_IN is not None, reason="this process already runs a stand-in cnnfast._C")
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_the_cuda_kernels_pass_every_cpp_cpu_test_on_the_cpu(emulated_library, schedule):
-    variables, paths = SCHEDULES[schedule]
-    env = dict(os.environ, CNNFAST_EMULATED_CUDA_LIBRARY=emulated_library, **variables)
-    # A compile cache of its own (conftest.py makes one): a graph this process compiled would be
-    # found again by its traced graph, with the real library's fp64 statistics for fp32 CPU inputs,
-    # where the emulated kernels take CUDA's fp32 (it aborted the second process).
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpp-cpu", *paths]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
-    summary = result.stdout.strip().splitlines()[-1:] or [""]
-    assert result.returncode == 0, (f"{' '.join(command)}:\n{result.stdout[-20000:]}\n{result.stderr[:5000]}\n"
-                                    f"...\n{result.stderr[-5000:]}")
-    assert " passed" in summary[0], summary
+    assert_cpp_cpu_tests_pass_with(emulated_library, *SCHEDULES[schedule])

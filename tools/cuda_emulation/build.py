@@ -8,7 +8,7 @@ after another, a block's threads as fibers, real barriers: cuda_emulation.h). Ev
 the real `_C`'s: the schemas (csrc/cnnfast.cpp) and the device-agnostic ops (csrc/composite/),
 with the CUDA rule for BatchNorm's accumulation type (CNNFAST_CUDA_EMULATION: fp32 for fp32
 inputs; csrc/op_helpers.h).
-Loaded in place of `cnnfast._C` (tests/conftest.py does it when CNNFAST_EMULATED_CUDA_LIBRARY
+Loaded in place of `cnnfast._C` (tests/conftest.py does it when CNNFAST_C_LIBRARY
 names the built file), the CPU tests then run the CUDA kernels: their arithmetic, indexing, grid
 walks and block reductions, on a machine without a GPU (tests/test_cuda_emulation.py).
 
@@ -130,8 +130,11 @@ def prepare_sources(build_dir: Path) -> list[Path]:
     return [source / "cnnfast.cpp", *sorted((source / "composite").glob("*.cpp")), *bindings]
 
 
-def build(build_dir: Path = DEFAULT_BUILD_DIR, verbose: bool = False) -> Path:
-    """Builds (incrementally: ninja skips unchanged files) and returns the library's path."""
+def build(build_dir: Path = DEFAULT_BUILD_DIR, verbose: bool = False, extra_cflags: tuple[str, ...] = (),
+          extra_ldflags: tuple[str, ...] = ()) -> Path:
+    """Builds (incrementally: ninja skips unchanged files) and returns the library's path.
+
+    The extra flags are tools/sanitized_build.py's (the same kernels under the sanitizers)."""
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +144,8 @@ def build(build_dir: Path = DEFAULT_BUILD_DIR, verbose: bool = False) -> Path:
     cpp_extension.load(
         name="_C", sources=[str(s) for s in sources], build_directory=str(objects),
         # The emulated CUDA headers come before torch's, which a CPU build of torch half lacks.
-        extra_cflags=[f"-I{INCLUDE}", "-O1", "-DCNNFAST_CUDA_EMULATION"],
-        is_python_module=False, verbose=verbose)
+        extra_cflags=[f"-I{INCLUDE}", "-O1", "-DCNNFAST_CUDA_EMULATION", *extra_cflags],
+        extra_ldflags=list(extra_ldflags), is_python_module=False, verbose=verbose)
     library = objects / "_C.so"
     if not library.exists():
         raise SystemExit(f"cuda_emulation: the build left no {library}")

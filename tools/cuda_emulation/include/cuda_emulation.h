@@ -15,6 +15,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -229,12 +230,15 @@ struct Launch {
     };
     gridDim = dim3(grid.x < r.max_grid_x ? grid.x : r.max_grid_x, grid.y, grid.z);
     blockDim = block;
+    // Exactly the launch's bytes (no slack, no capacity left from a larger launch), so that
+    // AddressSanitizer (tools/sanitized_build.py) stops a kernel that reaches past them.
+    std::vector<unsigned char>(shared_bytes).swap(r.dynamic_shared);
     for (unsigned int z = 0; z < gridDim.z; ++z) {
       for (unsigned int y = 0; y < gridDim.y; ++y) {
         for (unsigned int x = 0; x < gridDim.x; ++x) {
           blockIdx = uint3{x, y, z};
           // Fresh, poisoned shared memory per block: a GPU's is never zeroed.
-          r.dynamic_shared.assign(shared_bytes + 16, kPoison);
+          std::fill(r.dynamic_shared.begin(), r.dynamic_shared.end(), kPoison);
           run_block(body, &call);
         }
       }
