@@ -50,9 +50,17 @@ def test_the_rewrite_turns_cuda_syntax_into_calls_of_the_runtime_and_refuses_unk
     assert text == ("::cuda_emulation::launch([](auto... a) { detail::k<W, true>(a...); }, "
                     "grid(), block(), 0, stream)(x, y);")
     text, _ = emulation.rewrite_cuda_syntax("  __shared__ Moments<acc_t> shared[kBnThreads];", "example.cuh")
-    assert text == "  static Moments<acc_t> shared[kBnThreads]; ::cuda_emulation::shared_array(shared, sizeof(shared));"
+    assert text == "  static Moments<acc_t>* const shared = ::cuda_emulation::shared_array<Moments<acc_t>>(kBnThreads);"
     with pytest.raises(SystemExit, match="__shared__"):
         emulation.rewrite_cuda_syntax("extern __shared__ float ring[];", "example.cuh")
+
+
+# Prints the accumulation flag of the library named by argv[1], loaded as cnnfast._C.
+ACCUMULATION_FLAG = """import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("cnnfast._C", sys.argv[1])
+library = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(library)
+print(library.cpu_kernels_accumulate_fp32_in_fp64)"""
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,12 @@ def emulated_library():
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "cuda_emulation" / "build.py"), str(BUILD_DIR)],
                             cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-20000:]
-    return result.stdout.strip().splitlines()[-1]
+    library = result.stdout.strip().splitlines()[-1]
+    # The CUDA kernels' build, not the CPU kernels': it keeps CUDA's fp32 BatchNorm accumulation.
+    flag = subprocess.run([sys.executable, "-c", ACCUMULATION_FLAG, library], capture_output=True, text=True,
+                          timeout=300)
+    assert flag.stdout.strip() == "0", flag.stdout + flag.stderr[-5000:]
+    return library
 
 
 # as_launched: every cpp-cpu test, each launch as the bindings make it. reversed_grid_stride: the

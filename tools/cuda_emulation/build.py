@@ -14,9 +14,9 @@ walks and block reductions, on a machine without a GPU (tests/test_cuda_emulatio
 
 The sources are copied and rewritten, never edited in place: a launch `kernel<<<grid, block,
 shared, stream>>>(args)` becomes `::cuda_emulation::launch([](auto... a) { kernel(a...); }, grid,
-block, shared, stream)(args)`, a `__shared__` array a function static the runtime poisons per block (a dynamic
-`extern __shared__` one a pointer to the block's emulated buffer), the
-CUDA registrations CPU ones, and the bindings' CUDA-tensor check a CPU-tensor check. Each rewrite
+block, shared, stream)(args)`, a `__shared__` array a static pointer to storage the runtime
+allocates and poisons per block (a dynamic `extern __shared__` one a pointer to the block's
+emulated buffer), the CUDA registrations CPU ones, and the bindings' CUDA-tensor check a CPU-tensor check. Each rewrite
 must apply where it is expected, so a change to the sources that escapes one fails the build
 rather than quietly testing less.
 
@@ -92,8 +92,8 @@ def rewrite_cuda_syntax(text: str, name: str) -> tuple[str, int]:
     """The launches and dynamic shared arrays of CUDA source `text`, as C++; and the launch count."""
     text, launches = rewrite_launches(text)
     text = EXTERN_SHARED.sub(r"unsigned char* const \1 = ::cuda_emulation::dynamic_shared_memory();", text)
-    # A static array: a function static (blocks run one at a time), poisoned per block by the runtime.
-    text = STATIC_SHARED.sub(r"static \1 \2[\3]; ::cuda_emulation::shared_array(\2, sizeof(\2));", text)
+    # A static array: storage of its own from the runtime (blocks run one at a time), poisoned per block.
+    text = STATIC_SHARED.sub(r"static \1* const \2 = ::cuda_emulation::shared_array<\1>(\3);", text)
     if "__shared__" in text:
         raise SystemExit(f"cuda_emulation: a __shared__ array in {name} has a new form; update build.py")
     return text, launches

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -83,8 +84,8 @@ struct SharedArray {
 struct Runtime {
   std::mutex launch_mutex;  // one launch at a time: the builtins and shared memory are global
   std::vector<unsigned char> dynamic_shared;
-  // The kernels' static __shared__ arrays (function statics: blocks run one at a time), poisoned
-  // when first seen and at the start of every block.
+  // The kernels' static __shared__ arrays (one storage per declaration: blocks run one at a
+  // time), poisoned when allocated and at the start of every block.
   std::vector<SharedArray> shared_arrays;
   // Test schedules (tests/test_cuda_emulation.py): a block's threads in reverse order, which
   // exposes a missing barrier between a lower thread's write and a higher one's read; and gridDim.x
@@ -114,14 +115,19 @@ inline cudaError_t take_last_error() {
   return e;
 }
 
-// Called where a kernel declares a static __shared__ array (build.py rewrites the declaration).
-inline void shared_array(void* data, std::size_t bytes) {
-  Runtime& r = runtime();
-  for (const SharedArray& a : r.shared_arrays) {
-    if (a.data == data) return;
-  }
-  r.shared_arrays.push_back({data, bytes});
+// Storage of a kernel's static __shared__ array: build.py rewrites `__shared__ T x[N];` into
+// `static T* const x = ::cuda_emulation::shared_array<T>(N);`, one per declaration and template
+// instantiation. A heap block of exactly the array's bytes rather than a function static, so that
+// AddressSanitizer bounds it (GCC puts no guard zones around a template's statics, which are
+// comdat); poisoned again before every block.
+template <typename T>
+T* shared_array(std::size_t count) {
+  static_assert(std::is_trivially_default_constructible<T>::value, "__shared__ arrays hold trivial types");
+  const std::size_t bytes = count * sizeof(T);
+  void* data = ::operator new(bytes, std::align_val_t(alignof(T)));
+  runtime().shared_arrays.push_back({data, bytes});
   std::memset(data, kPoison, bytes);
+  return static_cast<T*>(data);
 }
 
 inline void fail(const char* what) {
