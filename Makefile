@@ -30,14 +30,15 @@ check-cuda:
 # with an emulated CUDA runtime (tools/cuda_emulation; also run by the tests).
 check-cuda-emulated: build
 	library=$$($(PYTHON) tools/cuda_emulation/build.py) && CNNFAST_C_LIBRARY=$$library \
-		$(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests
+		CNNFAST_C_LIBRARY_KERNELS=cuda-emulated $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests
 
 # The cpp-cpu tests against the CPU kernels, then the CUDA kernels built for the CPU, both built under
 # AddressSanitizer and UBSan (tools/sanitized_build.py; also run by the tests).
 check-sanitized: build
 	for kind in cpu cuda-emulated; do \
 		library=$$($(PYTHON) tools/sanitized_build.py $$kind) && env $$($(PYTHON) tools/sanitized_build.py --environment) \
-			CNNFAST_C_LIBRARY=$$library $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests \
+			CNNFAST_C_LIBRARY=$$library CNNFAST_C_LIBRARY_KERNELS=$$kind \
+			$(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys -k cpp-cpu tests \
 			|| exit 1; \
 	done
 

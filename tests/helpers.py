@@ -279,12 +279,13 @@ KERNEL_TEST_FILES = ["tests/test_bn_relu.py", "tests/test_bn_add_relu.py", "test
                      "tests/test_max_pool2d.py", "tests/test_relu_lrn_max_pool2d.py"]
 
 
-def assert_cpp_cpu_tests_pass_with(library: str, paths: list[str], variables: dict[str, str]) -> None:
-    """Runs the cpp-cpu tests of `paths` in a second pytest process that loads `library` as
-    cnnfast._C (tests/conftest.py), with `variables` added to its environment, and asserts that
-    they all pass (the emulated CUDA kernels, the sanitized builds)."""
+def assert_cpp_cpu_tests_pass_with(library: str, kernels: str, paths: list[str], variables: dict[str, str]) -> None:
+    """Runs the cpp-cpu tests of `paths` in a second pytest process that loads `library`, holding
+    the `kernels` kernels ('cpu' or 'cuda-emulated'), as cnnfast._C (tests/conftest.py), with
+    `variables` added to its environment, and asserts that they all pass (the emulated CUDA
+    kernels, the sanitized builds)."""
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, CNNFAST_C_LIBRARY=library, **variables)
+    env = dict(os.environ, CNNFAST_C_LIBRARY=library, CNNFAST_C_LIBRARY_KERNELS=kernels, **variables)
     # A compile cache of its own (conftest.py makes one): a graph this process compiled would be
     # found again by its traced graph, with this process's library's rules baked in (the real
     # library's fp64 statistics for fp32 CPU inputs aborted the emulated CUDA kernels' process).

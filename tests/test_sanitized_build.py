@@ -49,4 +49,4 @@ def test_the_kernels_pass_the_cpp_cpu_tests_under_address_and_undefined_behaviou
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-20000:]
     library = result.stdout.strip().splitlines()[-1]
-    assert_cpp_cpu_tests_pass_with(library, TEST_PATHS[kind], sanitized_build.environment())
+    assert_cpp_cpu_tests_pass_with(library, kind, TEST_PATHS[kind], sanitized_build.environment())

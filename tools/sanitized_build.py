@@ -7,8 +7,8 @@ a GPU the same access is an illegal-address fault or silent corruption. Built wi
 -fsanitize=address,undefined, the first such access (or signed overflow, misaligned or null
 access, an out-of-range shift) stops the process with a report, and every fresh allocation starts
 as NaN bytes, so an output element no kernel writes fails its test. The tests then run against it
-(tests/conftest.py loads the library CNNFAST_C_LIBRARY names in place of cnnfast._C;
-tests/test_sanitized_build.py, make check-sanitized).
+(tests/conftest.py loads the library CNNFAST_C_LIBRARY names in place of cnnfast._C, its kernels
+named by CNNFAST_C_LIBRARY_KERNELS; tests/test_sanitized_build.py, make check-sanitized).
 
 Two builds of the same sources:
   cpu            the real library: the schemas, the composite ops and the C++ CPU kernels, with

@@ -8,17 +8,18 @@ after another, a block's threads as fibers, real barriers: cuda_emulation.h). Ev
 the real `_C`'s: the schemas (csrc/cnnfast.cpp) and the device-agnostic ops (csrc/composite/),
 with the CUDA rule for BatchNorm's accumulation type (CNNFAST_CUDA_EMULATION: fp32 for fp32
 inputs; csrc/op_helpers.h).
-Loaded in place of `cnnfast._C` (tests/conftest.py does it when CNNFAST_C_LIBRARY
-names the built file), the CPU tests then run the CUDA kernels: their arithmetic, indexing, grid
-walks and block reductions, on a machine without a GPU (tests/test_cuda_emulation.py).
+Loaded in place of `cnnfast._C` (tests/conftest.py does it when CNNFAST_C_LIBRARY names the built
+file and CNNFAST_C_LIBRARY_KERNELS is `cuda-emulated`), the CPU tests then run the CUDA kernels:
+their arithmetic, indexing, grid walks and block reductions, on a machine without a GPU
+(tests/test_cuda_emulation.py).
 
 The sources are copied and rewritten, never edited in place: a launch `kernel<<<grid, block,
 shared, stream>>>(args)` becomes `::cuda_emulation::launch([](auto... a) { kernel(a...); }, grid,
 block, shared, stream)(args)`, a `__shared__` array a static pointer to storage the runtime
 allocates and poisons per block (a dynamic `extern __shared__` one a pointer to the block's
-emulated buffer), the CUDA registrations CPU ones, and the bindings' CUDA-tensor check a CPU-tensor check. Each rewrite
-must apply where it is expected, so a change to the sources that escapes one fails the build
-rather than quietly testing less.
+emulated buffer), the CUDA registrations CPU ones, and the bindings' CUDA-tensor check a
+CPU-tensor check. Each rewrite must apply where it is expected, so a change to the sources that
+escapes one fails the build rather than quietly testing less.
 
 Usage: python tools/cuda_emulation/build.py [BUILD_DIR]   (prints the built library's path)
 Run it in its own process: building also loads the library, which registers the cnnfast ops, and
